@@ -1,0 +1,48 @@
+"""BEiT models: backbone, masked-image-modeling head, presets, format conversion."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from beit_ds.config import ConfigError, MIMConfig, ModelConfig
+from beit_ds.models.beit import Beit
+from beit_ds.models.mim import BeitForMaskedImageModeling, MIMOutput
+from beit_ds.models.presets import PRESETS
+
+__all__ = [
+    "Beit",
+    "BeitForMaskedImageModeling",
+    "MIMOutput",
+    "build_mim_model",
+    "build_model",
+    "create_model",
+    "list_models",
+    "model_config",
+]
+
+
+def list_models() -> list[str]:
+    """Names accepted by ``create_model``."""
+    return sorted(PRESETS)
+
+
+def model_config(name: str, **overrides: Any) -> ModelConfig:
+    """The preset ``name`` with ``overrides`` applied (unknown name or key: ``ConfigError``)."""
+    if name not in PRESETS:
+        raise ConfigError(f"model name {name!r}: expected one of {', '.join(list_models())}")
+    return PRESETS[name].replace(**overrides)
+
+
+def build_model(cfg: ModelConfig) -> Beit:
+    """A backbone (with classifier when ``cfg.num_classes > 0``) from its config section."""
+    return Beit(cfg)
+
+
+def build_mim_model(cfg: ModelConfig, mim: MIMConfig | None = None) -> BeitForMaskedImageModeling:
+    """A backbone with [MASK] token and LM head for pre-training."""
+    return BeitForMaskedImageModeling(cfg, mim or MIMConfig())
+
+
+def create_model(name: str, **overrides: Any) -> Beit:
+    """``create_model("beit_base_patch16_224", drop_path_rate=0.2)``: a preset backbone."""
+    return build_model(model_config(name, **overrides))

@@ -1,0 +1,180 @@
+"""The BEiT backbone: a pre-norm ViT with LayerScale and relative position bias (seed §2.1-2.2,
+§5 initialisation, App. B "BEiT+").
+
+State-dict keys follow unilm / timm (``patch_embed.proj``, ``cls_token``, ``pos_embed``,
+``rel_pos_bias.*``, ``blocks.{i}.{norm1,attn,norm2,mlp,gamma_1,gamma_2}``, ``norm``, ``fc_norm``,
+``head``) so checkpoints convert by renaming only (``convert.py``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from beit_ds.config import ModelConfig
+from beit_ds.models.attention import Attention, RelativePositionBias
+from beit_ds.models.layers import DropPath, Mlp, PatchEmbed, drop_path_rates
+
+
+def trunc_normal(t: torch.Tensor, std: float) -> None:
+    """In-place truncated normal(0, std) clipped at ±2·std (seed §5)."""
+    nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
+
+
+def init_module(module: nn.Module, std: float) -> None:
+    """Linear/conv weights ~ trunc-normal(std) with zero bias; LayerNorm to identity."""
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        trunc_normal(module.weight, std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: ``x + γ₁·attn(LN(x))``, then ``x + γ₂·mlp(LN(x))``."""
+
+    def __init__(self, cfg: ModelConfig, drop_path: float, own_bias: bool) -> None:
+        super().__init__()
+        dim = cfg.embed_dim
+        self.norm1 = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.attn = Attention(
+            dim,
+            cfg.num_heads,
+            qkv_bias=cfg.qkv_bias,
+            grid=cfg.grid_size if own_bias else None,
+            attn_impl=cfg.attn_impl,
+        )
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
+        self.gamma_1 = self.gamma_2 = None
+        if cfg.layer_scale_init > 0:
+            self.gamma_1 = nn.Parameter(torch.full((dim,), cfg.layer_scale_init))
+            self.gamma_2 = nn.Parameter(torch.full((dim,), cfg.layer_scale_init))
+
+    def forward(self, x: torch.Tensor, shared_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [B, T, D]`` -> ``[B, T, D]``."""
+        a = self.attn(self.norm1(x), shared_bias)
+        if self.gamma_1 is not None:
+            a = self.gamma_1 * a
+        x = x + self.drop_path(a)
+        m = self.mlp(self.norm2(x))
+        if self.gamma_2 is not None:
+            m = self.gamma_2 * m
+        return x + self.drop_path(m)
+
+
+class Beit(nn.Module):
+    """BEiT backbone ``[B, 3, H, W] -> [B, 1 + N, D]`` tokens, with optional pooled head.
+
+    ``cfg.global_pool`` decides the final norm: ``"none"``/``"token"`` keep ``norm`` over all
+    tokens; ``"avg"`` replaces it with ``fc_norm`` after mean-pooling the patch tokens.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.embed_dim
+        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, d)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embed = None
+        if cfg.use_abs_pos_emb:
+            self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + 1, d))
+        self.rel_pos_bias = None
+        if cfg.rel_pos_bias == "shared":
+            self.rel_pos_bias = RelativePositionBias(cfg.grid_size, cfg.num_heads)
+        rates = drop_path_rates(cfg.drop_path_rate, cfg.depth)
+        own_bias = cfg.rel_pos_bias == "per_layer"
+        self.blocks = nn.ModuleList(Block(cfg, rates[i], own_bias) for i in range(cfg.depth))
+        use_fc_norm = cfg.global_pool == "avg"
+        self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(d, eps=cfg.norm_eps)
+        self.fc_norm = nn.LayerNorm(d, eps=cfg.norm_eps) if use_fc_norm else None
+        self.head = nn.Linear(d, cfg.num_classes) if cfg.num_classes > 0 else None
+        self.grad_checkpointing = cfg.grad_checkpointing
+        self.init_weights()
+
+    # --- initialisation (seed §5) -------------------------------------------------------
+    def init_weights(self) -> None:
+        """Trunc-normal(std) everywhere, then rescale each block's output projections by
+        ``1/sqrt(2·layer_id)`` (seed §5, "proper initialization")."""
+        std = self.cfg.init_std
+        for module in self.modules():
+            init_module(module, std)
+        for name in ("cls_token", "pos_embed", "mask_token"):
+            token = getattr(self, name, None)
+            if token is not None:
+                trunc_normal(token, std)
+        for layer_id, block in enumerate(self.blocks, start=1):
+            scale = 1.0 / math.sqrt(2.0 * layer_id)
+            block.attn.proj.weight.data.mul_(scale)
+            block.mlp.fc2.weight.data.mul_(scale)
+
+    # --- metadata used by optim.py (house style rule 8) ----------------------------------
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names exempt from weight decay besides biases and norm weights (ndim ≤ 1)."""
+        names = {"cls_token", "pos_embed", "mask_token"}
+        names |= {n for n, _ in self.named_parameters() if n.endswith("relative_position_bias_table")}
+        return names
+
+    @property
+    def num_layers(self) -> int:
+        """Layer ids used by layer-wise lr decay: 0 = embeddings, 1..depth = blocks, depth+1 = rest."""
+        return self.cfg.depth + 2
+
+    def layer_id(self, name: str) -> int:
+        """Layer id of parameter ``name`` (see ``num_layers``)."""
+        if name.startswith(("cls_token", "mask_token", "pos_embed", "patch_embed")):
+            return 0
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        return self.num_layers - 1
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in backward instead of storing its activations."""
+        self.grad_checkpointing = enable
+
+    # --- forward -------------------------------------------------------------------------
+    def embed(self, x: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch embedding + [CLS] (+ absolute positions): ``[B, 3, H, W] -> [B, 1 + N, D]``."""
+        if bool_masked_pos is not None:
+            raise ValueError("this backbone has no [MASK] token: use BeitForMaskedImageModeling")
+        return self._add_cls_and_pos(self.patch_embed(x))
+
+    def _add_cls_and_pos(self, x: torch.Tensor) -> torch.Tensor:
+        cls = self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype)
+        x = torch.cat((cls, x), dim=1)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed.to(x.dtype)
+        return x
+
+    def forward_features(
+        self, x: torch.Tensor, bool_masked_pos: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """All tokens after the last block and ``norm``: ``[B, 1 + N, D]``."""
+        x = self.embed(x, bool_masked_pos)
+        shared = self.rel_pos_bias() if self.rel_pos_bias is not None else None
+        for block in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, shared, use_reentrant=False)
+            else:
+                x = block(x, shared)
+        return self.norm(x)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, 1 + N, D] -> [B, D]``: mean of patch tokens + ``fc_norm``, or the [CLS] token."""
+        if self.fc_norm is not None:
+            return self.fc_norm(tokens[:, 1:].mean(dim=1))
+        return tokens[:, 0]
+
+    def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Pooled features, then the classifier when ``num_classes > 0``: ``[B, classes or D]``."""
+        pooled = self.pool(tokens)
+        return self.head(pooled) if self.head is not None else pooled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

@@ -1,0 +1,47 @@
+"""beit_ds: BEiT (BERT pre-training of image Transformers) on DeepSpeed."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+VERSION = next(
+    line.split('"')[1]
+    for line in (ROOT / "beit_ds" / "__init__.py").read_text().splitlines()
+    if line.startswith("__version__")
+)
+
+setup(
+    name="beit_ds",
+    version=VERSION,
+    description="BEiT masked-image-modeling pre-training and fine-tuning at cluster scale on DeepSpeed",
+    long_description=(ROOT / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["beit_ds", "beit_ds.*"]),
+    package_data={"beit_ds": ["py.typed", "recipes/*.yaml"]},
+    install_requires=[
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "deepspeed>=0.15",
+        "timm>=1.0.9",
+        "numpy>=1.24",
+        "pillow>=10.0",
+        "pyyaml>=6.0",
+        "tensorboard>=2.14",
+        "safetensors>=0.4",
+        "tqdm>=4.66",
+        "scikit-image>=0.22",  # ships the CC0 demo photographs (skimage.data)
+    ],
+    extras_require={
+        # NVIDIA apex is optional and never required: torch / DeepSpeed fused kernels are the default.
+        # It is not on PyPI (the PyPI "apex" is an unrelated package); build it from NVIDIA's sources.
+        "dev": [
+            "pytest>=8.0",
+            "pytest-timeout>=2.2",
+            "transformers>=4.40",  # interop tests: our export loads into BeitModel
+            "ruff>=0.6",
+        ],
+    },
+)

@@ -1,0 +1,122 @@
+"""MIM head: [MASK] substitution, masked-only LM head, token / pixel targets, accuracy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from beit_ds.config import MIMConfig
+from beit_ds.masking import BlockwiseMaskGenerator
+from beit_ds.models import build_mim_model, model_config
+from beit_ds.models.mim import patchify
+
+CFG = model_config("beit_debug_patch4_32", rel_pos_bias="shared")
+VOCAB = 50
+
+
+def _batch(b: int = 3):
+    gen = BlockwiseMaskGenerator((8, 8), 26, min_block_patches=4)
+    mask = torch.from_numpy(np.stack([gen(np.random.default_rng(i)) for i in range(b)]))
+    return torch.randn(b, 3, 32, 32), mask, torch.randint(0, VOCAB, (b, 8, 8))
+
+
+def test_loss_is_cross_entropy_on_masked_positions_only():
+    model = build_mim_model(CFG, MIMConfig(vocab_size=VOCAB))
+    images, mask, tokens = _batch()
+    out = model(images, mask, tokens)
+    assert out.num_masked == int(mask.sum()) and out.logits.shape == (out.num_masked, VOCAB)
+    # recompute from the features: the head sees masked positions only
+    feats = model.forward_features(images, mask)[:, 1:]
+    logits = model.lm_head(feats[mask.flatten(1)])
+    expected = F.cross_entropy(logits, tokens.flatten(1)[mask.flatten(1)])
+    torch.testing.assert_close(out.loss, expected)
+    acc = (logits.argmax(-1) == tokens.flatten(1)[mask.flatten(1)]).float().mean()
+    torch.testing.assert_close(out.accuracy, acc)
+    # an untrained head is near-uniform: loss ≈ ln(V)
+    assert abs(out.loss.item() - np.log(VOCAB)) < 0.5
+
+
+def test_unmasked_targets_do_not_change_the_loss_and_mask_token_is_used():
+    model = build_mim_model(CFG, MIMConfig(vocab_size=VOCAB))
+    images, mask, tokens = _batch()
+    other = tokens.clone()
+    other[~mask] = (other[~mask] + 1) % VOCAB
+    assert model(images, mask, tokens).loss == model(images, mask, other).loss
+    # masked patches' pixels are invisible to the model
+    noisy = images.clone()
+    pix_mask = mask.repeat_interleave(4, 1).repeat_interleave(4, 2)[:, None].expand_as(images)
+    noisy[pix_mask] = torch.randn(int(pix_mask.sum()))
+    torch.testing.assert_close(model(noisy, mask, tokens).loss, model(images, mask, tokens).loss)
+    out = model(images, mask, tokens)
+    out.loss.backward()
+    assert model.mask_token.grad.abs().sum() > 0
+
+
+def test_predict_all_ablation():
+    model = build_mim_model(CFG, MIMConfig(vocab_size=VOCAB, predict_all=True))
+    images, mask, tokens = _batch()
+    out = model(images, mask, tokens)
+    assert out.logits.shape == (3 * 64, VOCAB)
+    expected = F.cross_entropy(out.logits, tokens.flatten())
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_pixel_regression_ablation_uses_normalised_patches():
+    model = build_mim_model(CFG, MIMConfig(target="pixels"))
+    images, mask, _ = _batch()
+    target = torch.rand(3, 3, 32, 32)
+    out = model(images, mask, target)
+    patches = patchify(target, (8, 8))
+    assert patches.shape == (3, 64, 48)
+    norm = (patches - patches.mean(-1, keepdim=True)) / (patches.var(-1, keepdim=True) + 1e-6).sqrt()
+    expected = F.mse_loss(out.logits, norm[mask.flatten(1)])
+    torch.testing.assert_close(out.loss, expected)
+    assert torch.isnan(out.accuracy)
+    # patchify is raster order: patch (0, 1) is columns 4..7 of rows 0..3
+    torch.testing.assert_close(patches[0, 1].view(4, 4, 3), target[0, :, 0:4, 4:8].permute(1, 2, 0))
+
+
+def test_training_reduces_the_loss():
+    # Targets the context determines: each image has one brightness, every patch's token is that
+    # brightness bucket; the visible patches reveal it, so a working MIM model learns it.
+    torch.manual_seed(0)
+    model = build_mim_model(CFG, MIMConfig(vocab_size=VOCAB))
+    _, mask, _ = _batch(16)
+    level = torch.arange(16) % 8
+    images = (level.float() / 4 - 1).view(16, 1, 1, 1) + 0.05 * torch.randn(16, 3, 32, 32)
+    tokens = (level * 5).view(16, 1, 1).expand(16, 8, 8)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        out = model(images, mask, tokens)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    assert losses[-1] < 0.35 * losses[0] and out.accuracy > 0.5, (losses[::10], out.accuracy)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_and_autocast(dtype):
+    model = build_mim_model(CFG, MIMConfig(vocab_size=VOCAB))
+    images, mask, tokens = _batch()
+    with torch.autocast("cpu", dtype=dtype):
+        out = model(images, mask, tokens)
+    out.loss.backward()
+    half = build_mim_model(CFG, MIMConfig(vocab_size=VOCAB)).to(dtype)
+    out = half(images.to(dtype), mask, tokens)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and out.loss.dtype == torch.float32
+
+
+def test_bad_inputs_are_clear():
+    model = build_mim_model(CFG, MIMConfig(vocab_size=VOCAB))
+    images, mask, tokens = _batch()
+    with pytest.raises(ValueError, match=r"bool_masked_pos has shape \(3, 14, 14\): expected \[3, 64\]"):
+        model(images, torch.zeros(3, 14, 14, dtype=torch.bool), tokens)
+    with pytest.raises(ValueError, match="token target has shape"):
+        model(images, mask, tokens[:, :4])
+    with pytest.raises(ValueError, match="global_pool='none'"):
+        build_mim_model(CFG.replace(global_pool="avg"))

@@ -1,0 +1,107 @@
+"""Algorithm 1 (blockwise masking) and the random-masking ablation: statistics over many draws."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from beit_ds.config import ConfigError, MaskingConfig
+from beit_ds.masking import (
+    BlockwiseMaskGenerator,
+    RandomMaskGenerator,
+    build_mask_generator,
+    mask_rng,
+)
+
+GRID = (14, 14)
+
+
+def test_blockwise_statistics_match_the_seed_setting():
+    gen = BlockwiseMaskGenerator(GRID, 75, min_block_patches=16)
+    counts = np.array([gen(np.random.default_rng(i)).sum() for i in range(2000)])
+    assert counts.max() <= 75  # never exceeds the target
+    assert counts.min() >= 16  # at least one block
+    # ≈ 40 % of 196: many draws reach 75 exactly, the rest end a few patches short when ten
+    # block draws in a row fail to fit (measured here: mean 73.8, 43 % exactly 75).
+    assert 72.0 <= counts.mean() <= 75.0
+    assert (counts == 75).mean() > 0.3
+    assert np.percentile(counts, 5) >= 68
+
+
+def test_blocks_are_contiguous_rectangles_that_make_the_mask():
+    gen = BlockwiseMaskGenerator(GRID, 75, min_block_patches=16, min_aspect=0.3)
+    aspects = []
+    for i in range(300):
+        mask, blocks = gen.sample_blocks(np.random.default_rng(i))
+        rebuilt = np.zeros(GRID, dtype=bool)
+        for b in blocks:
+            assert 0 <= b.top and b.top + b.height <= GRID[0]
+            assert 0 <= b.left and b.left + b.width <= GRID[1]
+            # a block's area is drawn >= 16; rounding sqrt(s·r) x sqrt(s/r) may lose a little
+            assert b.height * b.width >= 9
+            rebuilt[b.top : b.top + b.height, b.left : b.left + b.width] = True
+            aspects.append(b.height / b.width)
+        np.testing.assert_array_equal(rebuilt, mask)
+        assert mask.sum() <= 75
+    aspects = np.log(np.array(aspects))
+    # log-uniform aspect ratios in [0.3, 1/0.3], symmetric around 1 (up to integer rounding)
+    assert abs(aspects.mean()) < 0.1
+    assert aspects.min() < -0.5 and aspects.max() > 0.5
+
+
+def test_first_block_is_at_least_min_block_patches():
+    gen = BlockwiseMaskGenerator(GRID, 75, min_block_patches=16)
+    areas = [gen.sample_blocks(np.random.default_rng(i))[1][0] for i in range(500)]
+    areas = np.array([b.height * b.width for b in areas])
+    assert np.median(areas) >= 16
+
+
+def test_deterministic_given_seed_epoch_index():
+    gen = BlockwiseMaskGenerator(GRID, 75)
+    a = gen(mask_rng(seed=3, epoch=2, index=17))
+    b = gen(mask_rng(seed=3, epoch=2, index=17))
+    c = gen(mask_rng(seed=3, epoch=2, index=18))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_random_masking_masks_exactly_the_target_uniformly():
+    gen = RandomMaskGenerator(GRID, 75)
+    masks = np.stack([gen(np.random.default_rng(i)) for i in range(2000)])
+    assert (masks.reshape(2000, -1).sum(1) == 75).all()
+    freq = masks.mean(0)  # each position masked with probability 75/196
+    assert np.abs(freq - 75 / 196).max() < 0.05
+
+
+def test_build_from_config_derives_target_from_ratio():
+    gen = build_mask_generator(MaskingConfig(num_masking_patches=None, mask_ratio=0.4, min_block_patches=4), (8, 8))
+    assert gen.num_masking_patches == 26
+    assert gen(np.random.default_rng(0)).shape == (8, 8)
+    rand = build_mask_generator(MaskingConfig(strategy="random"), GRID)
+    assert isinstance(rand, RandomMaskGenerator) and rand.num_masking_patches == 75
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(mask_ratio=1.5), "masking.mask_ratio=1.5"),
+        (dict(mask_ratio=0.0), "masking.mask_ratio=0.0"),
+        (dict(strategy="grid"), "masking.strategy='grid'"),
+        (dict(min_aspect=2.0), "masking.min_aspect=2.0"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_key(kwargs, needle):
+    with pytest.raises(ConfigError) as err:
+        MaskingConfig(**kwargs)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_generator_arguments_name_the_argument():
+    with pytest.raises(ValueError, match="min_block_patches=80"):
+        BlockwiseMaskGenerator(GRID, 75, min_block_patches=80)
+    with pytest.raises(ValueError, match="num_masking_patches=75"):
+        BlockwiseMaskGenerator((8, 8), 75)  # a grid that does not match the 14x14 setting
+    with pytest.raises(ValueError, match="grid="):
+        BlockwiseMaskGenerator((14,), 75)
+    with pytest.raises(ValueError, match="max_block_patches=8"):
+        BlockwiseMaskGenerator(GRID, 75, min_block_patches=16, max_block_patches=8)
