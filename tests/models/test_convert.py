@@ -1,0 +1,238 @@
+"""Format conversion: our BEiT loads strictly into timm and Hugging Face with equal outputs, and back."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from torch import nn
+
+from beit_ds.models import build_mim_model, build_model, create_model, model_config
+from beit_ds.models.convert import (
+    backbone_state_dict,
+    from_hf_state_dict,
+    from_timm_state_dict,
+    hf_config,
+    timm_kwargs,
+    timm_model_name,
+    to_hf,
+    to_timm,
+)
+
+transformers = pytest.importorskip("transformers")  # a dev extra, not a dependency
+from safetensors.torch import load_file, save_file  # noqa: E402
+from transformers import BeitConfig, BeitForImageClassification, BeitModel  # noqa: E402
+
+DEBUG = "beit_debug_patch4_32"
+ATOL = 1e-4
+# transformers 5 renamed BeitModel's modules (q_proj, layers.{i}) and renames hub files on load;
+# in 4.x the module names were the hub names.
+HF_LAYOUT = "module" if int(transformers.__version__.split(".")[0]) >= 5 else "hub"
+
+VARIANTS = {
+    "per_layer_bias": {},
+    "shared_bias": dict(rel_pos_bias="shared"),
+    "abs_pos_no_rel_bias": dict(use_abs_pos_emb=True, rel_pos_bias="none"),
+    "no_layer_scale": dict(layer_scale_init=0.0),
+    "avg_pool_head": dict(global_pool="avg", num_classes=5),
+    "token_pool_head": dict(global_pool="token", num_classes=3),
+    "mim_backbone": dict(rel_pos_bias="shared"),
+    "no_qkv_bias_eps1e-5": dict(qkv_bias=False, norm_eps=1e-5),  # export only: HF has q/v biases
+}
+ROUND_TRIP = [v for v in VARIANTS if v != "no_qkv_bias_eps1e-5"]
+
+
+def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Every parameter ~ N(0, 0.5²): LayerScale, bias tables and norms all matter, features are O(1)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return model.eval()
+
+
+def _ours(variant: str) -> nn.Module:
+    cfg = model_config(DEBUG, **VARIANTS[variant])
+    model = build_mim_model(cfg) if variant == "mim_backbone" else build_model(cfg)
+    return _randomise(model)
+
+
+def _images(b: int = 2) -> torch.Tensor:
+    return torch.randn(b, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert a.shape == b.shape
+    assert (a - b).abs().max().item() <= ATOL
+    assert a.std().item() > 0.1  # a meaningful comparison, not of near-zero outputs
+
+
+def _hf_model(config: dict, head: bool) -> nn.Module:
+    cls = BeitForImageClassification if head else BeitModel
+    return cls(BeitConfig(**config)).eval()
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_timm_loads_strictly_and_matches(variant):
+    model, x = _ours(variant), _images()
+    export = to_timm(model)
+    assert not set(export.state_dict) & {"mask_token", "lm_head.weight", "lm_head.bias"}
+    theirs = timm.create_model(export.model_name, pretrained=False, **export.kwargs).eval()
+    theirs.load_state_dict(export.state_dict, strict=True)
+    with torch.no_grad():
+        tokens = model.forward_features(x)
+        _close(theirs.forward_features(x), tokens)
+        # logits with a classifier, else the pooled features (timm's head is then Identity)
+        _close(theirs.forward_head(tokens), model.forward_head(tokens))
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_hf_loads_strictly_and_matches(variant):
+    model, x = _ours(variant), _images()
+    export = to_hf(model, layout=HF_LAYOUT)
+    # BeitModel's default add_pooling_layer=True is needed: with use_mean_pooling (our global_pool
+    # "avg") the pooler owns pooler.layernorm = our fc_norm; otherwise it has no parameters.
+    theirs = _hf_model(export.config, head=False)
+    theirs.load_state_dict(export.state_dict, strict=True)
+    with torch.no_grad():
+        out = theirs(pixel_values=x)
+        tokens = model.forward_features(x)
+        _close(out.last_hidden_state, tokens)
+        _close(out.pooler_output, model.pool(tokens))
+
+
+@pytest.mark.parametrize("variant", ["avg_pool_head", "token_pool_head"])
+def test_hf_image_classification_logits_match(variant):
+    model, x = _ours(variant), _images()
+    export = to_hf(model, layout=HF_LAYOUT)
+    assert set(export.head) == {"classifier.weight", "classifier.bias"}
+    theirs = _hf_model(export.config, head=True)
+    theirs.load_state_dict(export.for_image_classification(), strict=True)
+    with torch.no_grad():
+        _close(theirs(pixel_values=x).logits, model(x))
+
+
+@pytest.mark.parametrize("variant", ROUND_TRIP)
+def test_round_trips_restore_every_tensor(variant):
+    model = _ours(variant)
+    ours = backbone_state_dict(model.state_dict())
+    for layout in ("module", "hub"):
+        back = from_hf_state_dict(to_hf(model, layout=layout).for_image_classification())
+        assert list(back) == list(ours)
+        assert all(torch.equal(back[k], ours[k]) for k in ours)
+    back = from_timm_state_dict(to_timm(model).state_dict)
+    assert list(back) == list(ours) and all(torch.equal(back[k], ours[k]) for k in ours)
+
+
+@pytest.mark.parametrize("variant", ROUND_TRIP)
+def test_timm_weights_import_into_ours(variant):
+    cfg = model_config(DEBUG, **VARIANTS[variant])
+    theirs = timm.create_model(timm_model_name(cfg), pretrained=False, **timm_kwargs(cfg))
+    theirs = _randomise(theirs, seed=2)
+    model = build_model(cfg).eval()
+    model.load_state_dict(from_timm_state_dict(theirs.state_dict()), strict=True)
+    x = _images()
+    with torch.no_grad():
+        _close(model.forward_features(x), theirs.forward_features(x))
+        _close(model(x), theirs(x))
+
+
+@pytest.mark.parametrize("variant", ROUND_TRIP)
+def test_hf_weights_import_into_ours(variant):
+    cfg = model_config(DEBUG, **VARIANTS[variant])
+    head = cfg.num_classes > 0
+    theirs = _randomise(_hf_model(hf_config(cfg), head=head), seed=3)
+    model = build_model(cfg).eval()
+    model.load_state_dict(from_hf_state_dict(theirs.state_dict()), strict=True)
+    x = _images()
+    with torch.no_grad():
+        out = theirs(pixel_values=x)
+        _close(model(x), out.logits if head else out.pooler_output)
+
+
+def test_hub_files_round_trip_through_from_pretrained_and_save_pretrained(tmp_path):
+    model, x = _ours("shared_bias"), _images()
+    export = to_hf(model, layout="hub")
+    BeitConfig(**export.config).save_pretrained(tmp_path)
+    save_file(export.state_dict, str(tmp_path / "model.safetensors"))
+    theirs, info = BeitModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    with torch.no_grad():
+        _close(theirs.eval()(pixel_values=x).last_hidden_state, model.forward_features(x))
+    theirs.save_pretrained(tmp_path / "saved")
+    saved = load_file(str(tmp_path / "saved" / "model.safetensors"))
+    assert any(k.startswith("encoder.layer.0.attention.attention.query") for k in saved)  # hub names
+    back = from_hf_state_dict(saved)
+    assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())
+
+
+def test_unilm_checkpoint_is_our_layout():
+    # unilm persists the relative position index buffers; everything else is our key set.
+    model = _ours("mim_backbone")
+    checkpoint = model.state_dict() | {
+        name: buf for name, buf in model.named_buffers() if name.endswith("relative_position_index")
+    }
+    assert len(checkpoint) == len(model.state_dict()) + 1  # rel_pos_bias.relative_position_index
+    restored = build_mim_model(model.cfg)
+    restored.load_state_dict(from_timm_state_dict(checkpoint), strict=True)
+    assert all(torch.equal(a, b) for a, b in zip(restored.parameters(), model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize(
+    "name, timm_name",
+    [
+        ("beit_base_patch16_224", "beit_base_patch16_224"),
+        ("beit_large_patch16_512", "beit_large_patch16_512"),
+        ("beit_tiny_patch16_224", "beit_base_patch16_224"),  # not in timm: kwargs give the size
+    ],
+)
+def test_real_sizes_load_strictly(name, timm_name):
+    # Keys and shapes only: on the meta device nothing is allocated or initialised.
+    with torch.device("meta"):
+        model = create_model(name, global_pool="avg", num_classes=1000)
+        export = to_timm(model)
+        timm.create_model(export.model_name, pretrained=False, **export.kwargs).load_state_dict(
+            export.state_dict, strict=True
+        )
+        hf = to_hf(model, layout=HF_LAYOUT)
+        _hf_model(hf.config, head=True).load_state_dict(hf.for_image_classification(), strict=True)
+        if name == timm_name:  # the issue's literal check: timm's defaults (avg pool, 1000 classes)
+            timm.create_model(timm_name, pretrained=False).load_state_dict(export.state_dict, strict=True)
+    assert export.model_name == timm_name
+
+
+def test_foreign_architectures_raise_one_line_errors():
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2
+    )
+    with pytest.raises(
+        ValueError, match=r"unexpected 2 keys \(blocks.0.attn.qkv.bias, blocks.1.attn.qkv.bias\)"
+    ):
+        from_timm_state_dict(vit.state_dict())
+    hf_vit = transformers.ViTModel(
+        transformers.ViTConfig(
+            image_size=32, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2
+        )
+    )
+    with pytest.raises(ValueError, match=r"^from_hf_state_dict: .*unexpected 4 keys") as err:
+        from_hf_state_dict(hf_vit.state_dict())
+    assert "\n" not in str(err.value) and "pooler.dense.weight" in str(err.value)
+
+
+def test_missing_keys_are_named_in_the_input_layout():
+    model = _ours("per_layer_bias")
+    sd = to_hf(model, layout="hub").state_dict
+    del sd["encoder.layer.1.attention.attention.key.weight"], sd["embeddings.cls_token"]
+    with pytest.raises(
+        ValueError,
+        match=r"missing 2 keys \(embeddings.cls_token, encoder.layer.1.attention.attention.key.weight\)$",
+    ):
+        from_hf_state_dict(sd)
+    sd = model.state_dict()
+    del sd["blocks.1.mlp.fc2.bias"]
+    with pytest.raises(
+        ValueError, match=r"^from_timm_state_dict: .*missing 1 keys \(blocks.1.mlp.fc2.bias\)$"
+    ):
+        from_timm_state_dict(sd)
+    with pytest.raises(ValueError, match="layout='timm'"):
+        to_hf(model, layout="timm")
