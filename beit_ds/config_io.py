@@ -1,0 +1,197 @@
+"""Recipes on disk: YAML → typed dataclasses, ``section.key=value`` overrides, resolved YAML out.
+
+Precedence (house style rule 3): dataclass defaults ← the ``model.preset`` named in the recipe ←
+the recipe's YAML ← command-line overrides. Every unknown key or ill-typed value raises
+``ConfigError`` with one line naming ``section.key``, the value and what is expected. Recipes
+shipped with the package (``beit_ds/recipes/*.yaml``) can be named without their path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+import yaml
+
+from beit_ds.config import ConfigError
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+T = TypeVar("T")
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """A recipe file: an existing path, or the name of a shipped recipe (with or without .yaml)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = RECIPES_DIR / (path.name if path.suffix else f"{path.name}.yaml")
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+    raise ConfigError(f"recipe {str(name_or_path)!r}: no such file, and not a shipped recipe ({names})")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping in ``path``; a parse error or a non-mapping is a one-line ``ConfigError``."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(err, 'problem', err)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}"
+        )
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"optim.lr=1e-3"`` -> (["optim", "lr"], 0.001); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of ``data`` with each ``section.key=value`` set (sections created as needed)."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part} is not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """``value`` as ``annotation`` (int, float, bool, str, tuple, Optional/Union of those)."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as err:
+                errors.append(err)
+        raise errors[0]
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where}={value!r}: expected a list of {len(args)} values")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    if origin is list:
+        (arg,) = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}={value!r}: expected a list")
+        return [_coerce(v, arg, where) for v in value]
+    if annotation is float:
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads "1e-3" as a string
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}={value!r}: expected a number")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}={value!r}: expected an integer")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}={value!r}: expected true or false")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}={value!r}: expected a string")
+    if annotation is Any:
+        return value
+    raise ConfigError(f"{where}: unsupported field type {annotation!r}")
+
+
+def build_dataclass(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
+    """``cls(**data)`` with nested sections, coerced values and unknown keys rejected."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}={data!r}: expected a mapping of keys")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            known = ", ".join(fields)
+            raise ConfigError(f"{where + '.' if where else ''}{key}: unknown key (expected one of {known})")
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{where}.{key}" if where else key
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = build_dataclass(hint, value, name)
+        else:
+            kwargs[key] = _coerce(value, hint, name)
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass tree as plain YAML-safe types (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(obj))
+
+
+def save_yaml(obj: Any, path: Path) -> None:
+    """Write the resolved config ``obj`` as YAML (the form ``load_recipe`` reads back)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+
+
+def _resolve_preset(data: dict[str, Any]) -> dict[str, Any]:
+    """Expand ``model.preset: NAME`` into that preset's keys, under the recipe's own keys."""
+    model = data.get("model")
+    if not isinstance(model, dict) or "preset" not in model:
+        return data
+    from beit_ds.models.presets import PRESETS
+
+    model = dict(model)
+    name = model.pop("preset")
+    if name not in PRESETS:
+        raise ConfigError(f"model.preset={name!r}: expected one of {', '.join(sorted(PRESETS))}")
+    return {**data, "model": {**dataclasses.asdict(PRESETS[name]), **model}}
+
+
+def load_recipe(cls: type[T], name_or_path: str | Path | None, overrides: list[str] = ()) -> T:
+    """The recipe ``cls`` from a YAML file (or defaults when None) plus CLI overrides."""
+    data = read_yaml(recipe_path(name_or_path)) if name_or_path is not None else {}
+    data = _resolve_preset(apply_overrides(data, list(overrides)))
+    try:
+        return build_dataclass(cls, data)
+    except TypeError as err:  # a section given as a scalar, etc.
+        raise ConfigError(f"recipe {name_or_path}: {err}") from None

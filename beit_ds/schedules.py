@@ -1,0 +1,29 @@
+"""Learning-rate and weight-decay schedules as pure functions of the optimizer step
+(seed §5: linear warm-up, then cosine decay; house style rule 11 — resume needs no state).
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def cosine_with_warmup(step: int, total_steps: int, warmup_steps: int, peak: float, final: float) -> float:
+    """Value at ``step``: linear 0 → ``peak`` over ``warmup_steps``, then cosine to ``final``.
+
+    ``step`` counts optimizer steps from 0; past ``total_steps`` the value stays at ``final``.
+    """
+    if step < warmup_steps:
+        return peak * step / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return final + 0.5 * (peak - final) * (1.0 + math.cos(math.pi * progress))
+
+
+def cosine(step: int, total_steps: int, start: float, end: float) -> float:
+    """Cosine from ``start`` to ``end`` over ``total_steps`` (the optional weight-decay schedule)."""
+    return cosine_with_warmup(step, total_steps, 0, start, end)
+
+
+def scaled_lr(base_lr: float, base_batch: int, global_batch: int) -> float:
+    """The linear scaling rule: ``base_lr`` is the rate for ``base_batch`` images per step."""
+    return base_lr * global_batch / base_batch
