@@ -8,8 +8,9 @@ module imports no torch so that recipes can be checked before any process group 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -75,11 +76,17 @@ class ModelConfig:
         _positive_int(s, "num_classes", self.num_classes + 1)  # 0 allowed: no head
         _expect(
             self.img_size % self.patch_size == 0,
-            s, "img_size", self.img_size, f"a multiple of model.patch_size={self.patch_size}",
+            s,
+            "img_size",
+            self.img_size,
+            f"a multiple of model.patch_size={self.patch_size}",
         )
         _expect(
             self.embed_dim % self.num_heads == 0,
-            s, "embed_dim", self.embed_dim, f"divisible by model.num_heads={self.num_heads}",
+            s,
+            "embed_dim",
+            self.embed_dim,
+            f"divisible by model.num_heads={self.num_heads}",
         )
         _expect(self.mlp_ratio > 0, s, "mlp_ratio", self.mlp_ratio, "a positive number")
         _fraction(s, "drop_path_rate", self.drop_path_rate)
@@ -99,7 +106,7 @@ class ModelConfig:
         h, w = self.grid_size
         return h * w
 
-    def replace(self, **overrides: Any) -> "ModelConfig":
+    def replace(self, **overrides: Any) -> ModelConfig:
         """A copy with ``overrides`` applied; unknown names raise ``ConfigError``."""
         known = {f.name for f in dataclasses.fields(self)}
         for key in overrides:
@@ -153,3 +160,208 @@ class MaskingConfig:
             _positive_int(s, "max_block_patches", self.max_block_patches)
         ok = 0.0 < self.min_aspect <= 1.0
         _expect(ok, s, "min_aspect", self.min_aspect, "a number in (0, 1]")
+
+
+# ---- data pipeline (issue 4; used by beit_ds/data/) -------------------------------------------------
+
+DATA_SOURCES = ("demo", "folder", "filelist", "shards", "archive")
+INTERPOLATIONS = ("bilinear", "bicubic", "lanczos")
+TOKENIZER_VIEWS = ("dalle", "raw")
+
+
+@dataclass
+class TransformConfig:
+    """Augmentation (seed §2.5, App. G): one random-resized crop gives two views.
+
+    The crop covers a fraction in ``scale`` of the image area with an aspect ratio in ``ratio``; the
+    patch view is ``input_size``² (``interpolation``), normalised by ``mean`` / ``std``; the tokenizer
+    view is ``second_input_size``² (``second_interpolation``), prepared as ``tokenizer_view`` says
+    (``"dalle"``: DALL-E ``map_pixels``, ``"raw"``: [0, 1] pixels). Both get the same horizontal flip
+    (probability ``hflip``) and brightness / contrast / saturation jitter of strength ``color_jitter``
+    (0 disables). Evaluation resizes so that a centre crop of ``crop_pct`` of the shorter side becomes
+    ``input_size``². ``fast_decode``: JPEGs may decode at 1/2, 1/4 or 1/8 scale when the crop stays at
+    least as large as the output.
+    """
+
+    input_size: int = 224
+    second_input_size: int = 112
+    interpolation: str = "bicubic"
+    second_interpolation: str = "lanczos"
+    tokenizer_view: str = "dalle"
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (0.75, 1.3333333333333333)
+    hflip: float = 0.5
+    color_jitter: float = 0.4
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    crop_pct: float = 0.875
+    fast_decode: bool = True
+
+    def __post_init__(self) -> None:
+        s = "data.transform"
+        _positive_int(s, "input_size", self.input_size)
+        _positive_int(s, "second_input_size", self.second_input_size)
+        _choice(s, "interpolation", self.interpolation, INTERPOLATIONS)
+        _choice(s, "second_interpolation", self.second_interpolation, INTERPOLATIONS)
+        _choice(s, "tokenizer_view", self.tokenizer_view, TOKENIZER_VIEWS)
+        lo, hi = _pair(s, "scale", self.scale)
+        _expect(0 < lo <= hi <= 1, s, "scale", self.scale, "two numbers 0 < lo <= hi <= 1")
+        lo, hi = _pair(s, "ratio", self.ratio)
+        _expect(0 < lo <= hi, s, "ratio", self.ratio, "two numbers 0 < lo <= hi")
+        _expect(0 <= self.hflip <= 1, s, "hflip", self.hflip, "a probability in [0, 1]")
+        _fraction(s, "color_jitter", self.color_jitter)
+        _expect(len(self.mean) == 3, s, "mean", self.mean, "three numbers (R, G, B)")
+        ok = len(self.std) == 3 and all(v > 0 for v in self.std)
+        _expect(ok, s, "std", self.std, "three positive numbers (R, G, B)")
+        _expect(0 < self.crop_pct <= 1, s, "crop_pct", self.crop_pct, "a number in (0, 1]")
+
+
+def _pair(section: str, key: str, value: Any) -> tuple[float, float]:
+    ok = isinstance(value, (list, tuple)) and len(value) == 2
+    ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    _expect(ok, section, key, value, "a list of two numbers")
+    return float(value[0]), float(value[1])
+
+
+def _non_negative_int(section: str, key: str, value: Any) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    _expect(ok, section, key, value, "an integer >= 0")
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they are read (issue 4; formats in ``beit_ds/data``).
+
+    ``source``: ``"demo"`` (scikit-image's bundled photographs; no ``path``), ``"folder"`` (images
+    under ``path``; class = first sub-folder when every image sits in one), ``"filelist"`` (``path``
+    is a text file of ``image[,label]`` lines relative to its folder), ``"shards"`` (a folder of
+    WebDataset tar shards, see ``launch/make_shards.py``) or ``"archive"`` (a ``.tar`` read in place,
+    a ``.tar.gz`` extracted once into ``cache_dir``). ``subdir``: a folder inside ``path`` or the
+    archive. ``eval_path`` / ``eval_subdir``: the fine-tuning evaluation set (``""``: same as
+    training). ``repeats``: every image is visited this many times per epoch. Undecodable images are
+    skipped, counted and reported; more than ``max_skip_fraction`` of reads skipped is an error (1
+    disables). Images over ``max_image_pixels`` are skipped (decompression bombs). ``check_files``:
+    how many paths of a file list are checked up front.
+    """
+
+    source: str = "demo"
+    path: str = ""
+    subdir: str = ""
+    eval_path: str = ""
+    eval_subdir: str = ""
+    repeats: int = 1
+    num_workers: int = 8
+    pin_memory: bool = True
+    prefetch_factor: int = 2
+    cache_dir: str = ""
+    max_image_pixels: int = 89_478_485
+    max_skip_fraction: float = 0.01
+    check_files: int = 256
+    transform: TransformConfig = dataclasses.field(default_factory=TransformConfig)
+
+    def __post_init__(self) -> None:
+        s = "data"
+        _choice(s, "source", self.source, DATA_SOURCES)
+        expected = f"a path for data.source={self.source!r}"
+        _expect(bool(self.path) or self.source == "demo", s, "path", self.path, expected)
+        _positive_int(s, "repeats", self.repeats)
+        _non_negative_int(s, "num_workers", self.num_workers)  # 0: load in the training process
+        _positive_int(s, "prefetch_factor", self.prefetch_factor)
+        _positive_int(s, "max_image_pixels", self.max_image_pixels)
+        ok = isinstance(self.max_skip_fraction, (int, float)) and 0 <= self.max_skip_fraction <= 1
+        _expect(ok, s, "max_skip_fraction", self.max_skip_fraction, "a number in [0, 1]")
+        _non_negative_int(s, "check_files", self.check_files)  # 0: no up-front check
+        _expect(isinstance(self.transform, TransformConfig), s, "transform", self.transform, "a mapping")
+
+
+# ---- end of data pipeline block ----------------------------------------------------------------------
+
+
+# ---- visual tokenizers (issue 5; used by beit_ds/tokenizers/) ----------------------------------------
+
+TOKENIZER_NAMES = ("dalle", "dvae")
+TOKENIZER_DTYPES = ("float32", "bfloat16")
+
+
+def _non_negative_number(section: str, key: str, value: Any) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    _expect(ok, section, key, value, "a number >= 0")
+
+
+@dataclass
+class DVAEConfig:
+    """Our trainable discrete VAE (seed App. C; DALL-E's recipe, Ramesh et al. 2021 §2.1).
+
+    Architecture: a conv encoder downsampling by ``downsample`` (a power of two; 8 turns a 112²
+    view into 14×14 tokens) with ``hidden_dim`` channels and ``num_res_blocks`` residual blocks
+    per resolution, logits over ``codebook_size`` codes, a ``codebook_dim``-wide codebook, and a
+    mirrored decoder. Training: Gumbel-softmax temperature annealed (cosine) from
+    ``temperature_start`` to ``temperature_end`` over ``temperature_steps``; KL to the uniform
+    prior with weight warmed up (cosine) from 0 to ``kl_weight`` over ``kl_warmup_steps``;
+    ``diversity_weight`` scales the codebook-usage term (MAGVIT-v2's entropy penalty: confident
+    cells, spread batch) that, with the KL term, keeps the codebook from collapsing. The loss
+    weights are relative to a per-pixel MSE in [0, 1] units (DALL-E's β = 6.6 is not: its
+    reconstruction term is a sum over pixels).
+    """
+
+    codebook_size: int = 8192
+    codebook_dim: int = 256
+    hidden_dim: int = 64
+    num_res_blocks: int = 1
+    downsample: int = 8
+    in_channels: int = 3
+    temperature_start: float = 1.0
+    temperature_end: float = 0.0625
+    temperature_steps: int = 150_000
+    kl_weight: float = 0.01
+    kl_warmup_steps: int = 5000
+    diversity_weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        s = "tokenizer.dvae"
+        for key in ("codebook_size", "codebook_dim", "hidden_dim", "in_channels", "downsample"):
+            _positive_int(s, key, getattr(self, key))
+        _expect(self.codebook_size >= 2, s, "codebook_size", self.codebook_size, "an integer >= 2")
+        d = self.downsample
+        _expect(d & (d - 1) == 0, s, "downsample", d, "a power of two (1, 2, 4, 8, 16, ...)")
+        _positive_int(s, "num_res_blocks", self.num_res_blocks + 1)  # 0 allowed
+        for key in ("temperature_start", "temperature_end"):
+            value = getattr(self, key)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+            _expect(ok, s, key, value, "a positive number")
+        _positive_int(s, "temperature_steps", self.temperature_steps)
+        _non_negative_number(s, "kl_weight", self.kl_weight)
+        _positive_int(s, "kl_warmup_steps", self.kl_warmup_steps + 1)  # 0: no warm-up
+        _non_negative_number(s, "diversity_weight", self.diversity_weight)
+
+
+@dataclass
+class TokenizerConfig:
+    """Which visual tokenizer gives the pre-training targets (seed §2.1, App. C).
+
+    ``name``: ``"dalle"`` (OpenAI's dVAE: ``path`` is ``encoder.pkl`` or a state dict of it,
+    ``decoder_path`` optionally ``decoder.pkl`` for reconstructions) or ``"dvae"`` (ours:
+    ``path`` is a ``.safetensors`` file saved by ``beit_ds.tokenizers.save_dvae``, which holds
+    the decoder too; ``dvae`` configures training one). ``image_size``: the tokenizer view
+    (112 for 224² images with 16² patches and downsampling 8). ``dtype``: inference precision.
+    """
+
+    name: str = "dalle"
+    path: str = ""
+    decoder_path: str = ""
+    image_size: int = 112
+    dtype: str = "float32"
+    dvae: DVAEConfig = dataclasses.field(default_factory=DVAEConfig)
+
+    def __post_init__(self) -> None:
+        s = "tokenizer"
+        _choice(s, "name", self.name, TOKENIZER_NAMES)
+        _expect(isinstance(self.path, str), s, "path", self.path, "a file path string")
+        ok = isinstance(self.decoder_path, str) and (self.name == "dalle" or not self.decoder_path)
+        _expect(ok, s, "decoder_path", self.decoder_path, "empty unless tokenizer.name='dalle'")
+        _positive_int(s, "image_size", self.image_size)
+        _choice(s, "dtype", self.dtype, TOKENIZER_DTYPES)
+        _expect(isinstance(self.dvae, DVAEConfig), s, "dvae", self.dvae, "a mapping")
+
+
+# ---- end of visual tokenizers block ------------------------------------------------------------------

@@ -1,0 +1,120 @@
+"""Typed batches (house style: a batch is an object, not a tuple) and the collate functions.
+
+A loader worker returns one ``Sample`` per index; ``collate_mim`` / ``collate_classes`` stack them
+into a ``MIMBatch`` / ``ClassBatch`` and pass the samples' skip records alongside, so that the loader
+in the training process can count skips that happened in worker processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+Skips = list[tuple[str, str]]  # (reason, path) per skipped read
+
+
+@dataclass
+class Sample:
+    """One loaded image: ``views`` (float [3, H, W] each), label, mask [gh, gw] and skipped reads."""
+
+    index: int
+    views: tuple[torch.Tensor, ...]
+    label: int | None = None
+    mask: np.ndarray | None = None
+    skips: Skips = field(default_factory=list)
+
+
+def _move(x: torch.Tensor | None, device: torch.device | str, dtype: torch.dtype | None = None):
+    if x is None:
+        return None
+    return x.to(device=device, dtype=dtype, non_blocking=True)
+
+
+@dataclass
+class MIMBatch:
+    """A pre-training batch (seed §2.3).
+
+    ``images`` [B, 3, H, W] float, normalised patch view; ``tokenizer_images`` [B, 3, h, w] float,
+    the tokenizer's input (DALL-E ``map_pixels`` or raw [0, 1]); ``bool_masked_pos`` [B, gh, gw]
+    bool, True = masked; ``indices`` [B] int64 global sample indices; ``labels`` [B] int64 or None.
+    """
+
+    images: torch.Tensor
+    tokenizer_images: torch.Tensor
+    bool_masked_pos: torch.Tensor
+    indices: torch.Tensor
+    labels: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> MIMBatch:
+        """Moved to ``device``; the two image tensors also cast to ``dtype`` when given."""
+        return MIMBatch(
+            images=_move(self.images, device, dtype),
+            tokenizer_images=_move(self.tokenizer_images, device, dtype),
+            bool_masked_pos=_move(self.bool_masked_pos, device),
+            indices=_move(self.indices, device),
+            labels=_move(self.labels, device),
+        )
+
+    def pin_memory(self) -> MIMBatch:
+        """Page-locked copies (called by ``DataLoader(pin_memory=True)``)."""
+        pinned = {k: (v.pin_memory() if v is not None else None) for k, v in self.__dict__.items()}
+        return MIMBatch(**pinned)
+
+
+@dataclass
+class ClassBatch:
+    """A fine-tuning / evaluation batch: ``images`` [B, 3, H, W], ``labels`` [B], ``indices`` [B]."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ClassBatch:
+        return ClassBatch(
+            _move(self.images, device, dtype), _move(self.labels, device), _move(self.indices, device)
+        )
+
+    def pin_memory(self) -> ClassBatch:
+        return ClassBatch(self.images.pin_memory(), self.labels.pin_memory(), self.indices.pin_memory())
+
+
+def _labels(samples: Sequence[Sample]) -> torch.Tensor | None:
+    if any(s.label is None for s in samples):
+        return None
+    return torch.tensor([s.label for s in samples], dtype=torch.int64)
+
+
+def _skips(samples: Sequence[Sample]) -> Skips:
+    return [skip for s in samples for skip in s.skips]
+
+
+def collate_mim(samples: Sequence[Sample]) -> tuple[MIMBatch, Skips]:
+    """Stack two-view samples with masks into a ``MIMBatch``; also return their skips."""
+    batch = MIMBatch(
+        images=torch.stack([s.views[0] for s in samples]),
+        tokenizer_images=torch.stack([s.views[1] for s in samples]),
+        bool_masked_pos=torch.from_numpy(np.stack([s.mask for s in samples])),
+        indices=torch.tensor([s.index for s in samples], dtype=torch.int64),
+        labels=_labels(samples),
+    )
+    return batch, _skips(samples)
+
+
+def collate_classes(samples: Sequence[Sample]) -> tuple[ClassBatch, Skips]:
+    """Stack labelled one-view samples into a ``ClassBatch``; also return their skips."""
+    labels = _labels(samples)
+    if labels is None:
+        raise ValueError("collate_classes: every sample needs a label")
+    images = torch.stack([s.views[0] for s in samples])
+    return ClassBatch(images, labels, torch.tensor([s.index for s in samples], dtype=torch.int64)), _skips(
+        samples
+    )

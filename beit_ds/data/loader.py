@@ -1,0 +1,131 @@
+"""``ResumableLoader``: a DataLoader for one rank and one epoch that knows its global position.
+
+It yields typed batches, gathers the skips reported by worker processes into one ``SkipReport``
+(shared by the loaders of later epochs made with ``at``), stops with ``DataError`` once more than
+``data.max_skip_fraction`` of reads were skipped, and reports ``state_dict()`` = (epoch, position):
+the samples of the epoch's global order consumed by all ranks, ``start + batches · B · W``. The
+position counts batches handed to the training loop, not those prefetched by workers, so a
+checkpoint taken between two steps resumes exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from beit_ds.config import DataConfig
+from beit_ds.data.datasets import ImageDataset
+from beit_ds.data.sampler import ResumableDistributedSampler
+from beit_ds.data.skips import DataError, SkipReport
+
+SKIP_CHECK_AFTER = 64  # reads before data.max_skip_fraction is enforced (an early bad file is no trend)
+
+
+@dataclass(frozen=True)
+class LoaderPlace:
+    """Where a loader stands: this rank of ``world_size``, per-rank ``batch_size``, seed and position."""
+
+    batch_size: int
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0
+    epoch: int = 0
+    start_sample: int = 0
+
+
+class ResumableLoader:
+    """Batches of ``dataset`` for ``place``; ``train`` = shuffled, equal batch counts on every rank."""
+
+    def __init__(
+        self,
+        dataset: ImageDataset,
+        collate: Callable[[Sequence[Any]], tuple[Any, list[tuple[str, str]]]],
+        place: LoaderPlace,
+        cfg: DataConfig,
+        train: bool,
+        report: SkipReport | None = None,
+    ) -> None:
+        self.dataset, self.collate, self.place, self.cfg, self.train = dataset, collate, place, cfg, train
+        if report is None:
+            report = SkipReport()
+            for path in dataset.records.ignored:
+                report.add("ignored", path)
+        self.report = report
+        self.sampler = ResumableDistributedSampler(
+            num_samples=len(dataset),
+            rank=place.rank,
+            world_size=place.world_size,
+            seed=place.seed,
+            epoch=place.epoch,
+            start_sample=place.start_sample,
+            shuffle=train,
+            drop_last=train,
+        )
+        self._batches = 0
+
+    @property
+    def num_samples(self) -> int:
+        """Samples in one epoch over all ranks (images × ``data.repeats`` for training)."""
+        return len(self.dataset)
+
+    @property
+    def classes(self) -> tuple[str, ...] | None:
+        return self.dataset.records.classes
+
+    def class_counts(self) -> list[int]:
+        return self.dataset.records.class_counts()
+
+    def __len__(self) -> int:
+        b = self.place.batch_size
+        n = len(self.sampler)
+        return n // b if self.train else (n + b - 1) // b
+
+    def at(self, epoch: int, start_sample: int = 0) -> ResumableLoader:
+        """The loader of ``epoch`` from ``start_sample``: same dataset, same skip report."""
+        place = replace(self.place, epoch=epoch, start_sample=start_sample)
+        return ResumableLoader(self.dataset, self.collate, place, self.cfg, self.train, self.report)
+
+    def state_dict(self) -> dict[str, int]:
+        """``epoch`` and ``position``: samples of the epoch consumed by all ranks so far."""
+        consumed = self._batches * self.place.batch_size * self.place.world_size
+        return {"epoch": self.place.epoch, "position": self.place.start_sample + consumed}
+
+    def _data_loader(self) -> DataLoader:
+        workers = self.cfg.num_workers
+        return DataLoader(
+            self.dataset,
+            batch_size=self.place.batch_size,
+            sampler=self.sampler,
+            num_workers=workers,
+            collate_fn=self.collate,
+            pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
+            drop_last=self.train,
+            prefetch_factor=self.cfg.prefetch_factor if workers > 0 else None,
+            # DataLoader draws its workers' base seed from this generator; without one it would
+            # consume the global torch RNG and shift drop-path draws after a resume.
+            generator=torch.Generator().manual_seed(self.place.seed * 100_003 + self.place.epoch),
+        )
+
+    def __iter__(self) -> Iterator[Any]:
+        self._batches = 0
+        for batch, skips in self._data_loader():
+            self.report.extend(skips)
+            self.report.loaded += len(batch)
+            self._check_skips(final=False)
+            self._batches += 1
+            yield batch
+        self._check_skips(final=True)
+
+    def _check_skips(self, final: bool) -> None:
+        report, limit = self.report, self.cfg.max_skip_fraction
+        reads = report.skipped + report.loaded
+        if limit >= 1 or (reads < SKIP_CHECK_AFTER and not final) or report.skip_fraction <= limit:
+            return
+        raise DataError(
+            f"data.max_skip_fraction={limit}: {report.skipped} of {reads} reads skipped"
+            f" ({report.skip_fraction:.1%}); {report.summary()}"
+        )
