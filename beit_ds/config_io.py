@@ -187,9 +187,29 @@ def _resolve_preset(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "model": {**dataclasses.asdict(PRESETS[name]), **model}}
 
 
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if both else value
+    return out
+
+
+def read_recipe(name_or_path: str | Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe's mapping with ``inherit: <recipe>`` resolved (the child's keys win)."""
+    path = recipe_path(name_or_path)
+    if path in seen:
+        raise ConfigError(f"{path}: inherit cycle through {', '.join(str(p) for p in seen)}")
+    data = read_yaml(path)
+    parent = data.pop("inherit", None)
+    if parent is None:
+        return data
+    return _merge(read_recipe(parent, (*seen, path)), data)
+
+
 def load_recipe(cls: type[T], name_or_path: str | Path | None, overrides: list[str] = ()) -> T:
     """The recipe ``cls`` from a YAML file (or defaults when None) plus CLI overrides."""
-    data = read_yaml(recipe_path(name_or_path)) if name_or_path is not None else {}
+    data = read_recipe(name_or_path) if name_or_path is not None else {}
     data = _resolve_preset(apply_overrides(data, list(overrides)))
     try:
         return build_dataclass(cls, data)

@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from beit_ds.config import (
+    DataConfig,
     MaskingConfig,
     MIMConfig,
     ModelConfig,
+    TokenizerConfig,
     _choice,
     _expect,
     _positive_int,
@@ -119,6 +121,8 @@ class PretrainRecipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     mim: MIMConfig = field(default_factory=MIMConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

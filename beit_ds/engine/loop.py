@@ -118,15 +118,13 @@ def run_loop(
                 save(state)
             if state.step >= plan.total_steps or state.samples_in_epoch >= epoch_samples:
                 break
-        if state.samples_in_epoch >= epoch_samples:
+        if micro == 0:
+            raise RuntimeError(f"the data loader of epoch {state.epoch} yielded no batch")
+        if state.step < plan.total_steps or state.samples_in_epoch >= epoch_samples:
+            # the loader ran out or the epoch's steps are done: the epoch ends either way
             state.epoch, state.samples_in_epoch = state.epoch + 1, 0
             if state.epoch % plan.save_every_epochs == 0:
                 save(state)
-        elif state.step < plan.total_steps:
-            raise RuntimeError(
-                f"the data loader of epoch {state.epoch} ended after {state.samples_in_epoch}"
-                f" of {epoch_samples} samples"
-            )
     save(state)
     bar.close()
     io.writer.flush()

@@ -1,0 +1,65 @@
+"""Export a (ZeRO-sharded) checkpoint as consolidated fp32 weights ready for fine-tuning:
+``model.safetensors`` in our (= unilm) layout, plus the backbone in timm's and Hugging Face's
+layouts (``timm/``, ``hf/``) via ``models/convert.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from beit_ds.config_io import build_dataclass
+from beit_ds.engine.checkpoint import verify
+from beit_ds.models import BeitForMaskedImageModeling, build_mim_model, build_model
+from beit_ds.models.convert import backbone_state_dict, to_hf, to_timm
+from beit_ds.recipe import PretrainRecipe
+
+
+def checkpoint_client_state(tag_dir: Path) -> dict[str, Any]:
+    """The client state (recipe, TrainState) rank 0 stored with DeepSpeed's model states."""
+    files = sorted(tag_dir.glob("mp_rank_*_model_states.pt"))
+    if not files:
+        raise FileNotFoundError(f"checkpoint {tag_dir}: no mp_rank_*_model_states.pt (not a DeepSpeed checkpoint)")
+    return torch.load(files[0], map_location="cpu", weights_only=False)
+
+
+def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
+    """fp32 weights gathered from every rank's ZeRO shards."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    sd = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
+def _contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous() for k, v in sd.items()}
+
+
+def export_checkpoint(tag_dir: Path, out_dir: Path) -> list[Path]:
+    """Write ``model.safetensors`` (+ ``recipe.json``), ``timm/`` and ``hf/`` from ``tag_dir``."""
+    tag_dir, out_dir = Path(tag_dir), Path(out_dir)
+    verify(tag_dir)
+    client = checkpoint_client_state(tag_dir)
+    recipe = build_dataclass(PretrainRecipe, client["recipe"])
+    model: BeitForMaskedImageModeling = build_mim_model(recipe.model, recipe.mim)
+    model.load_state_dict(consolidated_state_dict(tag_dir), strict=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ours = out_dir / "model.safetensors"
+    save_file(_contiguous(model.state_dict()), ours, metadata={"format": "beit_ds", "source": str(tag_dir)})
+    (out_dir / "recipe.json").write_text(json.dumps(client["recipe"], indent=1))
+    backbone = build_model(recipe.model)
+    backbone.load_state_dict(backbone_state_dict(model.state_dict()), strict=True)
+    timm = to_timm(backbone)
+    (out_dir / "timm").mkdir(exist_ok=True)
+    save_file(_contiguous(timm.state_dict), out_dir / "timm" / "model.safetensors")
+    (out_dir / "timm" / "timm.json").write_text(json.dumps({"model_name": timm.model_name, "kwargs": timm.kwargs}, indent=1, default=repr))
+    hf = to_hf(backbone, layout="hub")
+    (out_dir / "hf").mkdir(exist_ok=True)
+    save_file(_contiguous(hf.state_dict), out_dir / "hf" / "model.safetensors", metadata={"format": "pt"})
+    config = {"model_type": "beit", "architectures": ["BeitModel"], **hf.config}
+    (out_dir / "hf" / "config.json").write_text(json.dumps(config, indent=1))
+    return [ours, out_dir / "timm", out_dir / "hf"]

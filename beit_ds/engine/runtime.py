@@ -1,0 +1,69 @@
+"""Start DeepSpeed: the process group (NCCL on GPUs, gloo on CPUs) and the engine with our
+parameter groups. A plain ``python`` process becomes rank 0 of 1 through the same path.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import torch
+from torch import nn
+
+from beit_ds.optim import param_groups
+from beit_ds.recipe import OptimConfig
+
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def torch_dtype(precision: str) -> torch.dtype:
+    """The dtype of the engine's module and inputs for ``precision``."""
+    return _DTYPES[precision]
+
+
+def _single_process_env() -> None:
+    if "RANK" in os.environ or "SLURM_PROCID" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)}.items():
+        os.environ.setdefault(key, value)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy's and Python's global generators."""
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def init_distributed() -> None:
+    """Join (or, alone, create) the process group; idempotent."""
+    import deepspeed
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    _single_process_env()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+
+
+def init_engine(model: nn.Module, optim: OptimConfig, ds_config: dict[str, Any]) -> Any:
+    """``deepspeed.initialize`` with the model's AdamW groups (no decay on biases, norms, tokens,
+    position tables; layer-wise lr scales when ``optim.layer_decay < 1``)."""
+    import deepspeed
+
+    init_distributed()
+    groups = param_groups(model, optim.weight_decay, optim.layer_decay)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config)
+    return engine
