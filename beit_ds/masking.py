@@ -51,9 +51,7 @@ def _check_grid(grid: tuple[int, int]) -> tuple[int, int]:
 def _check_target(num_masking_patches: int, grid: tuple[int, int]) -> int:
     n = grid[0] * grid[1]
     if not 0 < num_masking_patches < n:
-        raise ValueError(
-            f"num_masking_patches={num_masking_patches}: expected 1..{n - 1} for a grid {grid}"
-        )
+        raise ValueError(f"num_masking_patches={num_masking_patches}: expected 1..{n - 1} for a grid {grid}")
     return num_masking_patches
 
 
@@ -87,8 +85,7 @@ class BlockwiseMaskGenerator:
         max_block = num_masking_patches if max_block_patches is None else max_block_patches
         if max_block < min_block_patches:
             raise ValueError(
-                f"max_block_patches={max_block_patches}: expected >= min_block_patches"
-                f" ({min_block_patches})"
+                f"max_block_patches={max_block_patches}: expected >= min_block_patches ({min_block_patches})"
             )
         if not 0.0 < min_aspect <= 1.0:
             raise ValueError(f"min_aspect={min_aspect}: expected a number in (0, 1]")

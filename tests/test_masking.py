@@ -74,7 +74,9 @@ def test_random_masking_masks_exactly_the_target_uniformly():
 
 
 def test_build_from_config_derives_target_from_ratio():
-    gen = build_mask_generator(MaskingConfig(num_masking_patches=None, mask_ratio=0.4, min_block_patches=4), (8, 8))
+    gen = build_mask_generator(
+        MaskingConfig(num_masking_patches=None, mask_ratio=0.4, min_block_patches=4), (8, 8)
+    )
     assert gen.num_masking_patches == 26
     assert gen(np.random.default_rng(0)).shape == (8, 8)
     rand = build_mask_generator(MaskingConfig(strategy="random"), GRID)

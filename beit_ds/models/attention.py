@@ -108,7 +108,7 @@ class Attention(nn.Module):
             bias = own if bias is None else bias + own
         if bias is not None:
             bias = bias.to(q.dtype).unsqueeze(0)
-        if self.attn_impl == "sdpa":
+        if self.attn_impl == "sdpa" and not _sdpa_falls_back(q, bias):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         else:
             out = self._eager(q, k, v, bias)
@@ -119,5 +119,16 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         attn = (q * self.scale) @ k.transpose(-2, -1)
         if bias is not None:
-            attn = attn + bias
+            attn.add_(bias)  # in place: the product's backward needs its inputs, not its output
         return attn.softmax(dim=-1) @ v
+
+
+def _sdpa_falls_back(q: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """True where SDPA has no fused kernel for this call and would run its unfused math path.
+
+    On CPU no fused kernel returns a gradient for the additive mask, so training with a
+    learnable relative position bias gets the math path; ``Attention._eager`` computes the same
+    thing with fewer passes over the ``[B, heads, T, T]`` scores (measured by bench/mim_step.py).
+    """
+    needs_bias_grad = bias is not None and bias.requires_grad and torch.is_grad_enabled()
+    return needs_bias_grad and q.device.type == "cpu"

@@ -9,6 +9,7 @@ State-dict keys follow unilm / timm (``patch_embed.proj``, ``cls_token``, ``pos_
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import nn
@@ -49,7 +50,7 @@ class Block(nn.Module):
             grid=cfg.grid_size if own_bias else None,
             attn_impl=cfg.attn_impl,
         )
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=cfg.norm_eps)
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
         self.gamma_1 = self.gamma_2 = None
@@ -58,15 +59,19 @@ class Block(nn.Module):
             self.gamma_2 = nn.Parameter(torch.full((dim,), cfg.layer_scale_init))
 
     def forward(self, x: torch.Tensor, shared_bias: torch.Tensor | None = None) -> torch.Tensor:
-        """``x [B, T, D]`` -> ``[B, T, D]``."""
+        """``x [B, T, D]`` -> ``[B, T, D]``; drop path skips the branches of dropped samples."""
+        x = self.drop_path.residual(x, partial(self.attn_branch, shared_bias=shared_bias))
+        return self.drop_path.residual(x, self.mlp_branch)
+
+    def attn_branch(self, x: torch.Tensor, shared_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``γ₁ · attn(LN₁(x))``: ``[B, T, D] -> [B, T, D]``."""
         a = self.attn(self.norm1(x), shared_bias)
-        if self.gamma_1 is not None:
-            a = self.gamma_1 * a
-        x = x + self.drop_path(a)
+        return a if self.gamma_1 is None else self.gamma_1 * a
+
+    def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """``γ₂ · mlp(LN₂(x))``: ``[B, T, D] -> [B, T, D]``."""
         m = self.mlp(self.norm2(x))
-        if self.gamma_2 is not None:
-            m = self.gamma_2 * m
-        return x + self.drop_path(m)
+        return m if self.gamma_2 is None else self.gamma_2 * m
 
 
 class Beit(nn.Module):
@@ -152,9 +157,7 @@ class Beit(nn.Module):
             x = x + self.pos_embed.to(x.dtype)
         return x
 
-    def forward_features(
-        self, x: torch.Tensor, bool_masked_pos: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
         """All tokens after the last block and ``norm``: ``[B, 1 + N, D]``."""
         x = self.embed(x, bool_masked_pos)
         shared = self.rel_pos_bias() if self.rel_pos_bias is not None else None

@@ -6,6 +6,8 @@ Nothing here is BEiT-specific; BEiT's attention lives in ``attention.py`` and it
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -48,18 +50,45 @@ class Mlp(nn.Module):
 
 
 class DropPath(nn.Module):
-    """Stochastic depth: zero a sample's residual branch with probability ``p`` (training only)."""
+    """Stochastic depth: zero a sample's residual branch with probability ``p`` (training only).
+
+    ``residual(x, branch)`` is the way blocks use it: ``x + self(branch(x))``, with the branch
+    run only on the samples that are kept (on CPU), so dropped samples cost no compute.
+    """
 
     def __init__(self, p: float) -> None:
         super().__init__()
         self.p = p
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def keep_mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Per-sample ``[B, 1, ...]`` 1 (kept) / 0 (dropped) draw; None in eval or when ``p = 0``."""
         if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
+            return None
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+        return x.new_empty(shape).bernoulli_(1.0 - self.p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = self.keep_mask(x)
+        return x if mask is None else x * mask.div_(1.0 - self.p)
+
+    def residual(self, x: torch.Tensor, branch: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``x + self(branch(x))`` for ``x [B, ...]``, the same draw and value as that expression.
+
+        On CPU the branch sees only the kept samples ``x[kept]`` (so a step with drop-path rate
+        p saves about p of the branch FLOPs) and its output is added back with ``index_add``;
+        an all-dropped batch still runs the branch on zero samples, so every parameter gets a
+        (zero) gradient. Elsewhere the mask multiplies the branch output: no host sync.
+        """
+        mask = self.keep_mask(x)
+        if mask is None:
+            return x + branch(x)
+        if x.device.type != "cpu":
+            return x + branch(x) * mask.div_(1.0 - self.p)
+        scale = 1.0 / (1.0 - self.p)
+        kept = mask.flatten().nonzero().flatten()
+        if kept.numel() == x.shape[0]:
+            return x.add(branch(x), alpha=scale)
+        return x.index_add(0, kept, branch(x.index_select(0, kept)), alpha=scale)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -82,9 +82,7 @@ class BeitForMaskedImageModeling(Beit):
             )
         return mask.bool()
 
-    def forward(
-        self, images: torch.Tensor, bool_masked_pos: torch.Tensor, target: torch.Tensor
-    ) -> MIMOutput:
+    def forward(self, images: torch.Tensor, bool_masked_pos: torch.Tensor, target: torch.Tensor) -> MIMOutput:
         tokens = self.forward_features(images, bool_masked_pos)[:, 1:]  # [B, N, D]
         mask = self._flat_mask(bool_masked_pos, images.shape[0])
         if self.mim.target == "pixels":

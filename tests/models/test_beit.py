@@ -36,8 +36,12 @@ def test_published_parameter_counts(name, millions):
 
 def test_presets_cover_the_named_sizes():
     names = list_models()
-    for size, dim, depth, heads in [("tiny", 192, 12, 3), ("small", 384, 12, 6), ("base", 768, 12, 12),
-                                     ("large", 1024, 24, 16)]:
+    for size, dim, depth, heads in [
+        ("tiny", 192, 12, 3),
+        ("small", 384, 12, 6),
+        ("base", 768, 12, 12),
+        ("large", 1024, 24, 16),
+    ]:
         cfg = model_config(f"beit_{size}_patch16_224")
         assert (cfg.embed_dim, cfg.depth, cfg.num_heads) == (dim, depth, heads)
         assert f"beit_{size}_patch16_384" in names
@@ -122,7 +126,9 @@ def test_checkpointing_computes_the_shared_bias_once_per_forward():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("rel_pos_bias", ["shared", "per_layer"])
 def test_converted_half_precision_module_runs(dtype, rel_pos_bias):
-    cfg = model_config(DEBUG, rel_pos_bias=rel_pos_bias, use_abs_pos_emb=True, global_pool="avg", num_classes=3)
+    cfg = model_config(
+        DEBUG, rel_pos_bias=rel_pos_bias, use_abs_pos_emb=True, global_pool="avg", num_classes=3
+    )
     model = build_model(cfg)
     _perturb(model)
     ref = model(torch.ones(2, 3, 32, 32))
