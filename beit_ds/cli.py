@@ -39,9 +39,10 @@ def default_ds_config(configs_dir: Path) -> Path:
 def run_cli(main: Callable[[], object]) -> None:
     """Run ``main``; a configuration or input error ends the process with its one line, exit 2."""
     from beit_ds.data.skips import DataError
+    from beit_ds.engine.checkpoint import CheckpointError
 
     try:
         main()
-    except (ConfigError, DataError, FileNotFoundError) as err:
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

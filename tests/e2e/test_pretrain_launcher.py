@@ -64,6 +64,7 @@ def test_two_ranks_kill_and_resume_is_bitwise(tmp_path):
     assert sorted(full) == list(range(1, 13))
     assert (ref / "checkpoints/latest.json").exists() and (ref / "export/model.safetensors").exists()
     assert (ref / "tensorboard").is_dir()
+    _exports_load_in_timm_and_hf(ref / "export")
 
     run = tmp_path / "run"
     proc = _launch(run, "fp32", ["schedule.max_steps=12"])
@@ -93,3 +94,28 @@ def test_two_ranks_bf16(tmp_path):
     _wait(_launch(out, "bf16", ["schedule.max_steps=4"]), out)
     losses = _losses(out)
     assert sorted(losses) == [1, 2, 3, 4] and all(v == v for v in losses.values())
+
+
+def _exports_load_in_timm_and_hf(export: Path) -> None:
+    import timm
+    import torch
+    from safetensors.torch import load_file
+    from transformers import BeitModel
+
+    from beit_ds.config_io import build_dataclass
+    from beit_ds.models import build_model
+    from beit_ds.recipe import PretrainRecipe
+
+    recipe = build_dataclass(PretrainRecipe, json.loads((export / "recipe.json").read_text()))
+    ours = build_model(recipe.model).eval()
+    ours.load_state_dict({k: v for k, v in load_file(export / "model.safetensors").items()
+                          if not k.startswith(("mask_token", "lm_head"))})
+    spec = json.loads((export / "timm/timm.json").read_text())
+    tm = timm.create_model(spec["model_name"], pretrained=False, **spec["kwargs"]).eval()
+    tm.load_state_dict(load_file(export / "timm/model.safetensors"), strict=True)
+    hf = BeitModel.from_pretrained(export / "hf").eval()
+    x = torch.randn(2, 3, recipe.model.img_size, recipe.model.img_size)
+    with torch.no_grad():
+        feats = ours.forward_features(x)
+        torch.testing.assert_close(tm.forward_features(x), feats, atol=1e-4, rtol=0)
+        torch.testing.assert_close(hf(pixel_values=x).last_hidden_state, feats, atol=1e-4, rtol=0)
