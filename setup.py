@@ -20,7 +20,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["beit_ds", "beit_ds.*"]),
-    package_data={"beit_ds": ["py.typed", "recipes/*.yaml"]},
+    package_data={"beit_ds": ["py.typed", "recipes/*.yaml", "assets/*.safetensors"]},
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",

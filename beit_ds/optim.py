@@ -30,10 +30,14 @@ class LayeredModel(Protocol):
 def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict[str, Any]]:
     """AdamW groups ``{"params", "weight_decay", "lr_scale", "group_name"}``, frozen params left out.
 
+    A model without BEiT's metadata (e.g. the dVAE) gets the ndim ≤ 1 rule and no layer decay.
+
     ``weight_decay`` is the initial value; ``apply_schedule`` rescales decayed groups later.
     """
-    skip = model.no_weight_decay()
-    num_layers = model.num_layers
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    if layer_decay < 1.0 and not hasattr(model, "layer_id"):
+        raise ValueError(f"optim.layer_decay={layer_decay}: {type(model).__name__} has no layers to decay")
+    num_layers = getattr(model, "num_layers", 1)
     groups: dict[str, dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:

@@ -127,3 +127,16 @@ class PretrainRecipe:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+
+
+@dataclass
+class TokenizerRecipe:
+    """Root of a tokenizer-training recipe (seed App. C): our dVAE (``tokenizer.dvae``) trained on
+    the tokenizer view (``data.transform.second_input_size``, ``tokenizer_view: raw``)."""
+
+    tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(name="dvae"))
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)

@@ -1,0 +1,137 @@
+"""One training job on the DeepSpeed engine, whatever it trains (house style rule 12).
+
+``run_job`` does what pre-training, fine-tuning and tokenizer training share: check the DeepSpeed
+JSON against the recipe before any process group, seed, build the engine with our parameter
+groups, resume, run the shared loop, export the last checkpoint. A ``JobParts`` says what differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from beit_ds.config import ConfigError
+from beit_ds.config_io import save_yaml, to_dict
+from beit_ds.distributed import ProcessPlace, place_from_env
+from beit_ds.engine.checkpoint import CheckpointManager
+from beit_ds.engine.ds_setup import global_batch, precision_of, read_ds_config, resolve_ds_config
+from beit_ds.engine.loop import LoopIO, LoopPlan, StepFn, run_loop
+from beit_ds.engine.runtime import init_engine, seed_everything, torch_dtype
+from beit_ds.engine.state import TrainState
+from beit_ds.logger import get_logger, init_logging
+from beit_ds.metrics import MetricWriter
+from beit_ds.schedules import cosine, cosine_with_warmup, scaled_lr
+
+
+@dataclass
+class Preflight:
+    """What ``preflight`` resolved: the full DeepSpeed config, precision, peak lr, global batch."""
+
+    ds_config: dict[str, Any]
+    precision: str
+    lr: float
+    global_batch: int
+
+
+@dataclass
+class JobParts:
+    """What a job trains: ``kind`` (stored in checkpoints), the model, its loader for a place,
+    the step function for (engine, dtype), and the export of a finished checkpoint."""
+
+    kind: str
+    build_model: Callable[[], nn.Module]
+    build_loader: Callable[[ProcessPlace], Any]
+    make_step: Callable[[Any, torch.dtype], StepFn]
+    export: Callable[[Path, Path], list[Path]]
+
+
+def preflight(recipe: Any, ds_path: str | Path, world_size: int) -> Preflight:
+    """Data path, DeepSpeed JSON and batch arithmetic, checked without a process group."""
+    if recipe.data.source != "demo" and not Path(recipe.data.path).exists():
+        raise ConfigError(f"data.path={recipe.data.path!r}: no such file or directory")
+    ds = read_ds_config(ds_path)
+    precision = precision_of(ds, str(ds_path))
+    batch = global_batch(recipe.schedule, world_size)
+    o = recipe.optim
+    lr = o.lr if o.lr is not None else scaled_lr(o.base_lr, o.base_batch, batch)
+    resolved = resolve_ds_config(ds, recipe.schedule, o, world_size, lr, source=str(ds_path))
+    return Preflight(resolved, precision, lr, batch)
+
+
+def loop_plan(recipe: Any, flight: Preflight, batches_per_rank: int, world: int) -> LoopPlan:
+    """Steps, warm-up + cosine lr, weight-decay schedule and cadences from the recipe."""
+    s, o = recipe.schedule, recipe.optim
+    steps_per_epoch = batches_per_rank // s.grad_accum
+    if steps_per_epoch < 1:
+        raise ConfigError(
+            f"schedule.micro_batch_size={s.micro_batch_size}: an epoch has fewer samples than one global batch"
+            f" ({flight.global_batch}); lower the batch or raise data.repeats"
+        )
+    total = s.epochs * steps_per_epoch
+    warmup = int(round(s.warmup_epochs * steps_per_epoch))
+    wd_end = o.weight_decay if o.weight_decay_end is None else o.weight_decay_end
+    return LoopPlan(
+        total_steps=min(total, s.max_steps or total),
+        steps_per_epoch=steps_per_epoch,
+        micro_per_step=s.grad_accum,
+        samples_per_micro=s.micro_batch_size * world,
+        lr_at=lambda step: cosine_with_warmup(step, total, warmup, flight.lr, o.min_lr),
+        wd_at=lambda step: cosine(step, total, o.weight_decay, wd_end),
+        log_every=recipe.log.every_steps,
+        save_every_steps=recipe.checkpoint.save_every_steps,
+        save_every_epochs=recipe.checkpoint.save_every_epochs,
+        max_nonfinite_steps=recipe.log.max_nonfinite_steps,
+        progress_bar=recipe.log.progress_bar,
+    )
+
+
+def run_job(recipe: Any, ds_path: str | Path, resume: str, parts: JobParts) -> TrainState:
+    """Train (or resume) ``parts`` as ``recipe`` says; returns the final ``TrainState``."""
+    place = place_from_env()
+    flight = preflight(recipe, ds_path, place.world_size)
+    run_dir = Path(recipe.checkpoint.output_dir)
+    log = init_logging(place.rank, run_dir)
+    seed_everything(recipe.schedule.seed)  # identical initial weights on every rank
+    engine = init_engine(parts.build_model(), recipe.optim, flight.ds_config)
+    seed_everything(recipe.schedule.seed + 1000 * (place.rank + 1))  # per-rank random draws
+    loader = parts.build_loader(place)
+    plan = loop_plan(recipe, flight, len(loader), place.world_size)
+    checkpoints = CheckpointManager(run_dir, recipe.checkpoint.keep_last, place)
+    state = _resume(engine, checkpoints, resume)
+    if place.is_main:
+        save_yaml(recipe, run_dir / "recipe.yaml")
+    log.info("%s: global batch %d, lr %.3g, %d steps/epoch, %d steps, %s", parts.kind, flight.global_batch,
+             flight.lr, plan.steps_per_epoch, plan.total_steps, flight.precision)
+    writer = MetricWriter(run_dir, place.is_main, recipe.log.tensorboard)
+    io = LoopIO(
+        make_loader=loader.at, writer=writer, checkpoints=checkpoints,
+        extra_state=lambda: {"recipe": to_dict(recipe), "kind": parts.kind},
+        data_report=loader.report.as_metrics,
+    )
+    try:
+        state = run_loop(engine, parts.make_step(engine, torch_dtype(flight.precision)), state, plan, io, place)
+    finally:
+        writer.close()
+    if loader.report.skipped:
+        log.warning("data: %s", loader.report.summary())
+    latest = checkpoints.find("auto")
+    if recipe.checkpoint.export_at_end and place.is_main and latest is not None:
+        paths = parts.export(latest, run_dir / "export")
+        log.info("exported %s", ", ".join(str(p) for p in paths))
+    return state
+
+
+def _resume(engine: Any, checkpoints: CheckpointManager, resume: str) -> TrainState:
+    log = get_logger()
+    found = checkpoints.find(resume)
+    if found is None:
+        log.info("starting from scratch (no checkpoint in %s)", checkpoints.dir)
+        return TrainState()
+    state = checkpoints.load(engine, found)
+    log.info("resumed from %s at step %d (epoch %d, sample %d)", found, state.step, state.epoch, state.samples_in_epoch)
+    return state
