@@ -42,6 +42,7 @@ setup(
             "pytest-timeout>=2.2",
             "transformers>=5.0",  # interop tests: our export loads into BeitModel (5.x module names)
             "ruff>=0.6",
+            "DALL-E==0.1",  # parity tests of our DALL-E-compatible tokenizer (never imported by the product)
         ],
     },
 )
