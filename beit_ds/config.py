@@ -283,9 +283,10 @@ TOKENIZER_NAMES = ("dalle", "dvae")
 TOKENIZER_DTYPES = ("float32", "bfloat16")
 
 
-def _non_negative_number(section: str, key: str, value: Any) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
-    _expect(ok, section, key, value, "a number >= 0")
+def _non_negative_number(section: str, key: str, value: Any, integer: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    ok = isinstance(value, kinds) and not isinstance(value, bool) and value >= 0
+    _expect(ok, section, key, value, "an integer >= 0" if integer else "a number >= 0")
 
 
 @dataclass
@@ -294,14 +295,14 @@ class DVAEConfig:
 
     Architecture: a conv encoder downsampling by ``downsample`` (a power of two; 8 turns a 112²
     view into 14×14 tokens) with ``hidden_dim`` channels and ``num_res_blocks`` residual blocks
-    per resolution, logits over ``codebook_size`` codes, a ``codebook_dim``-wide codebook, and a
-    mirrored decoder. Training: Gumbel-softmax temperature annealed (cosine) from
-    ``temperature_start`` to ``temperature_end`` over ``temperature_steps``; KL to the uniform
-    prior with weight warmed up (cosine) from 0 to ``kl_weight`` over ``kl_warmup_steps``;
-    ``diversity_weight`` scales the codebook-usage term (MAGVIT-v2's entropy penalty: confident
-    cells, spread batch) that, with the KL term, keeps the codebook from collapsing. The loss
-    weights are relative to a per-pixel MSE in [0, 1] units (DALL-E's β = 6.6 is not: its
-    reconstruction term is a sum over pixels).
+    at the token resolution, logits over ``codebook_size`` codes, a ``codebook_dim``-wide
+    codebook, and a mirrored decoder. Training: Gumbel-softmax temperature annealed (cosine) from
+    ``temperature_start`` to ``temperature_end`` over ``temperature_steps``; the KL to the
+    uniform prior (weight ``kl_weight``) and the codebook-usage term against collapse (weight
+    ``diversity_weight``: 1 - entropy of the batch's mean code distribution / log K) are both
+    warmed up (cosine) from 0 over ``prior_warmup_steps``. The weights are relative to a
+    per-pixel MSE in [0, 1] units (DALL-E's β = 6.6 is not: its reconstruction term is a sum
+    over pixels).
     """
 
     codebook_size: int = 8192
@@ -314,7 +315,7 @@ class DVAEConfig:
     temperature_end: float = 0.0625
     temperature_steps: int = 150_000
     kl_weight: float = 0.01
-    kl_warmup_steps: int = 5000
+    prior_warmup_steps: int = 5000
     diversity_weight: float = 0.1
 
     def __post_init__(self) -> None:
@@ -324,14 +325,14 @@ class DVAEConfig:
         _expect(self.codebook_size >= 2, s, "codebook_size", self.codebook_size, "an integer >= 2")
         d = self.downsample
         _expect(d & (d - 1) == 0, s, "downsample", d, "a power of two (1, 2, 4, 8, 16, ...)")
-        _positive_int(s, "num_res_blocks", self.num_res_blocks + 1)  # 0 allowed
+        _non_negative_number(s, "num_res_blocks", self.num_res_blocks, integer=True)
         for key in ("temperature_start", "temperature_end"):
             value = getattr(self, key)
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
             _expect(ok, s, key, value, "a positive number")
         _positive_int(s, "temperature_steps", self.temperature_steps)
         _non_negative_number(s, "kl_weight", self.kl_weight)
-        _positive_int(s, "kl_warmup_steps", self.kl_warmup_steps + 1)  # 0: no warm-up
+        _non_negative_number(s, "prior_warmup_steps", self.prior_warmup_steps, integer=True)  # 0: none
         _non_negative_number(s, "diversity_weight", self.diversity_weight)
 
 

@@ -36,11 +36,10 @@ def check_recipe(r: TokenizerRecipe) -> None:
 
 def dvae_step(engine: Any, batch: Any, recipe: TokenizerRecipe, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """One micro-batch of dVAE training at the step's temperature and KL weight."""
-    from beit_ds.tokenizers import dvae_kl_weight, dvae_temperature
+    from beit_ds.tokenizers import dvae_schedule
 
     images = batch.tokenizer_images.to(engine.device, dtype)
-    step, cfg = engine.global_steps, recipe.tokenizer.dvae
-    out = engine(images, dvae_temperature(step, cfg), dvae_kl_weight(step, cfg))
+    out = engine(images, **dvae_schedule(engine.global_steps, recipe.tokenizer.dvae))
     engine.backward(out.loss)
     engine.step()
     return out.metrics()

@@ -24,7 +24,7 @@ def _run(script: str, *args: str) -> None:
 def test_train_tokenizer_then_pretrain_on_its_tokens(tmp_path):
     tok = tmp_path / "tok"
     _run("train_tokenizer.py", f"checkpoint.output_dir={tok}", "schedule.max_steps=60", "log.every_steps=5",
-         "tokenizer.dvae.codebook_size=128", "tokenizer.dvae.temperature_steps=60", "tokenizer.dvae.kl_warmup_steps=20",
+         "tokenizer.dvae.codebook_size=128", "tokenizer.dvae.temperature_steps=60", "tokenizer.dvae.prior_warmup_steps=20",
          "log.progress_bar=false")
     rows = [json.loads(x) for x in (tok / "metrics.jsonl").read_text().splitlines()]
     recon = [r["train/recon_loss"] for r in rows]

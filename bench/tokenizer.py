@@ -1,0 +1,100 @@
+"""Images/s of our DALL-E-compatible encoder against OpenAI's ``dall_e`` reference on the same
+batch in the same run (issue 5). Tokenisation sits on the critical path of pre-training: the
+DALL-E encoder costs ≈ 52 GFLOP per 112² view, half a BEiT-B training step.
+
+    python bench/tokenizer.py                      # CPU, fp32, 8 views of 112²
+    python bench/tokenizer.py --bf16 --compile     # also time bf16 and a torch.compile'd encoder
+    python bench/tokenizer.py --threads 1 --clock thread
+
+Both run under ``torch.no_grad`` with the same random weights (saved and loaded the way
+OpenAI's ``encoder.pkl`` is); parity (max |Δlogit|, equal token ids) is checked in fp32 before
+timing. Candidates are timed in interleaved rounds (``harness.time_interleaved``) and compared by
+medians. ``--threads 1 --clock thread`` counts CPU time, which other processes on a shared machine
+barely disturb. The last line is a JSON object; ``ratio`` is ours img/s ÷ reference img/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from dvae_demo import demo_photos
+from harness import check_clock, emit, median, time_interleaved
+
+from beit_ds.tokenizers import load_dalle_tokenizer, map_pixels
+
+
+def photo_batch(n: int, size: int) -> torch.Tensor:
+    """``[n, 3, size, size]`` map_pixels'ed squares of the demo photographs (cycled)."""
+    photos = demo_photos(short_side=size)
+    squares = [photos[i % len(photos)][:, :size, :size] for i in range(n)]
+    return map_pixels(torch.stack(squares))
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, default=112)
+    p.add_argument("--warmup", type=int, default=1, help="untimed batches per candidate")
+    p.add_argument("--repeats", type=int, default=5, help="timed batches per candidate")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--clock", default="wall", help="wall, or thread (CPU time; needs --threads 1)")
+    p.add_argument("--bf16", action="store_true", help="also time our encoder in bfloat16")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile of our encoder")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    check_clock(args.clock, torch.get_num_threads())
+    import dall_e  # the reference: a test/bench dependency only (dev extra)
+
+    torch.manual_seed(0)
+    reference = dall_e.Encoder().eval()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "encoder.pkl"
+        torch.save(reference, path)  # the way OpenAI distributes encoder.pkl
+        ours = load_dalle_tokenizer(path, input_size=args.size)
+    images = photo_batch(args.batch, args.size)
+    with torch.no_grad():
+        expected = reference(images)
+    logits = ours.logits(images)
+    result: dict[str, object] = {
+        "max_abs_logit_diff": (logits - expected).abs().max().item(),
+        "tokens_equal": bool(torch.equal(logits.argmax(1), expected.argmax(1))),
+    }
+    candidates: dict[str, Callable[[int], object]] = {
+        "reference": lambda _: reference(images).argmax(1),
+        "ours": lambda _: ours.encode(images),
+    }
+    if args.bf16:
+        bf16 = copy.deepcopy(ours).to(torch.bfloat16)
+        candidates["ours_bf16"] = lambda _: bf16.encode(images)
+        result["bf16_token_agreement"] = (bf16.encode(images) == logits.argmax(1)).float().mean().item()
+    if args.compile:
+        compiled = torch.compile(ours.encoder)
+        x = images.contiguous(memory_format=torch.channels_last)
+        candidates["ours_compiled"] = lambda _: compiled(x).argmax(1)
+    with torch.no_grad():
+        times = time_interleaved(candidates, args.warmup, args.repeats, args.clock)
+    for name, ts in times.items():
+        result[f"{name}_img_s"] = round(args.batch / median(ts), 3)
+    result["ratio"] = round(median(times["reference"]) / median(times["ours"]), 3)
+    result.update(
+        batch=args.batch,
+        size=args.size,
+        clock=args.clock,
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+    )
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()
