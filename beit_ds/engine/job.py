@@ -102,6 +102,9 @@ def run_job(recipe: Any, ds_path: str | Path, resume: str, parts: JobParts) -> T
     loader = parts.build_loader(place)
     plan = loop_plan(recipe, flight, len(loader), place.world_size)
     checkpoints = CheckpointManager(run_dir, recipe.checkpoint.keep_last, place)
+    # built before the RNG state is restored: building it (e.g. a tokenizer's default init) may
+    # draw from the global generator, which must then be where the checkpoint left it
+    step_fn = parts.make_step(engine, torch_dtype(flight.precision))
     state = _resume(engine, checkpoints, resume)
     if place.is_main:
         save_yaml(recipe, run_dir / "recipe.yaml")
@@ -114,7 +117,7 @@ def run_job(recipe: Any, ds_path: str | Path, resume: str, parts: JobParts) -> T
         data_report=loader.report.as_metrics,
     )
     try:
-        state = run_loop(engine, parts.make_step(engine, torch_dtype(flight.precision)), state, plan, io, place)
+        state = run_loop(engine, step_fn, state, plan, io, place)
     finally:
         writer.close()
     if loader.report.skipped:
