@@ -16,8 +16,8 @@ import argparse
 import copy
 
 import torch
-
 from harness import emit
+
 from beit_ds.config import MIMConfig
 from beit_ds.distributed import place_from_env
 from beit_ds.engine.ds_setup import resolve_ds_config

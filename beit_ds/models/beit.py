@@ -9,7 +9,8 @@ State-dict keys follow unilm / timm (``patch_embed.proj``, ``cls_token``, ``pos_
 from __future__ import annotations
 
 import math
-from functools import partial
+from collections.abc import Callable
+from functools import cache, partial
 
 import torch
 from torch import nn
@@ -57,11 +58,15 @@ class Block(nn.Module):
         if cfg.layer_scale_init > 0:
             self.gamma_1 = nn.Parameter(torch.full((dim,), cfg.layer_scale_init))
             self.gamma_2 = nn.Parameter(torch.full((dim,), cfg.layer_scale_init))
+        self.compiled = False  # run the branches through torch.compile (Beit.compile_blocks)
 
     def forward(self, x: torch.Tensor, shared_bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x [B, T, D]`` -> ``[B, T, D]``; drop path skips the branches of dropped samples."""
-        x = self.drop_path.residual(x, partial(self.attn_branch, shared_bias=shared_bias))
-        return self.drop_path.residual(x, self.mlp_branch)
+        attn_branch, mlp_branch = (
+            compiled_branches() if self.compiled else (Block.attn_branch, Block.mlp_branch)
+        )
+        x = self.drop_path.residual(x, partial(attn_branch, self, shared_bias=shared_bias))
+        return self.drop_path.residual(x, partial(mlp_branch, self))
 
     def attn_branch(self, x: torch.Tensor, shared_bias: torch.Tensor | None = None) -> torch.Tensor:
         """``γ₁ · attn(LN₁(x))``: ``[B, T, D] -> [B, T, D]``."""
@@ -72,6 +77,14 @@ class Block(nn.Module):
         """``γ₂ · mlp(LN₂(x))``: ``[B, T, D] -> [B, T, D]``."""
         m = self.mlp(self.norm2(x))
         return m if self.gamma_2 is None else self.gamma_2 * m
+
+
+@cache
+def compiled_branches() -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
+    """``Block.attn_branch`` and ``Block.mlp_branch`` under ``torch.compile``, compiled once for
+    all blocks (the block is an argument; a new batch size, as drop path makes, recompiles
+    once with a dynamic batch dimension). Drop-path draws and residual adds stay eager."""
+    return torch.compile(Block.attn_branch), torch.compile(Block.mlp_branch)
 
 
 class Beit(nn.Module):
@@ -138,6 +151,12 @@ class Beit(nn.Module):
         if name.startswith("blocks."):
             return int(name.split(".")[1]) + 1
         return self.num_layers - 1
+
+    def compile_blocks(self, enable: bool = True) -> None:
+        """Run each block's two residual branches (norm, attention or MLP, LayerScale) through
+        ``torch.compile``; the first step compiles (tens of seconds on CPU)."""
+        for block in self.blocks:
+            block.compiled = enable
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in backward instead of storing its activations."""
