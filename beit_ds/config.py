@@ -67,6 +67,7 @@ class ModelConfig:
     norm_eps: float = 1e-6
     init_std: float = 0.02
     grad_checkpointing: bool = False
+    compile: bool = False
     attn_impl: str = "sdpa"
 
     def __post_init__(self) -> None:

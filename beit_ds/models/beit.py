@@ -114,6 +114,7 @@ class Beit(nn.Module):
         self.fc_norm = nn.LayerNorm(d, eps=cfg.norm_eps) if use_fc_norm else None
         self.head = nn.Linear(d, cfg.num_classes) if cfg.num_classes > 0 else None
         self.grad_checkpointing = cfg.grad_checkpointing
+        self.compile_blocks(cfg.compile)  # torch.compile of the block branches (bench/mim_step.py)
         self.init_weights()
 
     # --- initialisation (seed §5) -------------------------------------------------------
