@@ -303,7 +303,9 @@ class DVAEConfig:
     ``diversity_weight``: 1 - entropy of the batch's mean code distribution / log K) are both
     warmed up (cosine) from 0 over ``prior_warmup_steps``. The weights are relative to a
     per-pixel MSE in [0, 1] units (DALL-E's β = 6.6 is not: its reconstruction term is a sum
-    over pixels).
+    over pixels). ``kl_weight`` defaults to 0: on the demo photographs (``bench/dvae_demo.py``,
+    600 steps) 0.001 and 0.01 only worsened the reconstruction (MSE 0.0062 -> 0.0067 -> 0.0136)
+    and the code perplexity (372 -> 308 -> 103 of 512 codes).
     """
 
     codebook_size: int = 8192
@@ -315,7 +317,7 @@ class DVAEConfig:
     temperature_start: float = 1.0
     temperature_end: float = 0.0625
     temperature_steps: int = 150_000
-    kl_weight: float = 0.01
+    kl_weight: float = 0.0
     prior_warmup_steps: int = 5000
     diversity_weight: float = 0.1
 

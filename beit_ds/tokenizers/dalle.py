@@ -60,8 +60,23 @@ class ResBlock(nn.Module):
         self.res_path = nn.Sequential(OrderedDict(layers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, n_in, H, W] -> [B, n_out, H, W]``."""
-        return torch.add(self.id_path(x), self.res_path(x), alpha=self.post_gain)
+        """``[B, n_in, H, W] -> [B, n_out, H, W]``. Without autograd, the fast path may
+        overwrite ``x`` (inside the encoder / decoder it is always an intermediate)."""
+        if torch.is_grad_enabled():
+            return torch.add(self.id_path(x), self.res_path(x), alpha=self.post_gain)
+        return self._inference(x)
+
+    def _inference(self, x: torch.Tensor) -> torch.Tensor:
+        # The same function with fewer full-size tensors (on CPU each is a fresh, page-faulted
+        # allocation): ReLU in place once the identity path is computed, post_gain folded into
+        # conv_4's small weights, residual added in place into conv_4's output.
+        identity = self.id_path(x)
+        h = x.relu_() if identity is not x else F.relu(x)
+        *inner, last = list(self.res_path.children())[1:]
+        for layer in inner:
+            h = layer(h)
+        g = self.post_gain
+        return F.conv2d(h, last.w * g, last.b * g, padding=(last.kw - 1) // 2).add_(identity)
 
 
 def _group(blocks: list[nn.Module], tail: tuple[str, nn.Module] | None) -> nn.Sequential:

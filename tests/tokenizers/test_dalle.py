@@ -109,6 +109,20 @@ def test_plain_state_dicts_load(small_reference, photos, tmp_path, fmt) -> None:
     assert torch.equal(tokenizer.encode(images), expected)
 
 
+def test_inference_fast_path_computes_the_same_function(small_reference, photos) -> None:
+    """Under no_grad the blocks run in place with post_gain folded into conv_4; with autograd
+    they run the reference formulation. Same logits, and the caller's images are untouched."""
+    encoder = load_dalle_encoder(small_reference[0])
+    images = map_pixels(photos(2, 64))
+    before = images.clone()
+    with torch.enable_grad():
+        slow = encoder(images)
+    with torch.no_grad():
+        fast = encoder(images)
+    assert (slow - fast).abs().max().item() <= 1e-5
+    assert torch.equal(images, before)
+
+
 def test_tokenizer_is_frozen_and_satisfies_protocol(small_reference, photos) -> None:
     tokenizer = load_dalle_tokenizer(small_reference[0], input_size=64)
     assert isinstance(tokenizer, VisualTokenizer)
