@@ -9,8 +9,7 @@ import argparse
 from pathlib import Path
 
 from beit_ds.cli import run_cli
-from beit_ds.distributed import ProcessPlace
-from beit_ds.engine.checkpoint import CheckpointError, CheckpointManager
+from beit_ds.engine.checkpoint import resolve
 from beit_ds.engine.export import export_checkpoint
 from beit_ds.logger import init_logging
 
@@ -21,11 +20,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: SOURCE/export)")
     args = parser.parse_args()
     init_logging(0)
-    tag_dir = args.source
-    if not (tag_dir / "COMPLETE.json").exists():
-        tag_dir = CheckpointManager(args.source, keep_last=1, place=ProcessPlace()).find("auto")
-        if tag_dir is None:
-            raise CheckpointError(f"{args.source}: no complete checkpoint (expected a run dir or a step_* dir)")
+    tag_dir = resolve(args.source)
     out = args.out or (args.source if tag_dir != args.source else tag_dir.parent.parent) / "export"
     for path in export_checkpoint(tag_dir, out):
         print(path)

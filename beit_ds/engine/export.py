@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from beit_ds.config_io import build_dataclass
 from beit_ds.engine.checkpoint import verify
-from beit_ds.models import BeitForMaskedImageModeling, build_mim_model, build_model
+from beit_ds.models import Beit, BeitForMaskedImageModeling, build_mim_model, build_model
 from beit_ds.models.convert import backbone_state_dict, to_hf, to_timm
 from beit_ds.recipe import PretrainRecipe
 
@@ -53,13 +53,22 @@ def export_checkpoint(tag_dir: Path, out_dir: Path) -> list[Path]:
     (out_dir / "recipe.json").write_text(json.dumps(client["recipe"], indent=1))
     backbone = build_model(recipe.model)
     backbone.load_state_dict(backbone_state_dict(model.state_dict()), strict=True)
-    timm = to_timm(backbone)
-    (out_dir / "timm").mkdir(exist_ok=True)
+    return [ours, *write_timm_and_hf(backbone, out_dir)]
+
+
+def write_timm_and_hf(model: Beit, out_dir: Path) -> list[Path]:
+    """``timm/`` (weights + ``timm.json``) and ``hf/`` (``save_pretrained`` layout) exports of
+    ``model``; with a classifier, Hugging Face's is a ``BeitForImageClassification``."""
+    timm = to_timm(model)
+    (out_dir / "timm").mkdir(parents=True, exist_ok=True)
     save_file(_contiguous(timm.state_dict), out_dir / "timm" / "model.safetensors")
     (out_dir / "timm" / "timm.json").write_text(json.dumps({"model_name": timm.model_name, "kwargs": timm.kwargs}, indent=1, default=repr))
-    hf = to_hf(backbone, layout="hub")
+    hf = to_hf(model, layout="hub")
     (out_dir / "hf").mkdir(exist_ok=True)
-    save_file(_contiguous(hf.state_dict), out_dir / "hf" / "model.safetensors", metadata={"format": "pt"})
-    config = {"model_type": "beit", "architectures": ["BeitModel"], **hf.config}
+    classifier = model.head is not None
+    weights = hf.for_image_classification() if classifier else hf.state_dict
+    save_file(_contiguous(weights), out_dir / "hf" / "model.safetensors", metadata={"format": "pt"})
+    architecture = "BeitForImageClassification" if classifier else "BeitModel"
+    config = {"model_type": "beit", "architectures": [architecture], **hf.config}
     (out_dir / "hf" / "config.json").write_text(json.dumps(config, indent=1))
-    return [ours, out_dir / "timm", out_dir / "hf"]
+    return [out_dir / "timm", out_dir / "hf"]

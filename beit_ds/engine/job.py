@@ -18,7 +18,8 @@ from torch import nn
 from beit_ds.config import ConfigError
 from beit_ds.config_io import save_yaml, to_dict
 from beit_ds.distributed import ProcessPlace, place_from_env
-from beit_ds.engine.checkpoint import CheckpointManager
+from beit_ds.engine import elastic
+from beit_ds.engine.checkpoint import CheckpointManager, verify
 from beit_ds.engine.ds_setup import global_batch, precision_of, read_ds_config, resolve_ds_config
 from beit_ds.engine.loop import LoopIO, LoopPlan, StepFn, run_loop
 from beit_ds.engine.runtime import init_engine, seed_everything, torch_dtype
@@ -48,6 +49,13 @@ class JobParts:
     build_loader: Callable[[ProcessPlace], Any]
     make_step: Callable[[Any, torch.dtype], StepFn]
     export: Callable[[Path, Path], list[Path]]
+    # optional, main rank, after each checkpoint: (model, writer, step), e.g. sample reconstructions
+    samples: Callable[[nn.Module, MetricWriter, int], None] | None = None
+    # optional, every rank, after each checkpoint: (model, writer, step), e.g. validation
+    evaluate: Callable[[nn.Module, MetricWriter, int], None] | None = None
+    # optional: more client state saved with each checkpoint, and its restore from a checkpoint folder
+    client_state: Callable[[], dict[str, Any]] | None = None
+    restore: Callable[[Path], None] | None = None
 
 
 def preflight(recipe: Any, ds_path: str | Path, world_size: int) -> Preflight:
@@ -96,16 +104,19 @@ def run_job(recipe: Any, ds_path: str | Path, resume: str, parts: JobParts) -> T
     flight = preflight(recipe, ds_path, place.world_size)
     run_dir = Path(recipe.checkpoint.output_dir)
     log = init_logging(place.rank, run_dir)
+    checkpoints = CheckpointManager(run_dir, recipe.checkpoint.keep_last, place)
+    found = checkpoints.find(resume)
+    recipe, flight = _fit_to_world(recipe, flight, found, ds_path, place.world_size)
+    checkpoints.global_batch = flight.global_batch  # recorded: a resume on another world size keeps it
     seed_everything(recipe.schedule.seed)  # identical initial weights on every rank
     engine = init_engine(parts.build_model(), recipe.optim, flight.ds_config)
     seed_everything(recipe.schedule.seed + 1000 * (place.rank + 1))  # per-rank random draws
     loader = parts.build_loader(place)
     plan = loop_plan(recipe, flight, len(loader), place.world_size)
-    checkpoints = CheckpointManager(run_dir, recipe.checkpoint.keep_last, place)
     # built before the RNG state is restored: building it (e.g. a tokenizer's default init) may
     # draw from the global generator, which must then be where the checkpoint left it
     step_fn = parts.make_step(engine, torch_dtype(flight.precision))
-    state = _resume(engine, checkpoints, resume)
+    state = _resume(engine, checkpoints, str(found or "none"), parts.restore)
     if place.is_main:
         save_yaml(recipe, run_dir / "recipe.yaml")
     log.info("%s: global batch %d, lr %.3g, %d steps/epoch, %d steps, %s", parts.kind, flight.global_batch,
@@ -113,9 +124,13 @@ def run_job(recipe: Any, ds_path: str | Path, resume: str, parts: JobParts) -> T
     writer = MetricWriter(run_dir, place.is_main, recipe.log.tensorboard)
     io = LoopIO(
         make_loader=loader.at, writer=writer, checkpoints=checkpoints,
-        extra_state=lambda: {"recipe": to_dict(recipe), "kind": parts.kind},
+        extra_state=lambda: {"recipe": to_dict(recipe), "kind": parts.kind,
+                             **(parts.client_state() if parts.client_state else {})},
         data_report=loader.report.as_metrics,
     )
+    hooks = [h for h in (parts.samples if place.is_main else None, parts.evaluate) if h is not None]
+    if hooks:
+        io.after_save = lambda step: [hook(engine.module, writer, step) for hook in hooks]
     try:
         state = run_loop(engine, step_fn, state, plan, io, place)
     finally:
@@ -129,12 +144,29 @@ def run_job(recipe: Any, ds_path: str | Path, resume: str, parts: JobParts) -> T
     return state
 
 
-def _resume(engine: Any, checkpoints: CheckpointManager, resume: str) -> TrainState:
+def _fit_to_world(
+    recipe: Any, flight: Preflight, found: Path | None, ds_path: str | Path, world_size: int
+) -> tuple[Any, Preflight]:
+    """A checkpoint from another world size: keep its global batch, load its universal form."""
+    info = verify(found) if found is not None else None
+    if info is None or not elastic.needs_universal(info, world_size):
+        return recipe, flight
+    recipe = elastic.keep_global_batch(recipe, info, world_size, f"{found}/COMPLETE.json")
+    flight = preflight(recipe, ds_path, world_size)
+    flight.ds_config["checkpoint"] = {**flight.ds_config.get("checkpoint", {}), "load_universal": True}
+    return recipe, flight
+
+
+def _resume(
+    engine: Any, checkpoints: CheckpointManager, resume: str, restore: Callable[[Path], None] | None = None
+) -> TrainState:
     log = get_logger()
     found = checkpoints.find(resume)
     if found is None:
         log.info("starting from scratch (no checkpoint in %s)", checkpoints.dir)
         return TrainState()
     state = checkpoints.load(engine, found)
+    if restore is not None:
+        restore(found)
     log.info("resumed from %s at step %d (epoch %d, sample %d)", found, state.step, state.epoch, state.samples_in_epoch)
     return state

@@ -3,7 +3,9 @@
 
 A step function does one micro-batch (forward, ``engine.backward``, ``engine.step``) and returns
 its scalars; the loop owns the position (``TrainState``), the schedules (pure functions of the
-optimizer step), logging with throughput / ETA, non-finite handling and checkpoints.
+optimizer step), logging with throughput / ETA, non-finite handling, preemption and checkpoints.
+Logged step scalars are means over the step's global batch (all micro-batches of all ranks), so
+they compare across world sizes and accumulation settings.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from tqdm import tqdm
 
 from beit_ds.distributed import ProcessPlace, all_reduce_sum
 from beit_ds.engine.checkpoint import CheckpointManager
+from beit_ds.engine.preemption import Preempted, PreemptionWatch
 from beit_ds.engine.state import TrainState
 from beit_ds.logger import get_logger
 from beit_ds.metrics import MetricWriter, ThroughputMeter
@@ -46,6 +49,11 @@ class LoopPlan:
     max_nonfinite_steps: int
     progress_bar: bool = True
 
+    @property
+    def epoch_samples(self) -> int:
+        """Global samples one epoch trains on (the same on any world size at a fixed global batch)."""
+        return self.steps_per_epoch * self.micro_per_step * self.samples_per_micro
+
 
 @dataclass
 class LoopIO:
@@ -56,6 +64,7 @@ class LoopIO:
     checkpoints: CheckpointManager
     extra_state: Callable[[], dict[str, Any]]
     data_report: Callable[[], dict[str, float]] = dict
+    after_save: Callable[[int], None] = lambda step: None  # e.g. sample images at the saved step
 
 
 def _loss_scale(engine: Any) -> float:
@@ -65,94 +74,119 @@ def _loss_scale(engine: Any) -> float:
     return float(scale)
 
 
-def _scalars(engine: Any, out: dict[str, torch.Tensor], state: TrainState, lr: float) -> dict[str, float]:
-    values = {k: float(v) for k, v in out.items()}
-    norm = engine.get_global_grad_norm()
-    values.update(lr=lr, loss_scale=_loss_scale(engine), skipped_steps=float(engine.skipped_steps))
-    values["grad_norm"] = float(norm) if norm is not None else float("nan")
-    values["epoch"] = float(state.epoch)
-    return values
-
-
 class _Saver:
-    """Saves at most once per step, never while the loss is non-finite."""
+    """Saves at most once per step, never while the loss is non-finite; ``last`` is the saved step."""
 
-    def __init__(self, engine: Any, io: LoopIO) -> None:
-        self.engine, self.io, self.last = engine, io, -1
+    def __init__(self, engine: Any, io: LoopIO, step: int) -> None:
+        self.engine, self.io, self.last = engine, io, step
 
     def __call__(self, state: TrainState) -> None:
         if state.step != self.last and state.nonfinite_steps == 0:
             self.io.checkpoints.save(self.engine, state, self.io.extra_state())
             self.last = state.step
+            self.io.after_save(state.step)
+
+
+@dataclass
+class _Run:
+    """What one epoch of the loop works with."""
+
+    engine: Any
+    step_fn: StepFn
+    plan: LoopPlan
+    io: LoopIO
+    place: ProcessPlace
+    save: _Saver
+    meter: ThroughputMeter
+    bar: tqdm
+    watch: PreemptionWatch
 
 
 def run_loop(
     engine: Any, step_fn: StepFn, state: TrainState, plan: LoopPlan, io: LoopIO, place: ProcessPlace
 ) -> TrainState:
-    """Train from ``state`` until ``plan.total_steps``; returns the final state."""
-    bar = tqdm(
-        total=plan.total_steps,
-        initial=state.step,
-        disable=not (place.is_main and plan.progress_bar),
-        unit="step",
-        dynamic_ncols=True,
-    )
-    meter, save = ThroughputMeter(), _Saver(engine, io)
-    epoch_samples = plan.steps_per_epoch * plan.micro_per_step * plan.samples_per_micro
-    while state.step < plan.total_steps:
-        micro = 0
-        for batch in io.make_loader(state.epoch, state.samples_in_epoch):
-            apply_schedule(engine.optimizer, plan.lr_at(state.step), plan.wd_at(state.step))
-            out = step_fn(engine, batch)
-            micro += 1
-            state.samples_in_epoch += plan.samples_per_micro
-            meter.update(plan.samples_per_micro)
-            if micro % plan.micro_per_step:
-                continue
-            state.step += 1
-            _check_finite(out["loss"], state, plan)
-            if state.step % plan.log_every == 0 or state.step == plan.total_steps:
-                _log(engine, out, state, plan, io, meter, bar)
-            bar.update(1)
-            if state.step % plan.save_every_steps == 0:
-                save(state)
-            if state.step >= plan.total_steps or state.samples_in_epoch >= epoch_samples:
-                break
-        if micro == 0:
-            raise RuntimeError(f"the data loader of epoch {state.epoch} yielded no batch")
-        if state.step < plan.total_steps or state.samples_in_epoch >= epoch_samples:
-            # the loader ran out or the epoch's steps are done: the epoch ends either way
-            state.epoch, state.samples_in_epoch = state.epoch + 1, 0
-            if state.epoch % plan.save_every_epochs == 0:
-                save(state)
-    save(state)
+    """Train from ``state`` until ``plan.total_steps``; returns the final state. On a preemption
+    signal (any rank) every rank saves at the same step boundary and ``Preempted`` is raised."""
+    bar = tqdm(total=plan.total_steps, initial=state.step, disable=not (place.is_main and plan.progress_bar),
+               unit="step", dynamic_ncols=True)
+    with PreemptionWatch() as watch:
+        run = _Run(engine, step_fn, plan, io, place, _Saver(engine, io, state.step), ThroughputMeter(), bar, watch)
+        while state.step < plan.total_steps:
+            if state.samples_in_epoch >= plan.epoch_samples:  # saved at the last step of an epoch
+                state.epoch, state.samples_in_epoch = state.epoch + 1, 0
+            if _train_epoch(run, state) and state.step < plan.total_steps:
+                run.save(state)
+                bar.close()
+                io.writer.flush()
+                sig = watch.received.name if watch.received else "a signal on another rank"
+                get_logger().warning("preemption (%s): stopped at step %d", sig, state.step)
+                raise Preempted(run.save.last)
+        run.save(state)
     bar.close()
     io.writer.flush()
     get_logger().info("training finished at step %d (epoch %d)", state.step, state.epoch)
     return state
 
 
-def _log(
-    engine: Any,
-    out: dict[str, torch.Tensor],
-    state: TrainState,
-    plan: LoopPlan,
-    io: LoopIO,
-    meter: ThroughputMeter,
-    bar: tqdm,
-) -> None:
-    scalars = _scalars(engine, out, state, plan.lr_at(state.step - 1))
-    scalars.update(images_per_s=meter.rate(), **io.data_report())
-    meter.reset()
-    io.writer.write(state.step, scalars)
-    bar.set_postfix(loss=f"{scalars['loss']:.4f}", lr=f"{scalars['lr']:.2e}", refresh=False)
+def _train_epoch(run: _Run, state: TrainState) -> bool:
+    """Steps of ``state.epoch`` from its position; True when stopped early by a preemption signal."""
+    plan, io = run.plan, run.io
+    micro, stop, sums = 0, False, {}
+    for batch in io.make_loader(state.epoch, state.samples_in_epoch):
+        apply_schedule(run.engine.optimizer, plan.lr_at(state.step), plan.wd_at(state.step))
+        out = run.step_fn(run.engine, batch)
+        sums = {k: sums.get(k, 0) + v.detach().float().reshape(()) for k, v in out.items()}
+        micro += 1
+        state.samples_in_epoch += plan.samples_per_micro
+        run.meter.update(plan.samples_per_micro)
+        if micro % plan.micro_per_step:
+            continue
+        state.step += 1
+        stop = _step_boundary(out["loss"], state, plan, run.watch)
+        if state.step % plan.log_every == 0 or state.step == plan.total_steps:
+            _log(run, _global_means(sums, plan, run.place), state)
+        sums = {}
+        run.bar.update(1)
+        if state.step % plan.save_every_steps == 0:
+            run.save(state)
+        if stop or state.step >= plan.total_steps or state.samples_in_epoch >= plan.epoch_samples:
+            break
+    if micro == 0:
+        raise RuntimeError(f"the data loader of epoch {state.epoch} yielded no batch")
+    if state.samples_in_epoch >= plan.epoch_samples or (not stop and state.step < plan.total_steps):
+        # the loader ran out or the epoch's steps are done: the epoch ends either way
+        state.epoch, state.samples_in_epoch = state.epoch + 1, 0
+        if state.epoch % plan.save_every_epochs == 0:
+            run.save(state)
+    return stop
 
 
-def _check_finite(loss: torch.Tensor, state: TrainState, plan: LoopPlan) -> None:
-    bad = all_reduce_sum(torch.tensor([0.0 if math.isfinite(float(loss)) else 1.0]))
-    if float(bad) == 0:
+def _global_means(sums: dict[str, torch.Tensor], plan: LoopPlan, place: ProcessPlace) -> dict[str, float]:
+    """Each step scalar averaged over the step's micro-batches on all ranks (one all-reduce)."""
+    totals = all_reduce_sum(torch.stack(list(sums.values())))
+    return {k: float(v) / (plan.micro_per_step * place.world_size) for k, v in zip(sums, totals)}
+
+
+def _log(run: _Run, means: dict[str, float], state: TrainState) -> None:
+    engine, plan = run.engine, run.plan
+    norm = engine.get_global_grad_norm()
+    scalars = dict(means, lr=plan.lr_at(state.step - 1), loss_scale=_loss_scale(engine),
+                   skipped_steps=float(engine.skipped_steps), epoch=float(state.epoch))
+    scalars["grad_norm"] = float(norm) if norm is not None else float("nan")
+    scalars.update(images_per_s=run.meter.rate(), **run.io.data_report())
+    run.meter.reset()
+    run.io.writer.write(state.step, scalars)
+    run.bar.set_postfix(loss=f"{scalars['loss']:.4f}", lr=f"{scalars['lr']:.2e}", refresh=False)
+
+
+def _step_boundary(loss: torch.Tensor, state: TrainState, plan: LoopPlan, watch: PreemptionWatch) -> bool:
+    """Agree over ranks (one all-reduce) on a non-finite loss and on a preemption request;
+    returns True when every rank is to stop at this step."""
+    flags = torch.tensor([0.0 if math.isfinite(float(loss)) else 1.0, float(watch.requested)], device=loss.device)
+    bad, stop = (float(x) for x in all_reduce_sum(flags))
+    if bad == 0:
         state.nonfinite_steps = 0
-        return
+        return stop > 0
     state.nonfinite_steps += 1
     get_logger().warning("non-finite loss at step %d (%d in a row)", state.step, state.nonfinite_steps)
     if state.nonfinite_steps >= plan.max_nonfinite_steps:
@@ -160,3 +194,4 @@ def _check_finite(loss: torch.Tensor, state: TrainState, plan: LoopPlan) -> None
             f"loss was NaN/inf for {state.nonfinite_steps} steps in a row, up to step {state.step}: stopping;"
             " the last good checkpoint is kept"
         )
+    return stop > 0

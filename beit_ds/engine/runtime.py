@@ -67,3 +67,13 @@ def init_engine(model: nn.Module, optim: OptimConfig, ds_config: dict[str, Any])
     groups = param_groups(model, optim.weight_decay, optim.layer_decay)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config)
     return engine
+
+
+def shutdown_distributed() -> None:
+    """Wait for every rank, then close the process group: no rank tears down its communication
+    threads while another (e.g. rank 0 writing the export) may still talk to it."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

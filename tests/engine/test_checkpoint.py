@@ -11,7 +11,7 @@ import torch
 
 from beit_ds.config import MIMConfig
 from beit_ds.distributed import ProcessPlace
-from beit_ds.engine.checkpoint import CheckpointError, CheckpointManager
+from beit_ds.engine.checkpoint import CheckpointError, CheckpointManager, to_universal
 from beit_ds.engine.ds_setup import read_ds_config, resolve_ds_config
 from beit_ds.engine.state import TrainState
 from beit_ds.models import build_mim_model, model_config
@@ -21,11 +21,12 @@ from beit_ds.recipe import OptimConfig, ScheduleConfig
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _engine(deepspeed):
+def _engine(deepspeed, **ds_extra):
     torch.manual_seed(0)
     model = build_mim_model(model_config("beit_debug_patch4_32", drop_path_rate=0.2), MIMConfig(vocab_size=32))
     ds = resolve_ds_config(read_ds_config(ROOT / "ds_configs/zero2_fp32_cpu.json"), ScheduleConfig(micro_batch_size=4),
                            OptimConfig(), 1, 1e-3)
+    ds.update(ds_extra)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, 0.05), config=ds)
     return engine
 
@@ -82,3 +83,33 @@ def test_damaged_and_incomplete_checkpoints(ds_single_rank, tmp_path):
         manager.find(str(ckpt / "step_00000002"))
     assert manager.find("none") is None
     assert CheckpointManager(tmp_path / "empty", 3, ProcessPlace()).find("auto") is None
+
+
+def test_universal_checkpoint_resumes_exactly(ds_single_rank, tmp_path):
+    engine = _engine(ds_single_rank)
+    manager = CheckpointManager(tmp_path, keep_last=1, place=ProcessPlace(), global_batch=4)
+    for step in (1, 2):
+        _step(engine, step)
+    tag_dir = manager.save(engine, TrainState(step=2, samples_in_epoch=8), {})
+    after = [_step(engine, s) for s in (10, 11)]
+
+    universal = to_universal(tag_dir)
+    assert universal == tmp_path / "checkpoints/step_00000002_universal"
+    marker = json.loads((universal / "COMPLETE.json").read_text())
+    assert marker["universal"] is True and marker["source"] == "step_00000002"
+    assert (marker["world_size"], marker["global_batch"], marker["step"]) == (1, 4, 2)
+    assert {"zero/cls_token/fp32.pt", "zero/cls_token/exp_avg.pt", "zero/cls_token/exp_avg_sq.pt",
+            "zero/optimizer_state.pt", "mp_rank_00_model_states.pt", "rng_rank0.pt"} <= marker["files"].keys()
+    assert not (tmp_path / "checkpoints/latest_universal").exists()  # DeepSpeed's pointer: never ours
+    assert to_universal(tag_dir) == universal  # converted once
+    assert to_universal(universal) == universal
+
+    fresh = _engine(ds_single_rank, checkpoint={"load_universal": True})
+    state = manager.load(fresh, manager.find(str(universal)))
+    assert state == TrainState(step=2, samples_in_epoch=8)
+    again = [_step(fresh, s) for s in (10, 11)]
+    assert again == after  # bitwise: fp32 weights, both Adam moments and the Adam step count carried over
+
+    _step(fresh, 12)
+    manager.save(fresh, TrainState(step=3), {})  # keep_last=1: step 2 goes, its universal form too
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*")) == ["step_00000003"]

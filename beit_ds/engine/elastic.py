@@ -1,0 +1,76 @@
+"""Resuming on a different number of ranks (issue 8): DeepSpeed's universal checkpoint and the
+gradient accumulation that keeps the global batch.
+
+A ZeRO-1/2 checkpoint holds the fp32 master weights and Adam moments as flat shards, one per
+data-parallel rank, so it loads only on the world size that wrote it. DeepSpeed's
+``ds_to_universal`` rewrites it as one folder per parameter (``zero/<name>/{fp32,exp_avg,
+exp_avg_sq,step}.pt``) that any world size loads with ``"checkpoint": {"load_universal": true}``.
+The conversion goes next to the checkpoint, ``step_X`` → ``step_X_universal``; the checkpoint
+module publishes it like any checkpoint (staging folder, one rename, ``COMPLETE.json``).
+
+On the new world size the micro batch stays and ``schedule.grad_accum`` changes so that
+``micro × accumulation × world`` is the checkpoint's global batch: the lr, the schedule (steps
+per epoch, total steps) and the data order (a global sample position) continue unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from argparse import Namespace
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from beit_ds.config import ConfigError
+from beit_ds.logger import get_logger
+
+SUFFIX = "_universal"
+
+R = TypeVar("R")
+
+
+def universal_dir(tag_dir: Path) -> Path:
+    """Where the universal form of ``tag_dir`` goes: its sibling ``<tag>_universal``."""
+    return tag_dir.with_name(tag_dir.name + SUFFIX)
+
+
+def ds_to_universal(tag_dir: Path, out: Path, workers: int = 1) -> None:
+    """Run DeepSpeed's conversion of the ZeRO checkpoint ``tag_dir`` into the new folder ``out``
+    (``workers`` > 1: in worker processes — not inside a training process that holds a GPU)."""
+    from deepspeed.checkpoint import ds_to_universal as convert
+
+    args = Namespace(input_folder=str(tag_dir), output_folder=str(out), num_extract_workers=workers,
+                     num_merge_workers=workers, keep_temp_folder=False, strict=True, inject_missing_state=True)
+    with contextlib.redirect_stdout(io.StringIO()):  # its progress prints, not our log
+        convert.main(args)  # it also writes a `latest_universal` beside `out`: callers convert into staging
+
+
+def needs_universal(info: dict[str, Any], world_size: int) -> bool:
+    """Whether a checkpoint with ``COMPLETE.json`` ``info`` must be loaded in universal form."""
+    return bool(info.get("universal")) or int(info["world_size"]) != world_size
+
+
+def keep_global_batch(recipe: R, info: dict[str, Any], world_size: int, where: str) -> R:
+    """``recipe`` with the gradient accumulation that keeps the checkpoint's global batch on
+    ``world_size`` ranks (``recipe`` itself when the world size is unchanged)."""
+    saved = int(info["world_size"])
+    batch = info.get("global_batch")
+    schedule = recipe.schedule  # type: ignore[attr-defined]
+    if saved == world_size:
+        return recipe
+    if batch is None:
+        get_logger().warning("%s: no global batch recorded; the recipe's applies on %d ranks", where, world_size)
+        return recipe
+    per_accum = schedule.micro_batch_size * world_size
+    if batch % per_accum:
+        raise ConfigError(
+            f"{where}: global_batch={batch} (saved on {saved} ranks) cannot be kept on {world_size} ranks with"
+            f" schedule.micro_batch_size={schedule.micro_batch_size}: expected a multiple of micro batch x world"
+            f" size = {per_accum}"
+        )
+    accum = batch // per_accum
+    get_logger().info(
+        "elastic resume: %d -> %d ranks; schedule.grad_accum %d -> %d keeps the global batch %d"
+        " (micro batch %d per rank)", saved, world_size, schedule.grad_accum, accum, batch, schedule.micro_batch_size)
+    return replace(recipe, schedule=replace(schedule, grad_accum=accum))  # type: ignore[type-var]
