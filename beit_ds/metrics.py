@@ -41,6 +41,11 @@ class MetricWriter:
             for k, v in clean.items():
                 self._tb.add_scalar(f"{prefix}/{k}", v, step)
 
+    def images(self, step: int, tag: str, images: Any) -> None:
+        """TensorBoard images ``[B, 3, H, W]`` in [0, 1] (no JSON-lines record)."""
+        if self._tb is not None:
+            self._tb.add_images(tag, images, step)
+
     def flush(self) -> None:
         if self._tb is not None:
             self._tb.flush()

@@ -9,17 +9,20 @@ in a pre-training recipe) plus its reconstruction error against the mean image.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from beit_ds.config import ConfigError, MaskingConfig
 from beit_ds.distributed import ProcessPlace
 from beit_ds.engine.export import consolidated_state_dict
 from beit_ds.engine.job import JobParts, run_job
 from beit_ds.engine.state import TrainState
+from beit_ds.metrics import MetricWriter
 from beit_ds.recipe import TokenizerRecipe
 
 
@@ -59,6 +62,27 @@ def reconstruction_report(model: Any, loader: Any, batches: int = 8) -> dict[str
             "perplexity": perplexity.item(), "codes_used": usage.item(), "images": int(images.shape[0])}
 
 
+def reconstruction_samples(loader: Callable[[], Any], count: int = 8) -> Callable[[nn.Module, MetricWriter, int], None]:
+    """Logs ``count`` fixed tokenizer views beside their hard-token reconstructions to TensorBoard
+    (``tokenizer/reconstructions``, ``[count, 3, H, 2W]``) at each checkpoint; ``loader()`` gives
+    the job's loader once it is built."""
+    fixed: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def log(model: nn.Module, writer: MetricWriter, step: int) -> None:
+        if not fixed:
+            fixed.append(next(iter(loader().at(10**6))).tokenizer_images[:count])
+        weight = next(model.parameters())
+        images = fixed[0].to(weight.device, weight.dtype)
+        training = model.training
+        with torch.random.fork_rng(devices=[]):  # leave the training RNG stream untouched
+            recon = model.eval().decode(model.encode(images))
+        model.train(training)
+        writer.images(step, "tokenizer/reconstructions", torch.cat([images, recon], dim=3).float().clamp(0, 1))
+
+    return log
+
+
 def train_tokenizer(recipe: TokenizerRecipe, ds_path: str | Path, resume: str = "auto") -> TrainState:
     """Train (or resume) the dVAE; the export holds ``tokenizer.safetensors`` and ``report.json``."""
     from beit_ds.data import LoaderPlace, build_pretrain_loader
@@ -92,5 +116,6 @@ def train_tokenizer(recipe: TokenizerRecipe, ds_path: str | Path, resume: str = 
         build_loader=build_loader,
         make_step=lambda engine, dtype: lambda e, b: dvae_step(e, b, recipe, dtype),
         export=export,
+        samples=reconstruction_samples(lambda: loaders[0]),
     )
     return run_job(recipe, ds_path, resume, parts)

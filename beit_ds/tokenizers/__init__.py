@@ -55,14 +55,16 @@ _EXPECTED_FILE = {
 
 def build_tokenizer(cfg: TokenizerConfig) -> DalleTokenizer | DiscreteVAE:
     """The frozen (``requires_grad=False``), eval-mode tokenizer ``cfg`` names, on the CPU in
-    ``cfg.dtype``; move it with ``.to(device)``. Its input is ``cfg.image_size``² pixels
+    ``cfg.dtype`` (``"auto"``: float32 until the caller casts it); move it with ``.to(device)``. Its input is ``cfg.image_size``² pixels
     prepared as its ``preprocess`` says ("dalle": map_pixels, "raw": [0, 1])."""
     if not cfg.path:
         raise ConfigError(f"tokenizer.path='': expected {_EXPECTED_FILE[cfg.name]}")
     path = resolve(cfg.path)  # "package:<file>" names a shipped asset
     if cfg.name == "dalle":
         tokenizer = load_dalle_tokenizer(path, cfg.decoder_path or None, cfg.image_size)
+        if cfg.compile:
+            tokenizer.compile_encoder()
     else:
         tokenizer = load_dvae(path, cfg.image_size)
-    tokenizer.to(getattr(torch, cfg.dtype))
+    tokenizer.to(torch.float32 if cfg.dtype == "auto" else getattr(torch, cfg.dtype))
     return tokenizer.eval().requires_grad_(False)

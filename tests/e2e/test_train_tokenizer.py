@@ -30,6 +30,11 @@ def test_train_tokenizer_then_pretrain_on_its_tokens(tmp_path):
     recon = [r["train/recon_loss"] for r in rows]
     assert {"train/perplexity", "train/usage", "train/kl"} <= rows[0].keys()
     assert recon[-1] < 0.7 * recon[0], recon
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tok / "tensorboard"), size_guidance={"images": 0}).Reload()
+    shots = events.Images("tokenizer/reconstructions")  # originals beside reconstructions, per checkpoint
+    assert shots and shots[-1].step == 60
     report = json.loads((tok / "export/report.json").read_text())
     assert report["recon_mse"] < report["mean_image_mse"], report
 

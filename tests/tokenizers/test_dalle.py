@@ -123,6 +123,15 @@ def test_inference_fast_path_computes_the_same_function(small_reference, photos)
     assert torch.equal(images, before)
 
 
+def test_compiled_encoder_matches_and_keeps_openai_keys(small_reference, photos) -> None:
+    tokenizer = load_dalle_tokenizer(small_reference[0], input_size=64)
+    images = map_pixels(photos(2, 64))
+    eager, keys = tokenizer.logits(images), set(tokenizer.state_dict())
+    tokenizer.compile_encoder()
+    assert (tokenizer.logits(images) - eager).abs().max().item() <= 1e-5
+    assert set(tokenizer.state_dict()) == keys
+
+
 def test_tokenizer_is_frozen_and_satisfies_protocol(small_reference, photos) -> None:
     tokenizer = load_dalle_tokenizer(small_reference[0], input_size=64)
     assert isinstance(tokenizer, VisualTokenizer)
