@@ -11,10 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from beit_ds.config import (
+    AugmentConfig,
     DataConfig,
+    FinetuneConfig,
     MaskingConfig,
     MIMConfig,
     ModelConfig,
+    ProbeConfig,
     TokenizerConfig,
     _choice,
     _expect,
@@ -140,3 +143,33 @@ class TokenizerRecipe:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+
+
+@dataclass
+class ClassificationRecipe:
+    """The sections fine-tuning and linear probes share (seed §3.1, App. D)."""
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(global_pool="avg"))
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+@dataclass
+class FinetuneRecipe(ClassificationRecipe):
+    """Root of a classification fine-tuning recipe (seed §3.1, App. F/H): weights in ``finetune``,
+    DeiT-style augmentation in ``augment``, layer-wise lr decay in ``optim.layer_decay``."""
+
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class LinearProbeRecipe(ClassificationRecipe):
+    """Root of a linear-probe recipe (seed App. D): a frozen backbone, one linear layer on the mean
+    patch token of block ``probe.layer``; crop and flip only (no ``augment`` section)."""
+
+    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(head="reset", label_smoothing=0.0))
+    probe: ProbeConfig = field(default_factory=ProbeConfig)

@@ -10,14 +10,16 @@ Modules: ``sources`` (``data.source`` → ``Records``; folder / file list in ``r
 and plain tar archives in ``shards``, compressed archives in ``archive``, the bundled photographs
 in ``demo``), ``decode`` (bytes → RGB, robustly), ``transforms`` (crop, views, jitter), ``datasets``
 (seeded per-sample loading with substitutes for bad images), ``collate`` (batches), ``sampler``
-(resumable distributed order) and ``loader``.
+(resumable distributed order) and ``loader``; for fine-tuning ``augment`` (RandAugment, random
+erasing) and ``mixup`` (Mixup / CutMix targets, applied to a batch by the training step).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from beit_ds.config import DataConfig, MaskingConfig
+from beit_ds.config import AugmentConfig, DataConfig, MaskingConfig
+from beit_ds.data.augment import AugmentedTrainTransform
 from beit_ds.data.collate import ClassBatch, MIMBatch, collate_classes, collate_mim
 from beit_ds.data.datasets import ImageDataset
 from beit_ds.data.loader import LoaderPlace, ResumableLoader
@@ -77,14 +79,18 @@ def build_finetune_loader(
     place: LoaderPlace,
     classes: Sequence[str] | None = None,
     records: Records | None = None,
+    augment: AugmentConfig | None = None,
 ) -> ResumableLoader:
     """``ClassBatch`` loader of ``split`` (``"train"``: augmented, shuffled; ``"eval"``: centre crops,
     in order, nothing dropped). ``classes``: the training classes an evaluation set is mapped onto.
+    ``augment``: RandAugment and random erasing of the training split (``data/augment.py``).
     """
     records = records if records is not None else build_records(data, split, classes)
     records.require_labels(f"fine-tuning ({split} split)")
     train = split == "train"
     transform = TrainTransform(data.transform) if train else EvalTransform(data.transform)
+    if train and augment is not None:
+        transform = AugmentedTrainTransform(data.transform, augment)
     dataset = ImageDataset(
         records,
         transform,

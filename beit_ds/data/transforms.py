@@ -270,11 +270,15 @@ class TwoViewTransform(_Views):
 class TrainTransform(_Views):
     """Fine-tuning: random-resized crop, flip, jitter; normalised [3, S, S]."""
 
-    def __call__(self, enc: EncodedImage, rng: np.random.Generator) -> torch.Tensor:
+    def unnormalized(self, enc: EncodedImage, rng: np.random.Generator) -> torch.Tensor:
+        """The cropped, flipped, jittered view in [0, 1] (``data/augment.py`` continues from here)."""
         cfg = self.cfg
         crop = random_resized_crop(enc.size, cfg.scale, cfg.ratio, rng)
         flip = bool(rng.random() < cfg.hflip)
-        return self.normalize(self.make(enc, crop, False, flip, draw_jitter(cfg.color_jitter, rng))[0])
+        return self.make(enc, crop, False, flip, draw_jitter(cfg.color_jitter, rng))[0]
+
+    def __call__(self, enc: EncodedImage, rng: np.random.Generator) -> torch.Tensor:
+        return self.normalize(self.unnormalized(enc, rng))
 
 
 class EvalTransform(_Views):

@@ -6,13 +6,17 @@ from typing import Any
 
 from beit_ds.config import ConfigError, MIMConfig, ModelConfig
 from beit_ds.models.beit import Beit
+from beit_ds.models.classification import BeitForImageClassification, ClassifierOutput
 from beit_ds.models.mim import BeitForMaskedImageModeling, MIMOutput
 from beit_ds.models.presets import PRESETS
 
 __all__ = [
     "Beit",
+    "BeitForImageClassification",
     "BeitForMaskedImageModeling",
+    "ClassifierOutput",
     "MIMOutput",
+    "build_classifier",
     "build_mim_model",
     "build_model",
     "create_model",
@@ -41,6 +45,13 @@ def build_model(cfg: ModelConfig) -> Beit:
 def build_mim_model(cfg: ModelConfig, mim: MIMConfig | None = None) -> BeitForMaskedImageModeling:
     """A backbone with [MASK] token and LM head for pre-training."""
     return BeitForMaskedImageModeling(cfg, mim or MIMConfig())
+
+
+def build_classifier(
+    cfg: ModelConfig, head_init_scale: float = 0.001, probe_layer: int | None = None
+) -> BeitForImageClassification:
+    """A classifier for fine-tuning, or with ``probe_layer`` a linear probe on a frozen backbone."""
+    return BeitForImageClassification(cfg, head_init_scale, probe_layer)
 
 
 def create_model(name: str, **overrides: Any) -> Beit:

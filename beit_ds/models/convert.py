@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from beit_ds.config import ModelConfig
@@ -184,7 +185,7 @@ def _group(sd: Tensors, sources: tuple[str, ...], who: str) -> _Parts:
     ]
     if missing or unexpected:
         layout = " or ".join(_LAYOUT_NAMES[c] for c in sources)
-        raise ValueError(f"{who}: not a {layout} BEiT state dict: {_key_report(missing, unexpected)}")
+        raise ValueError(f"{who}: not a {layout} BEiT state dict: {key_report(missing, unexpected)}")
     return parts
 
 
@@ -204,7 +205,7 @@ def _convert(sd: Tensors, sources: tuple[str, ...], target: str, who: str) -> Te
     return out
 
 
-def _key_report(missing: list[str], unexpected: list[str], first: int = 4) -> str:
+def key_report(missing: list[str], unexpected: list[str], first: int = 4) -> str:
     def few(keys: list[str]) -> str:
         more = f", … ({len(keys) - first} more)" if len(keys) > first else ""
         return ", ".join(keys[:first]) + more
@@ -348,3 +349,80 @@ def from_hf_state_dict(sd: Tensors) -> Tensors:
     names, with or without the ``beit.`` prefix) in our layout; q/k/v are fused into ``qkv``."""
     sd = {k.removeprefix("beit."): v for k, v in sd.items()}
     return _convert(sd, ("hf", "hub"), "ours", "from_hf_state_dict")
+
+
+# --- resolution and relative-bias layout (seed §3.1 "higher resolution", App. B) ------------------
+def _square_side(n: int, what: str) -> int:
+    side = round(n**0.5)
+    if side * side != n:
+        raise ValueError(f"{what}: {n} positions do not form a square grid")
+    return side
+
+
+def _resize(image: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
+    """Bicubic resize of ``[C, h, w]`` (computed in fp32) to ``[C, *size]``."""
+    out = F.interpolate(image[None].float(), size=size, mode="bicubic", align_corners=align_corners)
+    return out[0].to(image.dtype)
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Absolute position embeddings ``[1, 1 + h·h, D]`` -> ``[1, 1 + H·W, D]`` for ``grid`` (H, W):
+    [CLS] kept; the patch embeddings, a ``D``-channel h×h image, resized bicubically with
+    ``align_corners=False`` (each embedding sits at its patch's centre, as the patches do)."""
+    side = _square_side(pos_embed.shape[1] - 1, "pos_embed")
+    if (side, side) == tuple(grid):
+        return pos_embed
+    image = pos_embed[0, 1:].reshape(side, side, -1).permute(2, 0, 1)
+    patches = _resize(image, grid, align_corners=False).permute(1, 2, 0).reshape(1, grid[0] * grid[1], -1)
+    return torch.cat((pos_embed[:, :1], patches), dim=1)
+
+
+def resize_rel_pos_table(table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """A relative position bias table ``[(2h-1)² + 3, heads]`` for ``grid`` (H, W).
+
+    Method: each head's (2h-1)×(2h-1) image of (dy, dx) offsets is resized to (2H-1)×(2W-1) with
+    bicubic ``F.interpolate`` and ``align_corners=True``, so the zero offset keeps its bias and the
+    largest offsets land on the new largest ones (offsets scale by (H-1)/(h-1), as the image content
+    does); the 3 [CLS] rows (cls→patch, patch→cls, cls→cls) are copied. (unilm used SciPy's
+    ``interp2d`` on a geometric grid; SciPy has removed it.)
+    """
+    side = (_square_side(table.shape[0] - 3, "relative_position_bias_table") + 1) // 2
+    new = (2 * grid[0] - 1, 2 * grid[1] - 1)
+    if (2 * side - 1, 2 * side - 1) == new:
+        return table
+    image = table[:-3].reshape(2 * side - 1, 2 * side - 1, -1).permute(2, 0, 1)
+    rel = _resize(image, new, align_corners=True).permute(1, 2, 0).reshape(new[0] * new[1], -1)
+    return torch.cat((rel, table[-3:]), dim=0)
+
+
+SHARED_TABLE = "rel_pos_bias.relative_position_bias_table"
+
+
+def shared_to_per_layer(sd: Tensors, depth: int) -> Tensors:
+    """``sd`` with the shared bias table (BEiT+ pre-training) copied into each of ``depth`` blocks'
+    ``blocks.{i}.attn.relative_position_bias_table`` (unilm's fine-tuning initialisation)."""
+    if SHARED_TABLE not in sd:
+        return sd
+    out = {k: v for k, v in sd.items() if k != SHARED_TABLE}
+    out |= {f"blocks.{i}.attn.relative_position_bias_table": sd[SHARED_TABLE].clone() for i in range(depth)}
+    return out
+
+
+def adapt_positions(sd: Tensors, cfg: ModelConfig) -> Tensors:
+    """``sd`` (our layout) for ``cfg``: a shared bias table becomes per-layer tables when
+    ``cfg.rel_pos_bias == "per_layer"``; position embeddings and bias tables are resized to
+    ``cfg.grid_size``. Another patch size is a one-line ``ValueError``."""
+    proj = sd.get("patch_embed.proj.weight")
+    if proj is not None and tuple(proj.shape[-2:]) != (cfg.patch_size, cfg.patch_size):
+        raise ValueError(
+            f"the weights have {proj.shape[-1]}x{proj.shape[-2]} patches: expected"
+            f" model.patch_size={cfg.patch_size} (resolution changes keep the patch size)"
+        )
+    if cfg.rel_pos_bias == "per_layer":
+        sd = shared_to_per_layer(sd, cfg.depth)
+    resize = {"pos_embed": resize_pos_embed, "relative_position_bias_table": resize_rel_pos_table}
+    out = {}
+    for key, value in sd.items():
+        name = key.rsplit(".", 1)[-1]
+        out[key] = resize[name](value, cfg.grid_size) if name in resize else value
+    return out

@@ -36,6 +36,17 @@ def test_every_shipped_recipe_loads(name):
     assert recipe.model.img_size == recipe.data.transform.input_size
 
 
+@pytest.mark.parametrize(
+    "name", sorted(p.stem for p in RECIPES_DIR.glob("*.yaml") if p.stem.startswith(("finetune_", "linprobe_")))
+)
+def test_every_shipped_classification_recipe_loads(name):
+    from beit_ds.engine.finetune import check_recipe, load_class_recipe
+
+    recipe = load_class_recipe(name, [])
+    check_recipe(recipe)
+    assert recipe.model.img_size == recipe.data.transform.input_size and recipe.model.num_classes > 0
+
+
 def test_missing_files_are_named(tmp_path):
     with pytest.raises(ConfigError, match=r"tokenizer.path='/data/dall_e/encoder.pkl': no such file"):
         preflight(load_recipe(PretrainRecipe, "pretrain_base_in22k"), FP32, 1)

@@ -236,3 +236,85 @@ def test_missing_keys_are_named_in_the_input_layout():
         from_timm_state_dict(sd)
     with pytest.raises(ValueError, match="layout='timm'"):
         to_hf(model, layout="timm")
+
+
+# --- resolution changes and shared -> per-layer relative bias (issue 7) ----------------------------
+from beit_ds.models.attention import bias_table_rows  # noqa: E402
+from beit_ds.models.convert import (  # noqa: E402
+    adapt_positions,
+    resize_pos_embed,
+    resize_rel_pos_table,
+    shared_to_per_layer,
+)
+
+
+def test_same_grid_is_the_identity_and_the_model_is_unchanged():
+    for variant in ("shared_bias", "abs_pos_no_rel_bias", "avg_pool_head"):
+        model = _ours(variant)
+        sd = adapt_positions(model.state_dict(), model.cfg)
+        assert all(torch.equal(sd[k], v) for k, v in model.state_dict().items())
+        again = build_model(model.cfg).eval()
+        again.load_state_dict(sd, strict=True)
+        with torch.no_grad():
+            assert torch.equal(again(_images()), model(_images()))
+
+
+def test_shared_bias_as_per_layer_tables_computes_the_same_function():
+    shared = _ours("shared_bias")
+    per_layer_cfg = shared.cfg.replace(rel_pos_bias="per_layer")
+    sd = shared_to_per_layer(shared.state_dict(), shared.cfg.depth)
+    assert "rel_pos_bias.relative_position_bias_table" not in sd
+    per_layer = build_model(per_layer_cfg).eval()
+    per_layer.load_state_dict(adapt_positions(shared.state_dict(), per_layer_cfg), strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(per_layer.forward_features(_images()), shared.forward_features(_images()))
+
+
+def test_pos_embed_224_to_384_shapes_and_values():
+    # the debug preset's 8x8 grid -> 14x14 stands for 224² (14x14) -> 384² (24x24)
+    g = torch.Generator().manual_seed(0)
+    pos = torch.randn(1, 1 + 14 * 14, 8, generator=g)
+    out = resize_pos_embed(pos, (24, 24))
+    assert out.shape == (1, 1 + 24 * 24, 8)
+    assert torch.equal(out[:, 0], pos[:, 0])  # [CLS] kept
+    const = torch.full((1, 1 + 14 * 14, 4), 0.7)
+    torch.testing.assert_close(resize_pos_embed(const, (24, 24)), torch.full((1, 1 + 24 * 24, 4), 0.7))
+    assert resize_pos_embed(pos, (14, 14)) is pos
+    # a smooth ramp stays a ramp: the first row/column ends keep their sign, the mean is kept
+    ramp = torch.linspace(-1, 1, 14).repeat(14, 1).reshape(1, 196, 1)
+    ramp_out = resize_pos_embed(torch.cat([torch.zeros(1, 1, 1), ramp], 1), (24, 24))[0, 1:, 0].reshape(24, 24)
+    assert ramp_out.mean().abs().item() < 1e-5 and (ramp_out[:, 1:] >= ramp_out[:, :-1] - 1e-6).all()
+
+
+def test_rel_pos_table_224_to_384_shapes_and_values():
+    heads = 3
+    table = torch.randn(bias_table_rows((14, 14)), heads, generator=torch.Generator().manual_seed(0))
+    out = resize_rel_pos_table(table, (24, 24))
+    assert table.shape == (27 * 27 + 3, heads) and out.shape == (47 * 47 + 3, heads)
+    assert torch.equal(out[-3:], table[-3:])  # cls->patch, patch->cls, cls->cls rows kept
+    old = table[:-3].reshape(27, 27, heads)
+    new = out[:-3].reshape(47, 47, heads)
+    torch.testing.assert_close(new[23, 23], old[13, 13])  # zero offset keeps its bias
+    for corner in ((0, 0), (0, -1), (-1, 0), (-1, -1)):  # largest offsets land on the largest offsets
+        torch.testing.assert_close(new[corner], old[corner])
+    const = torch.full_like(table, -0.3)
+    torch.testing.assert_close(resize_rel_pos_table(const, (24, 24)), torch.full_like(out, -0.3))
+    assert resize_rel_pos_table(table, (14, 14)) is table
+
+
+def test_a_32px_model_runs_at_48px_after_interpolation():
+    for variant in ("per_layer_bias", "abs_pos_no_rel_bias"):
+        small = _ours(variant)
+        big = build_model(small.cfg.replace(img_size=48)).eval()  # 8x8 -> 12x12 patches
+        big.load_state_dict(adapt_positions(small.state_dict(), big.cfg), strict=True)
+        x = torch.nn.functional.interpolate(_images(), size=48, mode="bicubic", align_corners=False)
+        with torch.no_grad():
+            out = big.forward_features(x)
+        assert out.shape == (2, 1 + 144, 32) and torch.isfinite(out).all()
+        assert torch.equal(big.patch_embed.proj.weight, small.patch_embed.proj.weight)
+
+
+def test_a_different_patch_size_is_a_one_line_error():
+    model = _ours("per_layer_bias")
+    with pytest.raises(ValueError, match=r"^the weights have 4x4 patches: expected model.patch_size=8 \(resolution"):
+        adapt_positions(model.state_dict(), model.cfg.replace(patch_size=8))

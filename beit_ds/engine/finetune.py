@@ -1,0 +1,281 @@
+"""Image classification fine-tuning and linear probes (seed §3.1, App. D, F, H) as ``run_job`` users.
+
+``finetune`` trains a ``BeitForImageClassification`` started from ``finetune.init`` (any format
+``engine/weights.py`` reads; positions interpolated to ``model.img_size``; a shared relative bias
+becomes per-layer tables) with layer-wise lr decay (``optim.layer_decay``), label smoothing,
+Mixup / CutMix, RandAugment, random erasing and an optional EMA of the weights. A
+``LinearProbeRecipe`` trains only a linear layer on a frozen backbone's block ``probe.layer``.
+After every checkpoint the model (and its EMA) is evaluated on the evaluation split: top-1 / top-5
+accuracy (%) and cross-entropy, written by the ``MetricWriter`` under ``val/`` (``val_ema/``).
+``evaluate_recipe`` is the same evaluation without training (``launch/evaluate.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from beit_ds.config import AugmentConfig, ConfigError
+from beit_ds.config_io import build_dataclass, to_dict
+from beit_ds.data.mixup import Mixup, mix_rng
+from beit_ds.distributed import ProcessPlace, all_reduce_sum, place_from_env
+from beit_ds.engine.ema import WeightEMA
+from beit_ds.engine.export import checkpoint_client_state, consolidated_state_dict, write_timm_and_hf
+from beit_ds.engine.job import JobParts, run_job
+from beit_ds.engine.state import TrainState
+from beit_ds.engine.weights import read_weights
+from beit_ds.logger import get_logger, init_logging
+from beit_ds.metrics import MetricWriter
+from beit_ds.models import BeitForImageClassification, build_classifier
+from beit_ds.recipe import ClassificationRecipe, FinetuneRecipe, LinearProbeRecipe
+
+ClassRecipe = ClassificationRecipe
+KINDS = {"finetune": FinetuneRecipe, "linear_probe": LinearProbeRecipe}
+NO_MIXING = AugmentConfig(rand_augment_ops=0, random_erasing=0.0, mixup=0.0, cutmix=0.0)
+
+
+def kind_of(recipe: ClassRecipe) -> str:
+    return "linear_probe" if isinstance(recipe, LinearProbeRecipe) else "finetune"
+
+
+def probe_layer(recipe: ClassRecipe) -> int | None:
+    """The tapped block of a linear probe (``probe.layer``, default the middle one), else None."""
+    if not isinstance(recipe, LinearProbeRecipe):
+        return None
+    return recipe.probe.layer or (recipe.model.depth + 1) // 2
+
+
+def check_recipe(r: ClassRecipe) -> None:
+    """Model, data view and probe agree (one-line ``ConfigError``), before any process group."""
+    m = r.model
+    if m.num_classes < 1:
+        raise ConfigError(f"model.num_classes={m.num_classes}: expected the number of classes (>= 1)")
+    if m.global_pool not in ("avg", "token"):
+        raise ConfigError(
+            f"model.global_pool={m.global_pool!r}: expected 'avg' (mean of patch tokens) or 'token'"
+        )
+    if r.data.transform.input_size != m.img_size:
+        raise ConfigError(
+            f"data.transform.input_size={r.data.transform.input_size}: expected model.img_size={m.img_size}"
+            " (set both to change the resolution; positions are interpolated from the weights)"
+        )
+    layer = probe_layer(r)
+    if layer is not None and layer > m.depth:
+        raise ConfigError(f"probe.layer={layer}: expected a block in [1, model.depth={m.depth}]")
+
+
+def build_finetune_model(r: ClassRecipe, head: str | None = None) -> BeitForImageClassification:
+    """The classifier (or probe) of ``r`` with ``finetune.init`` loaded (``head`` overrides its policy)."""
+    model = build_classifier(r.model, r.finetune.head_init_scale, probe_layer(r))
+    log = get_logger()
+    if not r.finetune.init:
+        log.info("%s: random initialisation (finetune.init is empty)", kind_of(r))
+        return model
+    sd, source = read_weights(r.finetune.init)
+    try:
+        fresh = model.load_backbone(sd, head or r.finetune.head, source=f"finetune.init={r.finetune.init!r}")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    log.info("loaded %s; newly initialised: %s", source, ", ".join(fresh) or "nothing")
+    return model
+
+
+def cls_step(
+    engine: Any, batch: Any, mix: Mixup, seed: int, ema: WeightEMA | None, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """One micro-batch: Mixup / CutMix with smoothed targets, soft-target CE, backward, step, EMA."""
+    batch = batch.to(engine.device)
+    images, targets = mix(batch.images, batch.labels, mix_rng(seed, batch.indices.cpu()))
+    boundary = engine.is_gradient_accumulation_boundary()
+    out = engine(images.to(dtype), targets)
+    engine.backward(out.loss)
+    engine.step()
+    if ema is not None and boundary:
+        ema.update(engine.module)
+    accuracy = (out.logits.argmax(-1) == batch.labels).float().mean()
+    return {"loss": out.loss.detach(), "accuracy": accuracy.detach()}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: Any, dtype: torch.dtype) -> dict[str, float]:
+    """Top-1 / top-5 accuracy (%) and mean cross-entropy over ``loader``, summed over ranks."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top-1 hits, top-5 hits, images
+    for batch in loader:
+        batch = batch.to(device, dtype)
+        logits = model(batch.images).float()
+        top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+        hits = top == batch.labels.unsqueeze(1)
+        sums += torch.stack(
+            [
+                F.cross_entropy(logits, batch.labels, reduction="sum").double(),
+                hits[:, 0].sum().double(),
+                hits.any(-1).sum().double(),
+                torch.tensor(float(len(batch)), dtype=torch.float64, device=device),
+            ]
+        )
+    model.train(was_training)
+    loss, top1, top5, n = all_reduce_sum(sums).tolist()
+    n = max(n, 1.0)
+    return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "loss": loss / n, "images": n}
+
+
+def _log_eval(metrics: dict[str, float], what: str) -> None:
+    get_logger().info(
+        "%s: top-1 %.2f %%, top-5 %.2f %%, loss %.4f (%d images)",
+        what,
+        metrics["top1"],
+        metrics["top5"],
+        metrics["loss"],
+        metrics["images"],
+    )
+
+
+def export_classifier(tag_dir: Path, out_dir: Path) -> list[Path]:
+    """``model.safetensors`` (+ ``model_ema.safetensors``, ``recipe.json``) and, for fine-tuning,
+    ``timm/`` and ``hf/`` exports of the classifier in ``tag_dir``."""
+    tag_dir, out_dir = Path(tag_dir), Path(out_dir)
+    client = checkpoint_client_state(tag_dir)
+    recipe = build_dataclass(KINDS[client["kind"]], client["recipe"])
+    model = build_classifier(recipe.model, recipe.finetune.head_init_scale, probe_layer(recipe))
+    model.load_state_dict(consolidated_state_dict(tag_dir), strict=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / "model.safetensors"]
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, paths[0], metadata={"format": "beit_ds"}
+    )
+    if "ema" in client:
+        paths.append(out_dir / "model_ema.safetensors")
+        save_file(
+            {k: v.contiguous() for k, v in client["ema"].items()}, paths[-1], metadata={"format": "beit_ds"}
+        )
+    (out_dir / "recipe.json").write_text(json.dumps(client["recipe"], indent=1))
+    if probe_layer(recipe) is None:
+        paths += write_timm_and_hf(model, out_dir)
+    return paths
+
+
+def _where(recipe: ClassRecipe, place: ProcessPlace) -> Any:
+    from beit_ds.data import LoaderPlace
+
+    return LoaderPlace(recipe.schedule.micro_batch_size, place.rank, place.world_size, recipe.schedule.seed)
+
+
+class _ClassJob:
+    """What fine-tuning and linear probing add to ``run_job``: the labelled loaders, the step with
+    Mixup and EMA, validation after every checkpoint (every rank), the EMA in the client state."""
+
+    def __init__(self, recipe: ClassRecipe) -> None:
+        self.recipe, self.place = recipe, place_from_env()
+        self.augment = recipe.augment if isinstance(recipe, FinetuneRecipe) else NO_MIXING
+        self.classes: tuple[str, ...] | None = None
+        self.eval_loader: Any = None
+        self.ema: WeightEMA | None = None
+        self.dtype = torch.float32
+
+    def build_loader(self, place: ProcessPlace) -> Any:
+        from beit_ds.data import build_finetune_loader
+
+        r = self.recipe
+        augment = self.augment if isinstance(r, FinetuneRecipe) else None
+        loader = build_finetune_loader(r.data, "train", _where(r, place), augment=augment)
+        if len(loader.classes) != r.model.num_classes:
+            more = ", …" if len(loader.classes) > 4 else ""
+            raise ConfigError(
+                f"model.num_classes={r.model.num_classes}: the training set has {len(loader.classes)}"
+                f" classes ({', '.join(loader.classes[:4])}{more})"
+            )
+        self.classes = loader.classes
+        return loader
+
+    def make_step(self, engine: Any, dtype: torch.dtype) -> Any:
+        r, self.dtype = self.recipe, dtype
+        if r.finetune.ema_decay > 0:
+            self.ema = WeightEMA(engine.module, r.finetune.ema_decay)
+        mix = Mixup(self.augment, r.model.num_classes, r.finetune.label_smoothing)
+        return lambda e, b: cls_step(e, b, mix, r.schedule.seed, self.ema, dtype)
+
+    def evaluate(self, model: torch.nn.Module, writer: MetricWriter, step: int) -> None:
+        """Validation of the weights (``val/``) and of their EMA (``val_ema/``)."""
+        from beit_ds.data import build_finetune_loader
+
+        if self.eval_loader is None:
+            where = _where(self.recipe, self.place)
+            self.eval_loader = build_finetune_loader(self.recipe.data, "eval", where, classes=self.classes)
+        metrics = evaluate(model, self.eval_loader, self.dtype)
+        writer.write(step, metrics, prefix="val")
+        _log_eval(metrics, f"val at step {step}")
+        if self.ema is not None:
+            with self.ema.applied_to(model):
+                metrics = evaluate(model, self.eval_loader, self.dtype)
+            writer.write(step, metrics, prefix="val_ema")
+            _log_eval(metrics, f"val_ema at step {step}")
+
+    def client_state(self) -> dict[str, Any]:
+        return {"ema": self.ema.state_dict()} if self.ema is not None else {}
+
+    def restore(self, tag_dir: Path) -> None:
+        if self.ema is None:
+            return
+        client = checkpoint_client_state(tag_dir)
+        if "ema" not in client:
+            decay = self.recipe.finetune.ema_decay
+            raise ConfigError(f"finetune.ema_decay={decay}: checkpoint {tag_dir} has no EMA to resume")
+        self.ema.load_state_dict(client["ema"])
+
+
+def finetune(recipe: ClassRecipe, ds_path: str | Path, resume: str = "auto") -> TrainState:
+    """Fine-tune (or linear-probe) as ``recipe`` says; returns the final ``TrainState``."""
+    check_recipe(recipe)
+    job = _ClassJob(recipe)
+    parts = JobParts(
+        kind_of(recipe),
+        lambda: build_finetune_model(recipe),
+        job.build_loader,
+        job.make_step,
+        export_classifier,
+        evaluate=job.evaluate if recipe.finetune.evaluate else None,
+        client_state=job.client_state,
+        restore=job.restore,
+    )
+    return run_job(recipe, ds_path, resume, parts)
+
+
+def load_class_recipe(name_or_path: str, overrides: list[str]) -> ClassRecipe:
+    """A ``LinearProbeRecipe`` when the recipe has a ``probe`` section, else a ``FinetuneRecipe``."""
+    from beit_ds.config_io import load_recipe, read_recipe
+
+    cls = LinearProbeRecipe if "probe" in read_recipe(name_or_path) else FinetuneRecipe
+    return load_recipe(cls, name_or_path, overrides)
+
+
+def evaluate_recipe(recipe: ClassRecipe, out_json: Path | None = None) -> dict[str, float]:
+    """Evaluate ``finetune.init`` (its classifier kept) on the evaluation split; every rank of a
+    ``deepspeed`` launch takes a share. Class numbers follow the evaluation set's class names."""
+    from beit_ds.data import build_finetune_loader
+    from beit_ds.engine.runtime import init_distributed
+
+    check_recipe(recipe)
+    if not recipe.finetune.init:
+        raise ConfigError("finetune.init='': expected the weights to evaluate")
+    init_distributed()
+    place = place_from_env()
+    init_logging(place.rank)
+    model = build_finetune_model(recipe, head="keep")
+    device = torch.device("cuda", place.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    loader = build_finetune_loader(recipe.data, "eval", _where(recipe, place))
+    metrics = evaluate(model.to(device), loader, torch.float32)
+    _log_eval(metrics, f"evaluation of {recipe.finetune.init}")
+    if out_json is not None and place.is_main:
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(
+            json.dumps({"init": recipe.finetune.init, **metrics, "recipe": to_dict(recipe)}, indent=1)
+        )
+    return metrics

@@ -1,0 +1,110 @@
+"""Starting weights for fine-tuning and evaluation, from whatever a user has (issue 7).
+
+``read_weights(path)`` returns a state dict in our layout from any of:
+
+* a DeepSpeed checkpoint of ours (pre-training or fine-tuning): a ``step_*`` folder with
+  ``COMPLETE.json``, the ``checkpoints/`` folder holding ``latest.json``, or the run folder above
+  it (the newest complete checkpoint). ZeRO shards are consolidated in fp32; no conversion step;
+* a ``.safetensors`` file: our export, timm's or Hugging Face's (told apart by their keys);
+* a ``.pth`` / ``.pt`` / ``.bin`` file: unilm / timm checkpoints (``{"model": …}``,
+  ``{"module": …}``, ``{"state_dict": …}`` or a bare state dict) and Hugging Face's;
+* a Hugging Face ``save_pretrained`` folder (``config.json`` + ``model.safetensors``).
+
+Every failure is a one-line ``ConfigError`` naming ``finetune.init``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from beit_ds.config import ConfigError
+from beit_ds.engine.checkpoint import MARKER, POINTER, CheckpointError, read_pointer, verify
+from beit_ds.models.convert import from_hf_state_dict, from_timm_state_dict
+
+Tensors = dict[str, torch.Tensor]
+WRAPPER_KEYS = ("model", "module", "state_dict")  # unilm / DeepSpeed / Lightning-style containers
+HF_MARKERS = ("beit.", "embeddings.", "encoder.layer.", "layers.0.attention.")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def checkpoint_dir(path: Path) -> Path | None:
+    """The DeepSpeed checkpoint ``path`` names (tag, ``checkpoints/`` or run folder), else None."""
+    if (path / MARKER).is_file():
+        verify(path)
+        return path
+    for ckpt_dir in (path, path / "checkpoints"):
+        if (ckpt_dir / POINTER).is_file():
+            for tag in read_pointer(ckpt_dir):
+                try:
+                    verify(ckpt_dir / tag)
+                except CheckpointError:
+                    continue
+                return ckpt_dir / tag
+            raise CheckpointError(f"{ckpt_dir}: no complete checkpoint among those {POINTER} lists")
+    return None
+
+
+def _weights_file(path: Path) -> Path:
+    if path.is_file():
+        return path
+    for name in WEIGHT_FILES:
+        if (path / name).is_file():
+            return path / name
+    raise ConfigError(
+        f"finetune.init={str(path)!r}: expected a DeepSpeed checkpoint folder, a weights file"
+        f" (.safetensors/.pth/.bin) or a folder with {' or '.join(WEIGHT_FILES)}"
+    )
+
+
+def _load_file(path: Path) -> Tensors:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable pickle is a user input error
+        raise ConfigError(
+            f"finetune.init={str(path)!r}: not a readable torch file ({type(err).__name__})"
+        ) from None
+    for key in WRAPPER_KEYS:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConfigError(
+            f"finetune.init={str(path)!r}: no state dict found (expected one of {WRAPPER_KEYS})"
+        )
+    return obj
+
+
+def to_our_layout(sd: Tensors, source: str) -> Tensors:
+    """``sd`` from timm / unilm / ours / Hugging Face in our layout (one-line ``ConfigError``)."""
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}
+    hf = any(k.startswith(HF_MARKERS) for k in sd)
+    try:
+        return from_hf_state_dict(sd) if hf else from_timm_state_dict(sd)
+    except ValueError as err:
+        raise ConfigError(f"finetune.init={source!r}: {err}") from None
+
+
+def read_weights(spec: str) -> tuple[Tensors, str]:
+    """(state dict in our layout, a description of where it came from) for ``finetune.init``."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise ConfigError(
+            f"finetune.init={spec!r}: no such file or directory (train or download it first, or set"
+            " finetune.init='' to start from random weights)"
+        )
+    try:
+        tag_dir = checkpoint_dir(path) if path.is_dir() else None
+    except CheckpointError as err:
+        raise ConfigError(f"finetune.init={spec!r}: {err}") from None
+    if tag_dir is not None:
+        from beit_ds.engine.export import consolidated_state_dict
+
+        return to_our_layout(consolidated_state_dict(tag_dir), spec), f"DeepSpeed checkpoint {tag_dir}"
+    file = _weights_file(path)
+    return to_our_layout(_load_file(file), spec), str(file)

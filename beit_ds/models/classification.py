@@ -1,0 +1,146 @@
+"""Image classification on a BEiT backbone (seed §2.6 "image classification", §3.1, App. D).
+
+``BeitForImageClassification`` is the backbone plus a linear head: mean of the patch tokens +
+``fc_norm`` LayerNorm (the seed's choice, ``model.global_pool="avg"``) or the [CLS] token after
+``norm`` (``"token"``). The head starts at trunc-normal(0.02) × ``head_init_scale`` (unilm's
+0.001), so fine-tuning starts from near-uniform predictions. With ``probe_layer=k`` it is the
+linear probe of App. D: blocks after ``k`` are dropped, the backbone is frozen and the head reads
+the plain mean of block ``k``'s patch tokens (no norm, no BatchNorm).
+
+``load_backbone`` decides which keys of a checkpoint (already in our layout, see ``convert.py``)
+may be absent or left over — MIM-only keys, a re-initialised head, ``norm`` replaced by
+``fc_norm``, the blocks a probe drops — and names any other difference in one line.
+State-dict keys stay timm's / unilm's (``fc_norm``, ``head``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from beit_ds.config import ModelConfig
+from beit_ds.models.beit import Beit, trunc_normal
+from beit_ds.models.convert import MIM_KEYS, adapt_positions, key_report
+
+Tensors = dict[str, torch.Tensor]
+HEAD_KEYS = ("head.weight", "head.bias")
+
+
+@dataclass
+class ClassifierOutput:
+    """``loss`` (soft-target cross-entropy, scalar), ``logits`` ``[B, classes]``."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+
+
+def soft_target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``mean_b Σ_c -targets[b, c] · log softmax(logits)[b, c]`` for ``[B, C]`` targets summing to 1."""
+    return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+
+
+class BeitForImageClassification(Beit):
+    """``[B, 3, H, W] -> logits [B, num_classes]``; ``forward(x, targets)`` also computes the loss."""
+
+    def __init__(
+        self, cfg: ModelConfig, head_init_scale: float = 0.001, probe_layer: int | None = None
+    ) -> None:
+        if cfg.global_pool not in ("avg", "token") or cfg.num_classes < 1:
+            raise ValueError(
+                f"classification needs model.global_pool 'avg' or 'token' (got {cfg.global_pool!r}) and"
+                f" model.num_classes >= 1 (got {cfg.num_classes})"
+            )
+        if probe_layer is not None and not 1 <= probe_layer <= cfg.depth:
+            raise ValueError(f"probe.layer={probe_layer}: expected a block in [1, model.depth={cfg.depth}]")
+        if probe_layer is not None:
+            cfg = cfg.replace(drop_path_rate=0.0)  # a frozen backbone: no stochastic depth
+        super().__init__(cfg)
+        trunc_normal(self.head.weight, 0.02)
+        with torch.no_grad():
+            self.head.weight.mul_(head_init_scale)
+            self.head.bias.mul_(head_init_scale)
+        self.probe_layer = probe_layer
+        if probe_layer is not None:
+            del self.blocks[probe_layer:]
+            self.norm, self.fc_norm = nn.Identity(), None
+            for name, p in self.named_parameters():
+                p.requires_grad_(name in HEAD_KEYS)
+
+    def forward_features(self, x: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens ``[B, 1 + N, D]`` after the last block and ``norm`` (after block ``probe_layer``
+        without norm for a probe, computed without autograd: nothing before the head trains)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.probe_layer is None):
+            return super().forward_features(x, bool_masked_pos)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[B, 1 + N, D] -> [B, D]``; a probe takes the plain mean of the patch tokens."""
+        if self.probe_layer is not None:
+            return tokens[:, 1:].mean(dim=1)
+        return super().pool(tokens)
+
+    def forward(
+        self, x: torch.Tensor, targets: torch.Tensor | None = None
+    ) -> torch.Tensor | ClassifierOutput:
+        """Logits ``[B, C]``; with ``targets`` (``[B, C]`` soft targets) a ``ClassifierOutput``."""
+        logits = self.forward_head(self.forward_features(x))
+        if targets is None:
+            return logits
+        return ClassifierOutput(soft_target_cross_entropy(logits, targets), logits)
+
+    def train(self, mode: bool = True) -> BeitForImageClassification:
+        """A probe's frozen backbone stays in eval mode."""
+        super().train(mode and self.probe_layer is None)
+        return self
+
+    # --- loading ---------------------------------------------------------------------------
+    def load_backbone(self, sd: Tensors, head: str = "auto", source: str = "weights") -> list[str]:
+        """Load ``sd`` (our layout) for fine-tuning; returns the keys left at their initial value.
+
+        Resolution and relative-bias layout are adapted (``convert.adapt_positions``). ``head``:
+        ``"auto"`` keeps the checkpoint's classifier only when its class count matches,
+        ``"reset"`` never keeps it, ``"keep"`` requires it. Any other missing or unexpected key,
+        or a shape that differs, raises a one-line ``ValueError`` naming ``source``.
+        """
+        sd = {k: v for k, v in adapt_positions(sd, self.cfg).items() if k not in MIM_KEYS}
+        own = self.state_dict()
+        head_fits = all(k in sd and sd[k].shape == own[k].shape for k in HEAD_KEYS)
+        if head == "keep" and not head_fits:
+            has = (
+                f"a {sd['head.weight'].shape[0]}-class head" if "head.weight" in sd else "no classifier head"
+            )
+            raise ValueError(
+                f"{source}: has {has}, model.num_classes={self.cfg.num_classes} (set finetune.head=reset"
+                " or auto to train a new head)"
+            )
+        if head == "reset" or not head_fits:
+            sd = {k: v for k, v in sd.items() if k not in HEAD_KEYS}
+        allowed_missing, allowed_unexpected = self._expected_differences(sd)
+        missing = [k for k in own if k not in sd and k not in allowed_missing]
+        unexpected = [k for k in sd if k not in own and k not in allowed_unexpected]
+        if missing or unexpected:
+            raise ValueError(f"{source}: does not fit this model: {key_report(missing, unexpected)}")
+        for key in own:  # in model order: the first mismatch is named
+            if key in sd and sd[key].shape != own[key].shape:
+                raise ValueError(
+                    f"{source}: {key} has shape {list(sd[key].shape)}, the model {list(own[key].shape)}"
+                    " (model.embed_dim / depth / num_heads / mlp_ratio must match the weights)"
+                )
+        self.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+        return sorted(k for k in own if k not in sd)
+
+    def _expected_differences(self, sd: Tensors) -> tuple[set[str], set[str]]:
+        """Keys that may be missing from ``sd`` / left over in it without being an error."""
+        missing = set(HEAD_KEYS)
+        unexpected: set[str] = set()
+        if self.fc_norm is not None and "fc_norm.weight" not in sd:  # pre-trained: norm -> fc_norm
+            missing |= {"fc_norm.weight", "fc_norm.bias"}
+            unexpected |= {"norm.weight", "norm.bias"}
+        if self.probe_layer is not None:
+            unexpected |= {k for k in sd if k.startswith(("norm.", "fc_norm."))}
+            unexpected |= {
+                k for k in sd if k.startswith("blocks.") and int(k.split(".")[1]) >= self.probe_layer
+            }
+        return missing, unexpected
