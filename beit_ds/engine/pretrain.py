@@ -65,12 +65,16 @@ def mim_step(engine: Any, batch: Any, tokenizer: Any, dtype: torch.dtype) -> dic
     return {"loss": out.loss.detach(), "mim_accuracy": out.accuracy}
 
 
-def _tokenizer(recipe: PretrainRecipe, device: torch.device) -> Any:
+def _tokenizer(recipe: PretrainRecipe, device: torch.device, dtype: torch.dtype) -> Any:
+    """The frozen tokenizer on the engine's device; ``tokenizer.dtype: auto`` runs it in the run's
+    precision (bf16 / fp16 / fp32)."""
     if recipe.mim.target != "tokens":
         return None
     from beit_ds.tokenizers import build_tokenizer
 
     tokenizer = build_tokenizer(recipe.tokenizer).to(device)
+    if recipe.tokenizer.dtype == "auto":
+        tokenizer.to(dtype)
     if tokenizer.vocab_size != recipe.mim.vocab_size:
         raise ConfigError(f"mim.vocab_size={recipe.mim.vocab_size}: the tokenizer has {tokenizer.vocab_size} codes")
     return tokenizer
@@ -93,7 +97,7 @@ def pretrain(recipe: PretrainRecipe, ds_path: str | Path, resume: str = "auto") 
         return build_pretrain_loader(recipe.data, recipe.masking, recipe.model.grid_size, where)
 
     def make_step(engine: Any, dtype: torch.dtype) -> Any:
-        tokenizer = _tokenizer(recipe, engine.device)
+        tokenizer = _tokenizer(recipe, engine.device, dtype)
         return lambda e, b: mim_step(e, b, tokenizer, dtype)
 
     return run_job(recipe, ds_path, resume, JobParts("pretrain", build_model, build_loader, make_step, export_checkpoint))

@@ -1,5 +1,10 @@
 """The real ``deepspeed`` launcher with 2 CPU ranks (gloo): pre-training runs, is killed with
-SIGKILL mid-run, resumes with ``--resume auto`` and continues bit-for-bit."""
+SIGKILL mid-run or mid-save, resumes with ``--resume auto`` and continues bit-for-bit; fp16 with
+dynamic loss scaling, bf16.
+
+Test-only patches reach the launched ranks through a ``sitecustomize.py`` on ``PYTHONPATH``
+(``_HOOKS``): DeepSpeed's CPU fp16 refusal, an injected fp16 overflow, a stalled save.
+"""
 
 from __future__ import annotations
 
@@ -27,23 +32,59 @@ SMALL = [
 ]
 
 
-def _launch(out: Path, precision: str, extra: list[str], nproc: int = 2) -> subprocess.Popen:
-    ds = ROOT / "ds_configs" / {"fp32": "zero2_fp32_cpu.json", "bf16": "zero2_bf16.json"}[precision]
+_HOOKS = """
+import os, time
+from pathlib import Path
+if os.environ.get("TEST_FP16_ON_CPU"):  # DeepSpeed refuses fp16 on CPU; the ZeRO-2 fp16 path itself runs
+    from deepspeed.accelerator import get_accelerator
+    type(get_accelerator()).is_fp16_supported = lambda self: True
+if os.environ.get("TEST_OVERFLOW_AT"):  # the gradients of this optimizer step overflow fp16
+    from deepspeed.runtime.engine import DeepSpeedEngine
+    _backward, _at = DeepSpeedEngine.backward, int(os.environ["TEST_OVERFLOW_AT"])
+    def backward(self, loss, *args, **kwargs):
+        return _backward(self, loss * 1e6 if self.global_steps + 1 == _at else loss, *args, **kwargs)
+    DeepSpeedEngine.backward = backward
+if os.environ.get("TEST_STALL_SAVE"):  # this tag's shards are written, then the save hangs
+    from deepspeed.runtime.engine import DeepSpeedEngine
+    _save = DeepSpeedEngine.save_checkpoint
+    def save_checkpoint(self, save_dir, tag=None, *args, **kwargs):
+        out = _save(self, save_dir, tag, *args, **kwargs)
+        if tag == os.environ["TEST_STALL_SAVE"]:
+            Path(save_dir).parent.joinpath("STALLED").touch()
+            time.sleep(600)
+        return out
+    DeepSpeedEngine.save_checkpoint = save_checkpoint
+"""
+
+
+def _launch(
+    out: Path, precision: str, extra: list[str], nproc: int = 2, hooks: dict[str, str] | None = None
+) -> subprocess.Popen:
+    ds = ROOT / "ds_configs" / {"fp32": "zero2_fp32_cpu.json", "bf16": "zero2_bf16.json"}.get(precision, precision)
     port = str(29500 + (os.getpid() + len(str(out))) % 2000)
     cmd = ["deepspeed", "--num_gpus", str(nproc), "--master_port", port, str(ROOT / "launch/pretrain.py"),
            "--deepspeed_config", str(ds), "--config", "pretrain_demo_cpu",
            f"checkpoint.output_dir={out}", *SMALL, *extra]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    if hooks:
+        site = out.parent / "hooks"
+        site.mkdir(exist_ok=True)
+        (site / "sitecustomize.py").write_text(_HOOKS)
+        env.update(hooks, PYTHONPATH=os.pathsep.join([str(site), env.get("PYTHONPATH", "")]))
     log = open(out.parent / f"{out.name}.log", "ab")  # noqa: SIM115
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _losses(out: Path) -> dict[int, float]:
+def _rows(out: Path) -> list[dict]:
     path = out / "metrics.jsonl"
     if not path.exists():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["step"]: r["train/loss"] for r in rows}
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _losses(out: Path) -> dict[int, float]:
+    """Loss per step; for a step logged twice (before a kill and after the resume), the last."""
+    return {r["step"]: r["train/loss"] for r in _rows(out)}
 
 
 def _wait(proc: subprocess.Popen, out: Path, timeout: float = 600) -> None:
@@ -62,7 +103,7 @@ def test_two_ranks_kill_and_resume_is_bitwise(tmp_path):
     full = _losses(ref)
     assert sorted(full) == list(range(1, 13))
     assert (ref / "checkpoints/latest.json").exists() and (ref / "export/model.safetensors").exists()
-    assert (ref / "tensorboard").is_dir()
+    _tensorboard_has_the_scalars(ref, full)
     _exports_load_in_timm_and_hf(ref / "export")
 
     run = tmp_path / "run"
@@ -79,10 +120,7 @@ def test_two_ranks_kill_and_resume_is_bitwise(tmp_path):
     assert resumed_from in (4, 8)
 
     _wait(_launch(run, "fp32", ["schedule.max_steps=12"]), run)
-    after = {}
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        after[row["step"]] = row["train/loss"]  # the resumed run's rows come last
+    after = _losses(run)  # the resumed run's rows come last
     assert sorted(after) == list(range(1, 13))
     for step in range(resumed_from + 1, 13):
         assert after[step] == full[step], (step, after[step], full[step])
@@ -93,6 +131,58 @@ def test_two_ranks_bf16(tmp_path):
     _wait(_launch(out, "bf16", ["schedule.max_steps=4"]), out)
     losses = _losses(out)
     assert sorted(losses) == [1, 2, 3, 4] and all(v == v for v in losses.values())
+
+
+def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    proc = _launch(run, "fp32", ["schedule.max_steps=12"], hooks={"TEST_STALL_SAVE": "step_00000008"})
+    deadline = time.time() + 600
+    while time.time() < deadline and not (run / "STALLED").exists() and proc.poll() is None:
+        time.sleep(0.2)
+    assert (run / "STALLED").exists(), (run.parent / "run.log").read_text(errors="replace")[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)  # while step 8 is being saved
+    proc.wait()
+    first = _losses(run)
+    assert max(first) == 8
+    half_written = run / "checkpoints/step_00000008"
+    assert half_written.is_dir() and not (half_written / "COMPLETE.json").exists()
+    assert json.loads((run / "checkpoints/latest.json").read_text())["latest"] == "step_00000004"
+
+    _wait(_launch(run, "fp32", ["schedule.max_steps=12"]), run)
+    log = (tmp_path / "run.log").read_text(errors="replace")
+    assert "resumed from " + str(run / "checkpoints/step_00000004") in log
+    rows = _rows(run)
+    resumed = {r["step"]: r["train/loss"] for r in rows[len(first):]}
+    assert sorted(resumed) == list(range(5, 13))
+    for step in range(5, 9):  # the steps redone after the lost save are the same steps
+        assert resumed[step] == first[step], (step, resumed[step], first[step])
+    assert (run / "checkpoints/step_00000008/COMPLETE.json").exists()
+
+
+def test_two_ranks_fp16_skips_an_overflow_and_halves_the_scale(tmp_path):
+    ds = json.loads((ROOT / "ds_configs/zero2_fp16.json").read_text())
+    ds["fp16"]["hysteresis"] = 1  # halve on the first overflow (the shipped 2 waits for a second)
+    (tmp_path / "fp16.json").write_text(json.dumps(ds))
+    out = tmp_path / "fp16"
+    hooks = {"TEST_FP16_ON_CPU": "1", "TEST_OVERFLOW_AT": "3"}
+    _wait(_launch(out, str(tmp_path / "fp16.json"), ["schedule.max_steps=5"], hooks=hooks), out)
+    rows = _rows(out)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["train/loss_scale"] for r in rows] == [65536.0, 65536.0, 32768.0, 32768.0, 32768.0]
+    assert [r["train/skipped_steps"] for r in rows] == [0, 0, 1, 1, 1]
+    assert all(r["train/loss"] == r["train/loss"] for r in rows)
+
+
+def _tensorboard_has_the_scalars(out: Path, losses: dict[int, float]) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/mim_accuracy", "train/lr", "train/grad_norm", "train/loss_scale",
+            "train/images_per_s", "train/skipped_steps"} <= tags, tags
+    logged = {e.step: e.value for e in events.Scalars("train/loss")}
+    assert sorted(logged) == sorted(losses)
+    assert all(abs(logged[k] - losses[k]) <= 1e-6 * abs(losses[k]) for k in losses)  # TB stores float32
 
 
 def _exports_load_in_timm_and_hf(export: Path) -> None:
