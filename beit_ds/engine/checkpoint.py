@@ -79,12 +79,24 @@ def verify(tag_dir: Path) -> dict[str, Any]:
     return info
 
 
+def newest_complete(ckpt_dir: Path) -> Path | None:
+    """The newest checkpoint that ``ckpt_dir/latest.json`` lists and that verifies (None when
+    there is none); damaged or incomplete ones are skipped with a warning."""
+    for tag in read_pointer(ckpt_dir):
+        try:
+            verify(ckpt_dir / tag)
+            return ckpt_dir / tag
+        except CheckpointError as err:
+            get_logger().warning("%s; trying the previous checkpoint", err)
+    return None
+
+
 def resolve(source: Path) -> Path:
     """``source`` itself when it is a checkpoint folder, else the newest complete checkpoint of
     the run whose ``output_dir`` it is (for tools run outside training: export, conversion)."""
     if (source / MARKER).exists():
         return source
-    found = CheckpointManager(source, keep_last=1, place=ProcessPlace()).find("auto")
+    found = newest_complete(source / "checkpoints")
     if found is None:
         raise CheckpointError(f"{source}: no complete checkpoint (expected a run dir or a step_* dir)")
     return found
@@ -136,20 +148,15 @@ class CheckpointManager:
             path = Path(resume)
             verify(path)
             return path
-        for tag in read_pointer(self.dir):
-            try:
-                verify(self.dir / tag)
-                return self.dir / tag
-            except CheckpointError as err:
-                get_logger().warning("%s; trying the previous checkpoint", err)
-        return None
+        return newest_complete(self.dir)
 
-    def load(self, engine: Any, tag_dir: Path) -> TrainState:
-        """Restore engine (weights, optimizer, loss scaler), RNG and the ``TrainState``; on another
-        world size from the universal form (the engine must be built with ``load_universal``)."""
+    def load(self, engine: Any, tag_dir: Path) -> tuple[TrainState, dict[str, Any]]:
+        """Restore engine (weights, optimizer, loss scaler) and RNG; returns the ``TrainState`` and
+        the whole client state saved with it. On another world size from the universal form (the
+        engine must be built with ``load_universal``)."""
         info = verify(tag_dir)
         if elastic.needs_universal(info, self.place.world_size):
-            tag_dir = self._universal(tag_dir)
+            tag_dir = self._universal(tag_dir, info)
         path, client = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
         if path is None:
             raise CheckpointError(f"checkpoint {tag_dir}: DeepSpeed could not load it")
@@ -159,11 +166,12 @@ class CheckpointManager:
         else:  # per-rank streams (drop path) cannot be mapped onto other ranks; the data order is global
             get_logger().info("RNG states not restored: saved on %d ranks, resumed on %d; ranks keep their seeds",
                               info["world_size"], self.place.world_size)
-        return TrainState.from_dict(client["train_state"])
+        return TrainState.from_dict(client["train_state"]), client
 
-    def _universal(self, tag_dir: Path) -> Path:
-        """The universal form of ``tag_dir``: rank 0 converts it (once), every rank gets its path."""
-        if verify(tag_dir).get("universal"):
+    def _universal(self, tag_dir: Path, info: dict[str, Any]) -> Path:
+        """The universal form of ``tag_dir`` (``info``: its ``COMPLETE.json``): rank 0 converts it
+        (once), every rank gets its path."""
+        if info.get("universal"):
             return tag_dir
         error = None
         if self.place.is_main:

@@ -39,6 +39,12 @@ def _contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in sd.items()}
 
 
+def save_weights(sd: dict[str, torch.Tensor], path: Path, **metadata: str) -> Path:
+    """``sd`` as a safetensors file at ``path`` (tensors made contiguous), tagged ``format=beit_ds``."""
+    save_file(_contiguous(sd), path, metadata={"format": "beit_ds", **metadata})
+    return path
+
+
 def export_checkpoint(tag_dir: Path, out_dir: Path) -> list[Path]:
     """Write ``model.safetensors`` (+ ``recipe.json``), ``timm/`` and ``hf/`` from ``tag_dir``."""
     tag_dir, out_dir = Path(tag_dir), Path(out_dir)
@@ -48,8 +54,7 @@ def export_checkpoint(tag_dir: Path, out_dir: Path) -> list[Path]:
     model: BeitForMaskedImageModeling = build_mim_model(recipe.model, recipe.mim)
     model.load_state_dict(consolidated_state_dict(tag_dir), strict=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ours = out_dir / "model.safetensors"
-    save_file(_contiguous(model.state_dict()), ours, metadata={"format": "beit_ds", "source": str(tag_dir)})
+    ours = save_weights(model.state_dict(), out_dir / "model.safetensors", source=str(tag_dir))
     (out_dir / "recipe.json").write_text(json.dumps(client["recipe"], indent=1))
     backbone = build_model(recipe.model)
     backbone.load_state_dict(backbone_state_dict(model.state_dict()), strict=True)

@@ -18,15 +18,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from beit_ds.config import AugmentConfig, ConfigError
 from beit_ds.config_io import build_dataclass, to_dict
 from beit_ds.data.mixup import Mixup, mix_rng
 from beit_ds.distributed import ProcessPlace, all_reduce_sum, place_from_env
 from beit_ds.engine.ema import WeightEMA
-from beit_ds.engine.export import checkpoint_client_state, consolidated_state_dict, write_timm_and_hf
-from beit_ds.engine.job import JobParts, run_job
+from beit_ds.engine.export import (
+    checkpoint_client_state,
+    consolidated_state_dict,
+    save_weights,
+    write_timm_and_hf,
+)
+from beit_ds.engine.job import JobParts, loader_place, run_job
 from beit_ds.engine.state import TrainState
 from beit_ds.engine.weights import read_weights
 from beit_ds.logger import get_logger, init_logging
@@ -147,25 +151,13 @@ def export_classifier(tag_dir: Path, out_dir: Path) -> list[Path]:
     model = build_classifier(recipe.model, recipe.finetune.head_init_scale, probe_layer(recipe))
     model.load_state_dict(consolidated_state_dict(tag_dir), strict=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "model.safetensors"]
-    save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()}, paths[0], metadata={"format": "beit_ds"}
-    )
+    paths = [save_weights(model.state_dict(), out_dir / "model.safetensors")]
     if "ema" in client:
-        paths.append(out_dir / "model_ema.safetensors")
-        save_file(
-            {k: v.contiguous() for k, v in client["ema"].items()}, paths[-1], metadata={"format": "beit_ds"}
-        )
+        paths.append(save_weights(client["ema"], out_dir / "model_ema.safetensors"))
     (out_dir / "recipe.json").write_text(json.dumps(client["recipe"], indent=1))
     if probe_layer(recipe) is None:
         paths += write_timm_and_hf(model, out_dir)
     return paths
-
-
-def _where(recipe: ClassRecipe, place: ProcessPlace) -> Any:
-    from beit_ds.data import LoaderPlace
-
-    return LoaderPlace(recipe.schedule.micro_batch_size, place.rank, place.world_size, recipe.schedule.seed)
 
 
 class _ClassJob:
@@ -185,7 +177,7 @@ class _ClassJob:
 
         r = self.recipe
         augment = self.augment if isinstance(r, FinetuneRecipe) else None
-        loader = build_finetune_loader(r.data, "train", _where(r, place), augment=augment)
+        loader = build_finetune_loader(r.data, "train", loader_place(r, place), augment=augment)
         if len(loader.classes) != r.model.num_classes:
             more = ", …" if len(loader.classes) > 4 else ""
             raise ConfigError(
@@ -207,7 +199,7 @@ class _ClassJob:
         from beit_ds.data import build_finetune_loader
 
         if self.eval_loader is None:
-            where = _where(self.recipe, self.place)
+            where = loader_place(self.recipe, self.place)
             self.eval_loader = build_finetune_loader(self.recipe.data, "eval", where, classes=self.classes)
         metrics = evaluate(model, self.eval_loader, self.dtype)
         writer.write(step, metrics, prefix="val")
@@ -221,10 +213,9 @@ class _ClassJob:
     def client_state(self) -> dict[str, Any]:
         return {"ema": self.ema.state_dict()} if self.ema is not None else {}
 
-    def restore(self, tag_dir: Path) -> None:
+    def restore(self, client: dict[str, Any], tag_dir: Path) -> None:
         if self.ema is None:
             return
-        client = checkpoint_client_state(tag_dir)
         if "ema" not in client:
             decay = self.recipe.finetune.ema_decay
             raise ConfigError(f"finetune.ema_decay={decay}: checkpoint {tag_dir} has no EMA to resume")
@@ -270,7 +261,7 @@ def evaluate_recipe(recipe: ClassRecipe, out_json: Path | None = None) -> dict[s
     init_logging(place.rank)
     model = build_finetune_model(recipe, head="keep")
     device = torch.device("cuda", place.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    loader = build_finetune_loader(recipe.data, "eval", _where(recipe, place))
+    loader = build_finetune_loader(recipe.data, "eval", loader_place(recipe, place))
     metrics = evaluate(model.to(device), loader, torch.float32)
     _log_eval(metrics, f"evaluation of {recipe.finetune.init}")
     if out_json is not None and place.is_main:

@@ -53,9 +53,17 @@ class JobParts:
     samples: Callable[[nn.Module, MetricWriter, int], None] | None = None
     # optional, every rank, after each checkpoint: (model, writer, step), e.g. validation
     evaluate: Callable[[nn.Module, MetricWriter, int], None] | None = None
-    # optional: more client state saved with each checkpoint, and its restore from a checkpoint folder
+    # optional: more client state saved with each checkpoint, and its restore from the loaded
+    # client state (and the checkpoint folder it came from, for messages)
     client_state: Callable[[], dict[str, Any]] | None = None
-    restore: Callable[[Path], None] | None = None
+    restore: Callable[[dict[str, Any], Path], None] | None = None
+
+
+def loader_place(recipe: Any, place: ProcessPlace) -> Any:
+    """The ``LoaderPlace`` of this rank: the recipe's micro batch and seed, the process's rank."""
+    from beit_ds.data import LoaderPlace
+
+    return LoaderPlace(recipe.schedule.micro_batch_size, place.rank, place.world_size, recipe.schedule.seed)
 
 
 def preflight(recipe: Any, ds_path: str | Path, world_size: int) -> Preflight:
@@ -116,7 +124,7 @@ def run_job(recipe: Any, ds_path: str | Path, resume: str, parts: JobParts) -> T
     # built before the RNG state is restored: building it (e.g. a tokenizer's default init) may
     # draw from the global generator, which must then be where the checkpoint left it
     step_fn = parts.make_step(engine, torch_dtype(flight.precision))
-    state = _resume(engine, checkpoints, str(found or "none"), parts.restore)
+    state = _resume(engine, checkpoints, found, parts.restore)
     if place.is_main:
         save_yaml(recipe, run_dir / "recipe.yaml")
     log.info("%s: global batch %d, lr %.3g, %d steps/epoch, %d steps, %s", parts.kind, flight.global_batch,
@@ -158,15 +166,15 @@ def _fit_to_world(
 
 
 def _resume(
-    engine: Any, checkpoints: CheckpointManager, resume: str, restore: Callable[[Path], None] | None = None
+    engine: Any, checkpoints: CheckpointManager, found: Path | None,
+    restore: Callable[[dict[str, Any], Path], None] | None = None,
 ) -> TrainState:
     log = get_logger()
-    found = checkpoints.find(resume)
     if found is None:
         log.info("starting from scratch (no checkpoint in %s)", checkpoints.dir)
         return TrainState()
-    state = checkpoints.load(engine, found)
+    state, client = checkpoints.load(engine, found)
     if restore is not None:
-        restore(found)
+        restore(client, found)
     log.info("resumed from %s at step %d (epoch %d, sample %d)", found, state.step, state.epoch, state.samples_in_epoch)
     return state

@@ -16,7 +16,7 @@ from beit_ds.assets import resolve
 from beit_ds.config import ConfigError
 from beit_ds.distributed import ProcessPlace
 from beit_ds.engine.export import export_checkpoint
-from beit_ds.engine.job import JobParts, Preflight, run_job
+from beit_ds.engine.job import JobParts, Preflight, loader_place, run_job
 from beit_ds.engine.job import preflight as job_preflight
 from beit_ds.engine.state import TrainState
 from beit_ds.recipe import PretrainRecipe
@@ -82,7 +82,7 @@ def _tokenizer(recipe: PretrainRecipe, device: torch.device, dtype: torch.dtype)
 
 def pretrain(recipe: PretrainRecipe, ds_path: str | Path, resume: str = "auto") -> TrainState:
     """Run (or resume) pre-training; returns the final ``TrainState``."""
-    from beit_ds.data import LoaderPlace, build_pretrain_loader
+    from beit_ds.data import build_pretrain_loader
     from beit_ds.models import build_mim_model
 
     check_views(recipe)
@@ -93,8 +93,7 @@ def pretrain(recipe: PretrainRecipe, ds_path: str | Path, resume: str = "auto") 
         return model
 
     def build_loader(place: ProcessPlace) -> Any:
-        where = LoaderPlace(recipe.schedule.micro_batch_size, place.rank, place.world_size, recipe.schedule.seed)
-        return build_pretrain_loader(recipe.data, recipe.masking, recipe.model.grid_size, where)
+        return build_pretrain_loader(recipe.data, recipe.masking, recipe.model.grid_size, loader_place(recipe, place))
 
     def make_step(engine: Any, dtype: torch.dtype) -> Any:
         tokenizer = _tokenizer(recipe, engine.device, dtype)

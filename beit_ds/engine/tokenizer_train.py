@@ -20,7 +20,7 @@ from torch import nn
 from beit_ds.config import ConfigError, MaskingConfig
 from beit_ds.distributed import ProcessPlace
 from beit_ds.engine.export import consolidated_state_dict
-from beit_ds.engine.job import JobParts, run_job
+from beit_ds.engine.job import JobParts, loader_place, run_job
 from beit_ds.engine.state import TrainState
 from beit_ds.metrics import MetricWriter
 from beit_ds.recipe import TokenizerRecipe
@@ -85,7 +85,7 @@ def reconstruction_samples(loader: Callable[[], Any], count: int = 8) -> Callabl
 
 def train_tokenizer(recipe: TokenizerRecipe, ds_path: str | Path, resume: str = "auto") -> TrainState:
     """Train (or resume) the dVAE; the export holds ``tokenizer.safetensors`` and ``report.json``."""
-    from beit_ds.data import LoaderPlace, build_pretrain_loader
+    from beit_ds.data import build_pretrain_loader
     from beit_ds.tokenizers import DiscreteVAE, save_dvae
 
     check_recipe(recipe)
@@ -96,9 +96,7 @@ def train_tokenizer(recipe: TokenizerRecipe, ds_path: str | Path, resume: str = 
     loaders: list[Any] = []
 
     def build_loader(place: ProcessPlace) -> Any:
-        where = LoaderPlace(recipe.schedule.micro_batch_size, place.rank, place.world_size, recipe.schedule.seed)
-        recipe_data = recipe.data
-        loaders.append(build_pretrain_loader(recipe_data, no_masks, grid, where))
+        loaders.append(build_pretrain_loader(recipe.data, no_masks, grid, loader_place(recipe, place)))
         return loaders[-1]
 
     def export(tag_dir: Path, out_dir: Path) -> list[Path]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from beit_ds.config import ConfigError
-from beit_ds.engine.checkpoint import MARKER, POINTER, CheckpointError, read_pointer, verify
+from beit_ds.engine.checkpoint import MARKER, POINTER, CheckpointError, newest_complete, verify
 from beit_ds.models.convert import from_hf_state_dict, from_timm_state_dict
 
 Tensors = dict[str, torch.Tensor]
@@ -36,13 +36,10 @@ def checkpoint_dir(path: Path) -> Path | None:
         return path
     for ckpt_dir in (path, path / "checkpoints"):
         if (ckpt_dir / POINTER).is_file():
-            for tag in read_pointer(ckpt_dir):
-                try:
-                    verify(ckpt_dir / tag)
-                except CheckpointError:
-                    continue
-                return ckpt_dir / tag
-            raise CheckpointError(f"{ckpt_dir}: no complete checkpoint among those {POINTER} lists")
+            found = newest_complete(ckpt_dir)
+            if found is None:
+                raise CheckpointError(f"{ckpt_dir}: no complete checkpoint among those {POINTER} lists")
+            return found
     return None
 
 

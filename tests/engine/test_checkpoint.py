@@ -56,7 +56,7 @@ def test_save_prune_resume_exactly(ds_single_rank, tmp_path):
 
     found = manager.find("auto")
     assert found == tmp_path / "checkpoints/step_00000003"
-    state = manager.load(engine, found)
+    state, _ = manager.load(engine, found)
     assert state == TrainState(step=3, samples_in_epoch=12)
     again = [_step(engine, s) for s in (10, 11)]
     assert again == after  # bitwise: weights, AdamW moments and RNG restored
@@ -105,7 +105,7 @@ def test_universal_checkpoint_resumes_exactly(ds_single_rank, tmp_path):
     assert to_universal(universal) == universal
 
     fresh = _engine(ds_single_rank, checkpoint={"load_universal": True})
-    state = manager.load(fresh, manager.find(str(universal)))
+    state, _ = manager.load(fresh, manager.find(str(universal)))
     assert state == TrainState(step=2, samples_in_epoch=8)
     again = [_step(fresh, s) for s in (10, 11)]
     assert again == after  # bitwise: fp32 weights, both Adam moments and the Adam step count carried over
