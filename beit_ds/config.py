@@ -48,6 +48,8 @@ class ModelConfig:
     ``layer_scale_init``: LayerScale gamma init; ``0`` disables LayerScale.
     ``global_pool``: ``"none"`` (all tokens through the final norm: MIM), ``"avg"`` (mean of
     patch tokens + ``fc_norm``: the seed's fine-tuning choice) or ``"token"`` ([CLS] + ``norm``).
+    ``init_trunc``: where the trunc-normal(``init_std``) init is cut: ``"auto"`` as unilm per model
+    (MIM model ±1σ, classifier/backbone timm's ±2 absolute), ``"1std"``, ``"2std"`` or ``"2abs"``.
     """
 
     img_size: int = 224
@@ -66,6 +68,7 @@ class ModelConfig:
     num_classes: int = 0
     norm_eps: float = 1e-6
     init_std: float = 0.02
+    init_trunc: str = "auto"
     grad_checkpointing: bool = False
     compile: bool = False
     attn_impl: str = "sdpa"
@@ -95,6 +98,7 @@ class ModelConfig:
         _choice(s, "rel_pos_bias", self.rel_pos_bias, ("shared", "per_layer", "none"))
         _choice(s, "global_pool", self.global_pool, ("none", "avg", "token"))
         _choice(s, "attn_impl", self.attn_impl, ("sdpa", "eager"))
+        _choice(s, "init_trunc", self.init_trunc, ("auto", "1std", "2std", "2abs"))
 
     @property
     def grid_size(self) -> tuple[int, int]:

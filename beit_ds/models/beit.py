@@ -20,16 +20,26 @@ from beit_ds.config import ModelConfig
 from beit_ds.models.attention import Attention, RelativePositionBias
 from beit_ds.models.layers import DropPath, Mlp, PatchEmbed, drop_path_rates
 
+TRUNC_BOUNDS: dict[str, Callable[[float], float]] = {
+    "1std": lambda std: std,  # unilm modeling_pretrain.py: a=-std, b=std (std 0.54·std)
+    "2std": lambda std: 2 * std,  # ±2σ (std 0.88·std)
+    "2abs": lambda std: 2.0,  # timm's trunc_normal_ default a=-2, b=2: untruncated at std 0.02
+}
+"""Where the trunc-normal init is cut, as a function of its std (``model.init_trunc``)."""
 
-def trunc_normal(t: torch.Tensor, std: float) -> None:
-    """In-place truncated normal(0, std) clipped at ±2·std (seed §5)."""
-    nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
+
+def trunc_normal(t: torch.Tensor, std: float, trunc: str = "1std") -> None:
+    """In-place normal(0, std) truncated at ``±TRUNC_BOUNDS[trunc](std)`` (seed §5: "within a
+    small range, such as [-0.02, 0.02]" — unilm's pre-training cut, ``"1std"``, is the default)."""
+    bound = TRUNC_BOUNDS[trunc](std)
+    nn.init.trunc_normal_(t, std=std, a=-bound, b=bound)
 
 
-def init_module(module: nn.Module, std: float) -> None:
-    """Linear/conv weights ~ trunc-normal(std) with zero bias; LayerNorm to identity."""
-    if isinstance(module, (nn.Linear, nn.Conv2d)):
-        trunc_normal(module.weight, std)
+def init_module(module: nn.Module, std: float, trunc: str = "1std", conv: bool = True) -> None:
+    """Linear (and, with ``conv``, Conv2d) weights ~ trunc-normal(std) with zero bias;
+    LayerNorm to identity. ``conv=False`` leaves convolutions at PyTorch's default init."""
+    if isinstance(module, nn.Linear) or (conv and isinstance(module, nn.Conv2d)):
+        trunc_normal(module.weight, std, trunc)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):
@@ -92,7 +102,15 @@ class Beit(nn.Module):
 
     ``cfg.global_pool`` decides the final norm: ``"none"``/``"token"`` keep ``norm`` over all
     tokens; ``"avg"`` replaces it with ``fc_norm`` after mean-pooling the patch tokens.
+
+    Initialisation follows unilm per model (``model.init_trunc: auto``): this backbone and the
+    classifier as unilm's ``modeling_finetune.py`` (timm's ``trunc_normal_`` cut at ±2 absolute,
+    i.e. a plain normal(0.02); the patch convolution keeps PyTorch's default), the MIM model as
+    ``modeling_pretrain.py`` (cut at ±1σ, the convolution included).
     """
+
+    INIT_TRUNC = "2abs"  # the truncation ``model.init_trunc: auto`` means for this class
+    INIT_CONV = False  # whether init_weights re-initialises the patch-embedding convolution
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -118,16 +136,21 @@ class Beit(nn.Module):
         self.init_weights()
 
     # --- initialisation (seed §5) -------------------------------------------------------
+    @property
+    def init_trunc(self) -> str:
+        """The truncation of the trunc-normal init (a key of ``TRUNC_BOUNDS``)."""
+        return type(self).INIT_TRUNC if self.cfg.init_trunc == "auto" else self.cfg.init_trunc
+
     def init_weights(self) -> None:
         """Trunc-normal(std) everywhere, then rescale each block's output projections by
         ``1/sqrt(2·layer_id)`` (seed §5, "proper initialization")."""
-        std = self.cfg.init_std
+        std, trunc = self.cfg.init_std, self.init_trunc
         for module in self.modules():
-            init_module(module, std)
+            init_module(module, std, trunc, conv=type(self).INIT_CONV)
         for name in ("cls_token", "pos_embed", "mask_token"):
             token = getattr(self, name, None)
             if token is not None:
-                trunc_normal(token, std)
+                trunc_normal(token, std, trunc)
         for layer_id, block in enumerate(self.blocks, start=1):
             scale = 1.0 / math.sqrt(2.0 * layer_id)
             block.attn.proj.weight.data.mul_(scale)

@@ -58,7 +58,7 @@ class BeitForImageClassification(Beit):
         if probe_layer is not None:
             cfg = cfg.replace(drop_path_rate=0.0)  # a frozen backbone: no stochastic depth
         super().__init__(cfg)
-        trunc_normal(self.head.weight, 0.02)
+        trunc_normal(self.head.weight, 0.02, self.init_trunc)
         with torch.no_grad():
             self.head.weight.mul_(head_init_scale)
             self.head.bias.mul_(head_init_scale)

@@ -52,6 +52,9 @@ class BeitForMaskedImageModeling(Beit):
     ``[B, C, H'', W'']`` whose patches on the model's grid are regressed (``"pixels"``).
     """
 
+    INIT_TRUNC = "1std"  # unilm modeling_pretrain.py: trunc_normal_(std) with a=-std, b=std
+    INIT_CONV = True
+
     def __init__(self, cfg: ModelConfig, mim: MIMConfig) -> None:
         if cfg.global_pool != "none" or cfg.num_classes:
             raise ValueError("MIM pre-training needs model.global_pool='none' and model.num_classes=0")
@@ -60,8 +63,8 @@ class BeitForMaskedImageModeling(Beit):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         out = mim.vocab_size if mim.target == "tokens" else cfg.patch_size**2 * cfg.in_chans
         self.lm_head = nn.Linear(cfg.embed_dim, out)
-        trunc_normal(self.mask_token, cfg.init_std)
-        init_module(self.lm_head, cfg.init_std)
+        trunc_normal(self.mask_token, cfg.init_std, self.init_trunc)
+        init_module(self.lm_head, cfg.init_std, self.init_trunc)
 
     def embed(self, x: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
         """Patch embedding with masked positions replaced by ``mask_token``, + [CLS]."""

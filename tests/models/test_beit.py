@@ -7,8 +7,15 @@ import math
 import pytest
 import torch
 
-from beit_ds.config import ConfigError
-from beit_ds.models import build_model, create_model, list_models, model_config
+from beit_ds.config import ConfigError, MIMConfig
+from beit_ds.models import (
+    build_classifier,
+    build_mim_model,
+    build_model,
+    create_model,
+    list_models,
+    model_config,
+)
 from beit_ds.models.attention import relative_position_index
 
 DEBUG = "beit_debug_patch4_32"
@@ -57,18 +64,54 @@ def test_unknown_name_or_key_is_one_line():
         create_model(DEBUG, img_size=30)
 
 
-def test_initialisation_follows_the_seed():
+@pytest.mark.parametrize(
+    "kind, trunc, qkv_std, bound",
+    [
+        # unilm modeling_pretrain.py: trunc_normal_(std=0.02, a=-std, b=std): std 0.54·0.02 = 0.0108
+        ("mim", "auto", 0.0108, 0.02),
+        # unilm modeling_finetune.py / timm Beit: trunc_normal_(std=0.02) cut at ±2 absolute: 0.0200
+        ("classifier", "auto", 0.0200, None),
+        # the old beit_ds init, still selectable: cut at ±2σ, std 0.88·0.02 = 0.0176
+        ("classifier", "2std", 0.0176, 0.04),
+        ("mim", "2std", 0.0176, 0.04),
+    ],
+)
+def test_initialisation_matches_unilm_per_model(kind, trunc, qkv_std, bound):
+    torch.manual_seed(0)
+    cfg = model_config("beit_base_patch16_224", drop_path_rate=0.0, depth=2, init_trunc=trunc)
+    if kind == "mim":
+        model = build_mim_model(cfg, MIMConfig())
+    else:
+        model = build_classifier(cfg.replace(global_pool="avg", num_classes=10))
+    qkv = model.blocks[0].attn.qkv.weight  # 1.77M values: std known to ≈ 0.1 %
+    assert qkv.std().item() == pytest.approx(qkv_std, rel=0.01)  # measured 0.01079 / 0.02000 / 0.01760
+    if bound is not None:
+        assert qkv.abs().max().item() <= bound + 1e-7
+        assert model.cls_token.abs().max().item() <= bound + 1e-7
+    for layer_id, block in enumerate(model.blocks, start=1):  # seed §5: output projections / sqrt(2l)
+        expected = qkv_std / math.sqrt(2 * layer_id)
+        assert block.attn.proj.weight.std().item() == pytest.approx(expected, rel=0.02)
+        assert block.mlp.fc2.weight.std().item() == pytest.approx(expected, rel=0.02)
+        assert torch.all(block.attn.relative_position_bias_table == 0)  # unilm: zeros
+    conv = model.patch_embed.proj.weight
+    if kind == "mim":  # pre-training re-initialises the patch convolution too
+        assert conv.std().item() == pytest.approx(qkv_std, rel=0.02)
+        assert model.mask_token.abs().max().item() <= bound + 1e-7
+    else:  # fine-tuning leaves it at PyTorch's default: U(±1/sqrt(fan_in)), std 1/sqrt(3·768)
+        assert conv.std().item() == pytest.approx(1 / math.sqrt(3 * 768), rel=0.02)
+
+
+def test_backbone_layer_scale_and_tables():
     torch.manual_seed(0)
     model = create_model("beit_tiny_patch16_224", drop_path_rate=0.0)
-    qkv = model.blocks[0].attn.qkv.weight
-    assert qkv.std().item() == pytest.approx(0.02 * 0.88, rel=0.05)  # trunc at 2σ shrinks std by ~12 %
-    assert qkv.abs().max() <= 0.04 + 1e-6
-    for layer_id, block in enumerate(model.blocks, start=1):
-        expected = 0.02 * 0.88 / math.sqrt(2 * layer_id)
-        assert block.attn.proj.weight.std().item() == pytest.approx(expected, rel=0.1)
-        assert block.mlp.fc2.weight.std().item() == pytest.approx(expected, rel=0.1)
+    for block in model.blocks:
         assert torch.all(block.gamma_1 == 0.1) and torch.all(block.gamma_2 == 0.1)
         assert block.attn.relative_position_bias_table.shape == ((2 * 14 - 1) ** 2 + 3, 3)
+
+
+def test_bad_init_trunc_is_one_line():
+    with pytest.raises(ConfigError, match="model.init_trunc='3std'"):
+        create_model(DEBUG, init_trunc="3std")
 
 
 def test_relative_position_index_layout():
