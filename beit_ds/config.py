@@ -50,6 +50,8 @@ class ModelConfig:
     patch tokens + ``fc_norm``: the seed's fine-tuning choice) or ``"token"`` ([CLS] + ``norm``).
     ``init_trunc``: where the trunc-normal(``init_std``) init is cut: ``"auto"`` as unilm per model
     (MIM model ±1σ, classifier/backbone timm's ±2 absolute), ``"1std"``, ``"2std"`` or ``"2abs"``.
+    ``rel_pos_resize``: how loaded relative-position tables are resized to another grid:
+    ``"geometric"`` (unilm / timm) or ``"bicubic"`` (``models/convert.py``).
     """
 
     img_size: int = 224
@@ -69,6 +71,7 @@ class ModelConfig:
     norm_eps: float = 1e-6
     init_std: float = 0.02
     init_trunc: str = "auto"
+    rel_pos_resize: str = "geometric"
     grad_checkpointing: bool = False
     compile: bool = False
     attn_impl: str = "sdpa"
@@ -99,6 +102,7 @@ class ModelConfig:
         _choice(s, "global_pool", self.global_pool, ("none", "avg", "token"))
         _choice(s, "attn_impl", self.attn_impl, ("sdpa", "eager"))
         _choice(s, "init_trunc", self.init_trunc, ("auto", "1std", "2std", "2abs"))
+        _choice(s, "rel_pos_resize", self.rel_pos_resize, ("geometric", "bicubic"))
 
     @property
     def grid_size(self) -> tuple[int, int]:

@@ -7,6 +7,7 @@ import timm
 import torch
 from torch import nn
 
+from beit_ds.config import ConfigError
 from beit_ds.models import build_mim_model, build_model, create_model, model_config
 from beit_ds.models.convert import (
     backbone_state_dict,
@@ -282,14 +283,17 @@ def test_pos_embed_224_to_384_shapes_and_values():
     assert resize_pos_embed(pos, (14, 14)) is pos
     # a smooth ramp stays a ramp: the first row/column ends keep their sign, the mean is kept
     ramp = torch.linspace(-1, 1, 14).repeat(14, 1).reshape(1, 196, 1)
-    ramp_out = resize_pos_embed(torch.cat([torch.zeros(1, 1, 1), ramp], 1), (24, 24))[0, 1:, 0].reshape(24, 24)
+    ramp_out = resize_pos_embed(torch.cat([torch.zeros(1, 1, 1), ramp], 1), (24, 24))[0, 1:, 0].reshape(
+        24, 24
+    )
     assert ramp_out.mean().abs().item() < 1e-5 and (ramp_out[:, 1:] >= ramp_out[:, :-1] - 1e-6).all()
 
 
-def test_rel_pos_table_224_to_384_shapes_and_values():
+@pytest.mark.parametrize("method", ["geometric", "bicubic"])
+def test_rel_pos_table_224_to_384_shapes_and_values(method):
     heads = 3
     table = torch.randn(bias_table_rows((14, 14)), heads, generator=torch.Generator().manual_seed(0))
-    out = resize_rel_pos_table(table, (24, 24))
+    out = resize_rel_pos_table(table, (24, 24), method)
     assert table.shape == (27 * 27 + 3, heads) and out.shape == (47 * 47 + 3, heads)
     assert torch.equal(out[-3:], table[-3:])  # cls->patch, patch->cls, cls->cls rows kept
     old = table[:-3].reshape(27, 27, heads)
@@ -298,8 +302,53 @@ def test_rel_pos_table_224_to_384_shapes_and_values():
     for corner in ((0, 0), (0, -1), (-1, 0), (-1, -1)):  # largest offsets land on the largest offsets
         torch.testing.assert_close(new[corner], old[corner])
     const = torch.full_like(table, -0.3)
-    torch.testing.assert_close(resize_rel_pos_table(const, (24, 24)), torch.full_like(out, -0.3))
-    assert resize_rel_pos_table(table, (14, 14)) is table
+    torch.testing.assert_close(resize_rel_pos_table(const, (24, 24), method), torch.full_like(out, -0.3))
+    assert resize_rel_pos_table(table, (14, 14), method) is table
+
+
+def _local_head() -> torch.Tensor:
+    """One sharply local head on the 14×14 grid: bias 3·exp(-2·|d|²) of the offset d (3 at d = 0,
+    0.406 at the four neighbours, ≈ 0 beyond 2), cls rows -1."""
+    d = torch.arange(-13, 14, dtype=torch.float32)
+    image = 3.0 * torch.exp(-2.0 * (d[:, None] ** 2 + d[None, :] ** 2))
+    return torch.cat((image.reshape(-1, 1), torch.full((3, 1), -1.0)))
+
+
+def test_geometric_resize_keeps_near_offsets_bicubic_blurs_them():
+    table = _local_head()
+    old = table[:-3].reshape(27, 27)
+    geometric = resize_rel_pos_table(table, (24, 24), "geometric")[:-3].reshape(47, 47)
+    bicubic = resize_rel_pos_table(table, (24, 24), "bicubic")[:-3].reshape(47, 47)
+    # unilm / timm: offsets 0 and ±1 keep their trained bias exactly
+    assert geometric[23, 23].item() == pytest.approx(3.0, abs=1e-6)
+    for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):
+        assert geometric[23 + dy, 23 + dx].item() == pytest.approx(old[13 + dy, 13 + dx].item(), abs=1e-6)
+    # stretching every offset by 23/13 puts old offset ≈ 0.57 at new offset 1: measured 1.763
+    assert bicubic[23, 24].item() == pytest.approx(1.763, abs=0.01)
+    assert old[13, 14].item() == pytest.approx(0.406, abs=0.001)
+
+
+def test_geometric_resize_matches_timm_resize_rel_pos_bias_table():
+    from timm.layers.pos_embed_rel import resize_rel_pos_bias_table
+
+    g = torch.Generator().manual_seed(0)
+    for src, dst in (((14, 14), (24, 24)), ((8, 8), (12, 12)), ((24, 24), (14, 14)), ((14, 14), (16, 32))):
+        table = torch.randn(bias_table_rows(src), 4, generator=g)
+        ours = resize_rel_pos_table(table, dst, "geometric")
+        theirs = resize_rel_pos_bias_table(table, dst, (bias_table_rows(dst), 4))
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_model_rel_pos_resize_selects_the_method():
+    model = _ours("per_layer_bias")
+    sd = model.state_dict()
+    key = "blocks.0.attn.relative_position_bias_table"
+    for method in ("geometric", "bicubic"):
+        cfg = model.cfg.replace(img_size=48, rel_pos_resize=method)
+        expected = resize_rel_pos_table(sd[key], cfg.grid_size, method)
+        assert torch.equal(adapt_positions(sd, cfg)[key], expected)
+    with pytest.raises(ConfigError, match="model.rel_pos_resize='cubic'"):
+        model.cfg.replace(rel_pos_resize="cubic")
 
 
 def test_a_32px_model_runs_at_48px_after_interpolation():
@@ -316,5 +365,7 @@ def test_a_32px_model_runs_at_48px_after_interpolation():
 
 def test_a_different_patch_size_is_a_one_line_error():
     model = _ours("per_layer_bias")
-    with pytest.raises(ValueError, match=r"^the weights have 4x4 patches: expected model.patch_size=8 \(resolution"):
+    with pytest.raises(
+        ValueError, match=r"^the weights have 4x4 patches: expected model.patch_size=8 \(resolution"
+    ):
         adapt_positions(model.state_dict(), model.cfg.replace(patch_size=8))
