@@ -52,6 +52,10 @@ class ModelConfig:
     (MIM model ±1σ, classifier/backbone timm's ±2 absolute), ``"1std"``, ``"2std"`` or ``"2abs"``.
     ``rel_pos_resize``: how loaded relative-position tables are resized to another grid:
     ``"geometric"`` (unilm / timm) or ``"bicubic"`` (``models/convert.py``).
+    ``wd_exempt``: which weight matrices ``no_weight_decay()`` exempts besides biases and 1-d
+    weights: ``"unilm"`` (``cls_token``, ``pos_embed``: unilm's pre-training and fine-tuning),
+    ``"unilm_rel_pos"`` (+ relative-position tables: unilm's ``--disable_weight_decay_on_rel_pos_bias``)
+    or ``"positional"`` (+ ``mask_token``: the earlier beit_ds rule).
     """
 
     img_size: int = 224
@@ -72,6 +76,7 @@ class ModelConfig:
     init_std: float = 0.02
     init_trunc: str = "auto"
     rel_pos_resize: str = "geometric"
+    wd_exempt: str = "unilm"
     grad_checkpointing: bool = False
     compile: bool = False
     attn_impl: str = "sdpa"
@@ -103,6 +108,7 @@ class ModelConfig:
         _choice(s, "attn_impl", self.attn_impl, ("sdpa", "eager"))
         _choice(s, "init_trunc", self.init_trunc, ("auto", "1std", "2std", "2abs"))
         _choice(s, "rel_pos_resize", self.rel_pos_resize, ("geometric", "bicubic"))
+        _choice(s, "wd_exempt", self.wd_exempt, ("unilm", "unilm_rel_pos", "positional"))
 
     @property
     def grid_size(self) -> tuple[int, int]:

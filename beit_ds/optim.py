@@ -1,8 +1,9 @@
 """Parameter groups and optimizer settings (seed §5; App. H layer-wise lr decay).
 
 Groups are built from the model's own metadata (``no_weight_decay()``, ``layer_id()``,
-``num_layers``): biases, norm weights, position embeddings, [CLS]/[MASK] tokens and relative
-position tables get no weight decay; with ``layer_decay < 1`` each layer's lr is scaled by
+``num_layers``): biases, 1-d weights (norms, LayerScale) and the names ``no_weight_decay()``
+gives get no weight decay — by default unilm's ``cls_token`` and ``pos_embed`` only, so
+``mask_token`` and relative-position tables are decayed as in unilm (``model.wd_exempt``); with ``layer_decay < 1`` each layer's lr is scaled by
 ``layer_decay ** (num_layers - 1 - layer_id)``. The engine hands the groups to DeepSpeed, which
 builds AdamW (torch's, or DeepSpeed's fused kernel on GPU; NVIDIA apex is never required).
 """

@@ -15,16 +15,54 @@ def _group_of(groups, model):
     return {n: ids[id(p)] for n, p in model.named_parameters()}
 
 
-def test_no_weight_decay_on_biases_norms_tokens_and_tables():
-    model = build_mim_model(model_config("beit_debug_patch4_32", rel_pos_bias="shared", use_abs_pos_emb=True), MIMConfig(vocab_size=16))
-    groups = param_groups(model, weight_decay=0.05)
-    of = _group_of(groups, model)
-    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
-    for name in ["cls_token", "mask_token", "pos_embed", "rel_pos_bias.relative_position_bias_table",
-                 "blocks.0.attn.q_bias", "blocks.0.norm1.weight", "blocks.1.gamma_1", "lm_head.bias"]:
-        assert of[name]["weight_decay"] == 0.0, name
-    for name in ["patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "blocks.1.mlp.fc2.weight", "lm_head.weight"]:
-        assert of[name]["weight_decay"] == 0.05, name
+def _decayed(model) -> dict[str, bool]:
+    return {n: g["weight_decay"] > 0 for n, g in _group_of(param_groups(model, 0.05), model).items()}
+
+
+def _unilm_decayed(model, skip: set[str]) -> dict[str, bool]:
+    """unilm's optim_factory.get_parameter_groups rule: no decay for 1-d params, ``*.bias`` and
+    names in the skip list (``model.no_weight_decay()`` = {pos_embed, cls_token}, plus the
+    per-layer tables with ``--disable_weight_decay_on_rel_pos_bias``)."""
+    return {n: not (p.ndim == 1 or n.endswith(".bias") or n in skip) for n, p in model.named_parameters()}
+
+
+UNILM_SKIP = {"pos_embed", "cls_token"}
+
+
+def test_pretraining_weight_decay_matches_unilm_per_parameter():
+    cfg = model_config("beit_debug_patch4_32", rel_pos_bias="shared", use_abs_pos_emb=True)
+    model = build_mim_model(cfg, MIMConfig(vocab_size=16))
+    decayed = _decayed(model)
+    assert decayed == _unilm_decayed(model, UNILM_SKIP)
+    # unilm run_beit_pretraining.py: mask_token and the shared table are decayed
+    assert decayed["mask_token"] and decayed["rel_pos_bias.relative_position_bias_table"]
+    for name in [
+        "cls_token",
+        "pos_embed",
+        "blocks.0.attn.q_bias",
+        "blocks.0.norm1.weight",
+        "blocks.1.gamma_1",
+        "lm_head.bias",
+    ]:
+        assert not decayed[name], name
+    assert (
+        sum(decayed.values()) == 4 * cfg.depth + 4
+    )  # per block qkv, proj, fc1, fc2; conv, lm_head, table, mask_token
+    old = build_mim_model(cfg.replace(wd_exempt="positional"), MIMConfig(vocab_size=16))
+    assert not _decayed(old)["mask_token"] and not _decayed(old)["rel_pos_bias.relative_position_bias_table"]
+
+
+@pytest.mark.parametrize("wd_exempt", ["unilm", "unilm_rel_pos"])
+def test_finetuning_weight_decay_matches_unilm_per_parameter(wd_exempt):
+    cfg = model_config("beit_debug_patch4_32", rel_pos_bias="per_layer", global_pool="avg", num_classes=3)
+    model = build_model(cfg.replace(wd_exempt=wd_exempt))
+    skip = set(UNILM_SKIP)
+    if wd_exempt == "unilm_rel_pos":  # unilm run_class_finetuning.py --disable_weight_decay_on_rel_pos_bias
+        skip |= {f"blocks.{i}.attn.relative_position_bias_table" for i in range(cfg.depth)}
+    decayed = _decayed(model)
+    assert decayed == _unilm_decayed(model, skip)
+    assert decayed["blocks.0.attn.relative_position_bias_table"] == (wd_exempt == "unilm")
+    assert decayed["head.weight"] and not decayed["fc_norm.weight"] and not decayed["cls_token"]
 
 
 def test_layer_decay_scales():

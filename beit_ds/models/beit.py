@@ -158,9 +158,15 @@ class Beit(nn.Module):
 
     # --- metadata used by optim.py (house style rule 8) ----------------------------------
     def no_weight_decay(self) -> set[str]:
-        """Parameter names exempt from weight decay besides biases and norm weights (ndim ≤ 1)."""
-        names = {"cls_token", "pos_embed", "mask_token"}
-        names |= {n for n, _ in self.named_parameters() if n.endswith("relative_position_bias_table")}
+        """Parameter names exempt from weight decay besides biases and 1-d weights (norms,
+        LayerScale, q/v biases), by ``model.wd_exempt``: unilm's ``{"cls_token", "pos_embed"}``
+        (its pre-training and fine-tuning models decay ``mask_token`` and the relative-position
+        tables), + the tables (``"unilm_rel_pos"``), + ``mask_token`` too (``"positional"``)."""
+        names = {"cls_token", "pos_embed"}
+        if self.cfg.wd_exempt in ("unilm_rel_pos", "positional"):
+            names |= {n for n, _ in self.named_parameters() if n.endswith("relative_position_bias_table")}
+        if self.cfg.wd_exempt == "positional":
+            names.add("mask_token")
         return names
 
     @property

@@ -204,7 +204,9 @@ def test_pooling_variants():
 
 def test_weight_decay_and_layer_metadata():
     model = build_model(model_config(DEBUG, rel_pos_bias="per_layer", use_abs_pos_emb=True, depth=2))
-    assert {"cls_token", "pos_embed", "blocks.0.attn.relative_position_bias_table"} <= model.no_weight_decay()
+    assert model.no_weight_decay() == {"cls_token", "pos_embed"}  # unilm's list
+    opted_out = build_model(model.cfg.replace(wd_exempt="unilm_rel_pos"))
+    assert "blocks.1.attn.relative_position_bias_table" in opted_out.no_weight_decay()
     assert model.num_layers == 4
     assert model.layer_id("patch_embed.proj.weight") == 0
     assert model.layer_id("blocks.1.mlp.fc1.weight") == 2
