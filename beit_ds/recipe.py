@@ -88,19 +88,23 @@ class ScheduleConfig:
 
 @dataclass
 class CheckpointConfig:
-    """Where and how often DeepSpeed checkpoints are written; the last ``keep_last`` are kept."""
+    """Where and how often DeepSpeed checkpoints are written; the last ``keep_last`` are kept.
+    ``verify``: what a resume checks before loading, ``"checksum"`` (size and SHA-256 of every
+    file: a few seconds for BEiT-L) or ``"size"`` (sizes only, for very slow file systems)."""
 
     output_dir: str = "runs/beit"
     save_every_steps: int = 1000
     save_every_epochs: int = 1
     keep_last: int = 3
     export_at_end: bool = True
+    verify: str = "checksum"
 
     def __post_init__(self) -> None:
         s = "checkpoint"
         _expect(bool(self.output_dir), s, "output_dir", self.output_dir, "a directory path")
         for key in ("save_every_steps", "save_every_epochs", "keep_last"):
             _positive_int(s, key, getattr(self, key))
+        _choice(s, "verify", self.verify, ("checksum", "size"))
 
 
 @dataclass

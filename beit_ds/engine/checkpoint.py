@@ -1,43 +1,50 @@
-"""Checkpoints that are complete or invisible (house style rule 15).
+"""Checkpoints that are complete or invisible (house style rule 15; issue 12).
 
 Layout under ``<output_dir>/checkpoints``::
 
     step_00001000/           DeepSpeed's files (ZeRO shards, model states, client state)
         rng_rank{r}.pt       each rank's RNG state
-        COMPLETE.json        written by rank 0 after every rank finished: world size, global
-                             batch, step, file sizes
-    step_00001000_universal/ the same checkpoint for any world size (engine/elastic.py), made
-                             when a resume changes the world size or by launch/convert_checkpoint.py
+        COMPLETE.json        world size, global batch, step, lineage, kind, recipe, and each
+                             file's size and SHA-256 (engine/integrity.py)
+    step_00001000_universal/ the same checkpoint for any world size (engine/elastic.py)
     latest.json              {"latest": tag, "history": [older tags …]} — replaced atomically
 
-DeepSpeed's own ``latest`` file is never written (it would appear before the other ranks are
-done). ``--resume auto`` reads ``latest.json`` only; a tag whose files do not match its
-``COMPLETE.json`` is skipped for the previous one. Pruning keeps the newest ``keep_last``.
-A universal folder is published the same way: converted in a staging folder, renamed into place,
-then given its ``COMPLETE.json`` (``"universal": true``).
+A save writes into a hidden staging folder ``.step_X.saving`` and is published by one rename once
+every rank's files are on disk and ``COMPLETE.json`` lists them; a complete checkpoint of the same
+step is moved aside only after the new one is complete, and deleted only after the rename. A
+failed save (ENOSPC, a read-only disk) removes its staging folder and ends the run with one line.
+DeepSpeed's own ``latest`` file is never written.
+
+``--resume auto`` takes the newest tag ``latest.json`` lists whose files verify; without a pointer
+(deleted, or corrupt) the ``step_*`` folders themselves are the list, newest first. Every file is
+read with the restricted unpickler (engine/safe_load.py): a crafted checkpoint runs no code.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from beit_ds.distributed import ProcessPlace, barrier, broadcast_object
-from beit_ds.engine import elastic
+from beit_ds.distributed import ProcessPlace, all_gather_object, barrier, broadcast_object
+from beit_ds.engine import elastic, integrity, safe_load
 from beit_ds.engine.state import TrainState, rng_state, set_rng_state
 from beit_ds.logger import get_logger
 
 POINTER = "latest.json"
 MARKER = "COMPLETE.json"
+TAG = re.compile(r"^step_\d{8,}$")
+STAGING = ".saving"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used; the message names it and says why."""
+    """A checkpoint cannot be used or written; the message names it and says why."""
 
 
 def _atomic_write_json(path: Path, data: Any) -> None:
@@ -49,89 +56,173 @@ def _atomic_write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def read_pointer(ckpt_dir: Path) -> list[str]:
-    """Complete tags, newest first (empty when there is no pointer yet)."""
+def read_pointer(ckpt_dir: Path) -> list[str] | None:
+    """Tags ``latest.json`` lists, newest first; None without a pointer; ``CheckpointError`` when it
+    is unreadable or names something that is not a ``step_*`` tag."""
     path = ckpt_dir / POINTER
     if not path.is_file():
-        return []
+        return None
     try:
         data = json.loads(path.read_text())
-        return [data["latest"], *data.get("history", [])]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{path}: unreadable checkpoint pointer ({err})") from None
+        tags = [data["latest"], *data.get("history", [])]
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError, AttributeError) as err:
+        raise CheckpointError(f"{path}: unreadable checkpoint pointer ({type(err).__name__})") from None
+    bad = [t for t in tags if not isinstance(t, str) or not TAG.match(t)]
+    if bad:
+        raise CheckpointError(f"{path}: lists {bad[0]!r}, expected step_NNNNNNNN tags only")
+    return tags
 
 
-def _file_sizes(folder: Path) -> dict[str, int]:
-    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != MARKER}
+def scan_tags(ckpt_dir: Path) -> list[str]:
+    """``step_*`` folders with a ``COMPLETE.json``, newest step first (the pointer's stand-in)."""
+    if not ckpt_dir.is_dir():
+        return []
+    tags = [p.name for p in ckpt_dir.iterdir() if TAG.match(p.name) and (p / MARKER).is_file()]
+    return sorted(tags, key=lambda t: int(t.split("_")[1]), reverse=True)
 
 
-def verify(tag_dir: Path) -> dict[str, Any]:
-    """The ``COMPLETE.json`` of ``tag_dir`` once every file it lists has its recorded size."""
+def listed_tags(ckpt_dir: Path) -> list[str]:
+    """Candidate tags, newest first: the pointer's, or — pointer missing or corrupt — a scan."""
+    try:
+        tags = read_pointer(ckpt_dir)
+    except CheckpointError as err:
+        tags = None
+        get_logger().warning("%s; using the step_* folders instead", err)
+    if tags is not None:
+        return tags
+    found = scan_tags(ckpt_dir)
+    if found:
+        get_logger().warning("%s: no %s; found %d checkpoint folder(s), newest %s",
+                             ckpt_dir, POINTER, len(found), found[0])
+    return found
+
+
+def read_marker(tag_dir: Path) -> dict[str, Any]:
+    """The ``COMPLETE.json`` of ``tag_dir`` as written (not verified)."""
     marker = tag_dir / MARKER
     if not marker.is_file():
         raise CheckpointError(f"checkpoint {tag_dir}: incomplete (no {MARKER}; the save was interrupted)")
-    info = json.loads(marker.read_text())
-    for name, size in info["files"].items():
-        f = tag_dir / name
-        if not f.is_file() or f.stat().st_size != size:
-            raise CheckpointError(f"checkpoint {tag_dir}: damaged ({name} missing or not {size} bytes)")
+    try:
+        info = json.loads(marker.read_text())
+        assert isinstance(info, dict) and isinstance(info["files"], dict) and "world_size" in info
+    except (ValueError, KeyError, AssertionError, UnicodeDecodeError):
+        raise CheckpointError(f"checkpoint {tag_dir}: damaged (unreadable {MARKER})") from None
     return info
 
 
-def newest_complete(ckpt_dir: Path) -> Path | None:
-    """The newest checkpoint that ``ckpt_dir/latest.json`` lists and that verifies (None when
-    there is none); damaged or incomplete ones are skipped with a warning."""
-    for tag in read_pointer(ckpt_dir):
+def verify(tag_dir: Path, checksums: bool = True) -> dict[str, Any]:
+    """The ``COMPLETE.json`` of ``tag_dir`` once every file it lists has its recorded size (and,
+    with ``checksums``, SHA-256)."""
+    info = read_marker(tag_dir)
+    wrong = integrity.damaged_file(tag_dir, info["files"], checksums)
+    if wrong:
+        raise CheckpointError(f"checkpoint {tag_dir}: damaged ({wrong})")
+    return info
+
+
+def newest_complete(ckpt_dir: Path, checksums: bool = True) -> Path | None:
+    """The newest listed checkpoint that verifies (None when there is none); damaged or incomplete
+    ones are skipped with a warning."""
+    for tag in listed_tags(ckpt_dir):
         try:
-            verify(ckpt_dir / tag)
+            verify(ckpt_dir / tag, checksums)
             return ckpt_dir / tag
         except CheckpointError as err:
             get_logger().warning("%s; trying the previous checkpoint", err)
     return None
 
 
-def resolve(source: Path) -> Path:
-    """``source`` itself when it is a checkpoint folder, else the newest complete checkpoint of
-    the run whose ``output_dir`` it is (for tools run outside training: export, conversion)."""
-    if (source / MARKER).exists():
+def is_checkpoint_path(path: Path) -> bool:
+    """Whether ``path`` is meant as a checkpoint: a ``step_*`` folder (complete or not), a
+    ``checkpoints/`` folder or a run folder holding checkpoints."""
+    if not path.is_dir():
+        return False
+    if (path / MARKER).exists() or TAG.match(path.name) or path.name.endswith(elastic.SUFFIX):
+        return True
+    return any((d / POINTER).exists() or scan_tags(d) for d in (path, path / "checkpoints"))
+
+
+def resolve(source: Path, checksums: bool = True) -> Path:
+    """The verified checkpoint ``source`` names: a ``step_*`` folder, the ``checkpoints/`` folder
+    of a run, or the run folder (its newest complete checkpoint); a one-line error saying what
+    ``source`` is otherwise."""
+    source = Path(source)
+    if not source.exists():
+        raise CheckpointError(f"{source}: no such file or directory")
+    if not source.is_dir():
+        raise CheckpointError(f"{source}: a file, expected a checkpoint folder (step_*), checkpoints/ or a run folder")
+    if (source / MARKER).exists() or TAG.match(source.name) or source.name.endswith(elastic.SUFFIX):
+        verify(source, checksums)
         return source
-    found = newest_complete(source / "checkpoints")
-    if found is None:
-        raise CheckpointError(f"{source}: no complete checkpoint (expected a run dir or a step_* dir)")
-    return found
+    for ckpt_dir in (source, source / "checkpoints"):
+        if (ckpt_dir / POINTER).is_file() or scan_tags(ckpt_dir):
+            found = newest_complete(ckpt_dir, checksums)
+            if found is None:
+                raise CheckpointError(f"{ckpt_dir}: no complete checkpoint (every one listed is damaged or incomplete)")
+            return found
+    raise CheckpointError(
+        f"{source}: not a checkpoint (expected a step_* folder with {MARKER}, a checkpoints/ folder or a run folder)"
+    )
 
 
 class CheckpointManager:
     """Save / find / load / prune the DeepSpeed checkpoints of one run."""
 
-    def __init__(self, output_dir: Path, keep_last: int, place: ProcessPlace, global_batch: int | None = None) -> None:
+    def __init__(self, output_dir: Path, keep_last: int, place: ProcessPlace, global_batch: int | None = None,
+                 checksums: bool = True) -> None:
         self.dir = Path(output_dir) / "checkpoints"
         self.keep_last = keep_last
         self.place = place
         self.global_batch = global_batch  # written into COMPLETE.json: a resume on another world size keeps it
+        self.checksums = checksums
+        self.meta: dict[str, Any] = {}  # lineage, kind, recipe: written into every COMPLETE.json
 
     def save(self, engine: Any, state: TrainState, extra: dict[str, Any]) -> Path:
-        """Collective: every rank writes its shards, then rank 0 publishes the tag."""
+        """Collective: every rank writes its shards into the staging folder, then rank 0 publishes."""
         tag = f"step_{state.step:08d}"
-        tag_dir = self.dir / tag
-        client = {"train_state": state.as_dict(), **extra}
-        if self.place.is_main and tag_dir.exists():  # written again after a resume from an older one
-            shutil.rmtree(tag_dir)
-            shutil.rmtree(elastic.universal_dir(tag_dir), ignore_errors=True)
-        barrier()
-        engine.save_checkpoint(str(self.dir), tag=tag, client_state=client, save_latest=False)
-        torch.save(rng_state(), tag_dir / f"rng_rank{self.place.rank}.pt")
-        barrier()
+        staging = self.dir / f".{tag}{STAGING}"
         if self.place.is_main:
-            info = {"world_size": self.place.world_size, "global_batch": self.global_batch, "step": state.step}
-            _atomic_write_json(tag_dir / MARKER, {**info, "files": _file_sizes(tag_dir)})
-            history = [t for t in read_pointer(self.dir) if t != tag]
-            _atomic_write_json(self.dir / POINTER, {"latest": tag, "history": history})
-            self._prune([tag, *history])
+            shutil.rmtree(staging, ignore_errors=True)  # left by a save that was killed
         barrier()
-        get_logger().info("saved checkpoint %s", tag_dir)
-        return tag_dir
+        files: dict[str, Any] = {}
+        error = None
+        try:
+            engine.save_checkpoint(str(self.dir), tag=staging.name, client_state={"train_state": state.as_dict(),
+                                   **extra}, save_latest=False)
+            torch.save(rng_state(), staging / f"rng_rank{self.place.rank}.pt")
+            files = integrity.manifest(staging, self.place.rank, self.place.world_size, MARKER)
+        except (OSError, RuntimeError) as err:
+            error = f"checkpoint {self.dir / tag}: save failed ({integrity.describe_write_error(err, self.dir)})"
+        gathered = all_gather_object((error, files))
+        errors = [e for e, _ in gathered if e]  # type: ignore[misc]
+        if self.place.is_main and not errors:
+            every = {name: entry for _, part in gathered for name, entry in part.items()}  # type: ignore[misc]
+            try:
+                self._publish(staging, tag, every, state.step)
+            except OSError as err:
+                errors.append(f"checkpoint {self.dir / tag}: publishing failed"
+                              f" ({integrity.describe_write_error(err, self.dir)})")
+        if self.place.is_main and errors:
+            shutil.rmtree(staging, ignore_errors=True)
+        error = broadcast_object(errors[0] if errors else None)
+        if error:
+            raise CheckpointError(str(error) + "; the previous checkpoints are unchanged")
+        get_logger().info("saved checkpoint %s", self.dir / tag)
+        return self.dir / tag
+
+    def _publish(self, staging: Path, tag: str, files: dict[str, Any], step: int) -> None:
+        info = {"world_size": self.place.world_size, "global_batch": self.global_batch, "step": step, **self.meta}
+        _atomic_write_json(staging / MARKER, {**info, "files": files})
+        final, aside = self.dir / tag, self.dir / f".{tag}.replaced"
+        history = [t for t in listed_tags(self.dir) if t != tag]
+        if final.exists():  # written again after a resume from an older one: replaced only now
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(final, aside)
+        os.replace(staging, final)
+        shutil.rmtree(elastic.universal_dir(final), ignore_errors=True)  # converted from the replaced one
+        _atomic_write_json(self.dir / POINTER, {"latest": tag, "history": history})
+        shutil.rmtree(aside, ignore_errors=True)
+        self._prune([tag, *history])
 
     def _prune(self, tags: list[str]) -> None:
         keep, drop = tags[: self.keep_last], tags[self.keep_last :]
@@ -141,48 +232,65 @@ class CheckpointManager:
             shutil.rmtree(elastic.universal_dir(self.dir / tag), ignore_errors=True)
 
     def find(self, resume: str) -> Path | None:
-        """The checkpoint to resume from: ``"auto"`` (newest complete, or None), ``"none"``, a path."""
+        """The checkpoint to resume from: ``"auto"`` (newest complete, or None), ``"none"``, or a
+        path (a ``step_*`` folder, a ``checkpoints/`` folder or a run folder)."""
         if resume == "none":
             return None
         if resume != "auto":
-            path = Path(resume)
-            verify(path)
-            return path
-        return newest_complete(self.dir)
+            return resolve(Path(resume), self.checksums)
+        return newest_complete(self.dir, self.checksums)
 
     def load(self, engine: Any, tag_dir: Path) -> tuple[TrainState, dict[str, Any]]:
-        """Restore engine (weights, optimizer, loss scaler) and RNG; returns the ``TrainState`` and
-        the whole client state saved with it. On another world size from the universal form (the
-        engine must be built with ``load_universal``)."""
-        info = verify(tag_dir)
+        """Restore engine (weights, optimizer, loss scaler) and RNG from the verified ``tag_dir``;
+        returns the ``TrainState`` and the whole client state saved with it. On another world size
+        from the universal form (the engine must be built with ``load_universal``)."""
+        info = read_marker(tag_dir)
         if elastic.needs_universal(info, self.place.world_size):
             tag_dir = self._universal(tag_dir, info)
-        path, client = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+        try:
+            safe_load.check_files(tag_dir, "checkpoint")
+            with safe_load.weights_only_loading():
+                path, client = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+        except safe_load.UnsafeFileError as err:
+            raise CheckpointError(str(err)) from None
         if path is None:
             raise CheckpointError(f"checkpoint {tag_dir}: DeepSpeed could not load it")
         rng = tag_dir / f"rng_rank{self.place.rank}.pt"
         if info["world_size"] == self.place.world_size and rng.is_file():
-            set_rng_state(torch.load(rng, weights_only=False))
+            try:
+                set_rng_state(safe_load.load(rng, "checkpoint file"))
+            except safe_load.UnsafeFileError as err:
+                raise CheckpointError(str(err)) from None
         else:  # per-rank streams (drop path) cannot be mapped onto other ranks; the data order is global
             get_logger().info("RNG states not restored: saved on %d ranks, resumed on %d; ranks keep their seeds",
                               info["world_size"], self.place.world_size)
         return TrainState.from_dict(client["train_state"]), client
+
+    def universal_target(self, tag_dir: Path) -> Path:
+        """Where this run puts the universal form of ``tag_dir``: beside it when it is one of this
+        run's checkpoints, else under this run's ``checkpoints/imported/`` (never in a folder this
+        run was only asked to read)."""
+        if tag_dir.parent.resolve() == self.dir.resolve():
+            return elastic.universal_dir(tag_dir)
+        digest = hashlib.sha256(str(tag_dir.resolve()).encode()).hexdigest()[:10]
+        return self.dir / "imported" / f"{tag_dir.name}_{digest}{elastic.SUFFIX}"
 
     def _universal(self, tag_dir: Path, info: dict[str, Any]) -> Path:
         """The universal form of ``tag_dir`` (``info``: its ``COMPLETE.json``): rank 0 converts it
         (once), every rank gets its path."""
         if info.get("universal"):
             return tag_dir
+        out = self.universal_target(tag_dir)
         error = None
         if self.place.is_main:
             try:
-                to_universal(tag_dir)
+                to_universal(tag_dir, out)
             except Exception as err:  # every rank must learn about it, not only rank 0
                 error = f"checkpoint {tag_dir}: universal conversion failed ({type(err).__name__}: {err})"
         error = broadcast_object(error)
         if error:
-            raise CheckpointError(error)
-        return elastic.universal_dir(tag_dir)
+            raise CheckpointError(str(error))
+        return out
 
 
 def to_universal(tag_dir: Path, out: Path | None = None, workers: int = 1) -> Path:
@@ -192,22 +300,31 @@ def to_universal(tag_dir: Path, out: Path | None = None, workers: int = 1) -> Pa
     if info.get("universal"):
         return tag_dir
     out = Path(out) if out is not None else elastic.universal_dir(tag_dir)
+    if out.exists():
+        try:
+            if verify(out).get("source_path", str(tag_dir.resolve())) == str(tag_dir.resolve()):
+                return out  # converted before
+        except CheckpointError:
+            pass
+        if out != elastic.universal_dir(tag_dir) and out.parent.name != "imported":
+            raise CheckpointError(f"{out}: exists and is no universal form of {tag_dir}; expected a new folder")
     try:
-        verify(out)
-        return out
-    except CheckpointError:
-        if out.exists() and out != elastic.universal_dir(tag_dir):
-            raise CheckpointError(f"{out}: exists and is no complete universal checkpoint; expected a new folder") from None
+        safe_load.check_files(tag_dir, "checkpoint")
+    except safe_load.UnsafeFileError as err:
+        raise CheckpointError(str(err)) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.tmp{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     done = staging / out.name
-    elastic.ds_to_universal(tag_dir, done, workers)
+    with safe_load.weights_only_loading():
+        elastic.ds_to_universal(tag_dir, done, workers)
     for rng in tag_dir.glob("rng_rank*.pt"):
         shutil.copy2(rng, done)
-    shutil.rmtree(out, ignore_errors=True)  # our sibling, left by an interrupted publish: no marker yet
+    shutil.rmtree(out, ignore_errors=True)  # left by an interrupted publish: no marker yet
     os.replace(done, out)
     shutil.rmtree(staging, ignore_errors=True)
     meta = {k: v for k, v in info.items() if k != "files"}
-    _atomic_write_json(out / MARKER, {**meta, "universal": True, "source": tag_dir.name, "files": _file_sizes(out)})
+    marker = {**meta, "universal": True, "source": tag_dir.name, "source_path": str(tag_dir.resolve())}
+    _atomic_write_json(out / MARKER, {**marker, "files": integrity.manifest(out, 0, 1, MARKER)})
     get_logger().info("converted %s to a universal checkpoint: %s", tag_dir, out)
     return out

@@ -33,7 +33,31 @@ def read_ds_config(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: invalid JSON at line {err.lineno} ({err.msg})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object")
+    check_shape(data, str(path))
     return data
+
+
+# Sections that DeepSpeed reads as JSON objects; a scalar there fails deep inside its config parser.
+OBJECT_SECTIONS = {
+    "fp16": '{"enabled": true}', "bf16": '{"enabled": true}', "zero_optimization": '{"stage": 2}',
+    "optimizer": '{"type": "AdamW"}', "checkpoint": '{"load_universal": false}',
+    "activation_checkpointing": "{}", "data_types": "{}",
+}
+
+
+def check_shape(ds: dict[str, Any], source: str) -> None:
+    """One-line ``ConfigError`` for a DeepSpeed JSON of the wrong shape (``"fp16": true``,
+    ``"optimizer": "AdamW"``, ``"stage": "two"``) before DeepSpeed's own parser sees it."""
+    for key, example in OBJECT_SECTIONS.items():
+        if key in ds and not isinstance(ds[key], dict):
+            raise ConfigError(f"{source}: {key}={json.dumps(ds[key])}: expected a JSON object, e.g. \"{key}\": {example}")
+    for key in ("fp16", "bf16"):
+        enabled = ds.get(key, {}).get("enabled", False)
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"{source}: {key}.enabled={json.dumps(enabled)}: expected true or false")
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
+        raise ConfigError(f"{source}: zero_optimization.stage={json.dumps(stage)}: expected 0, 1, 2 or 3")
 
 
 def precision_of(ds: dict[str, Any], source: str = "ds_config") -> str:

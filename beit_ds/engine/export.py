@@ -13,25 +13,35 @@ import torch
 from safetensors.torch import save_file
 
 from beit_ds.config_io import build_dataclass
-from beit_ds.engine.checkpoint import verify
+from beit_ds.engine import safe_load
+from beit_ds.engine.checkpoint import CheckpointError, verify
 from beit_ds.models import Beit, BeitForMaskedImageModeling, build_mim_model, build_model
 from beit_ds.models.convert import backbone_state_dict, to_hf, to_timm
 from beit_ds.recipe import PretrainRecipe
 
 
 def checkpoint_client_state(tag_dir: Path) -> dict[str, Any]:
-    """The client state (recipe, TrainState) rank 0 stored with DeepSpeed's model states."""
+    """The client state (recipe, TrainState) rank 0 stored with DeepSpeed's model states, read with
+    the restricted unpickler."""
     files = sorted(tag_dir.glob("mp_rank_*_model_states.pt"))
     if not files:
-        raise FileNotFoundError(f"checkpoint {tag_dir}: no mp_rank_*_model_states.pt (not a DeepSpeed checkpoint)")
-    return torch.load(files[0], map_location="cpu", weights_only=False)
+        raise CheckpointError(f"checkpoint {tag_dir}: no mp_rank_*_model_states.pt (not a DeepSpeed checkpoint)")
+    try:
+        return safe_load.load(files[0], "checkpoint file")
+    except safe_load.UnsafeFileError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
-    """fp32 weights gathered from every rank's ZeRO shards."""
+    """fp32 weights gathered from every rank's ZeRO shards (every file read without running code)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    sd = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    try:
+        safe_load.check_files(tag_dir, "checkpoint")
+        with safe_load.weights_only_loading():
+            sd = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    except safe_load.UnsafeFileError as err:
+        raise CheckpointError(str(err)) from None
     return {k: v.contiguous() for k, v in sd.items()}
 
 

@@ -18,8 +18,8 @@ from torch import nn
 from beit_ds.config import ConfigError
 from beit_ds.config_io import save_yaml, to_dict
 from beit_ds.distributed import ProcessPlace, place_from_env
-from beit_ds.engine import elastic
-from beit_ds.engine.checkpoint import CheckpointManager, verify
+from beit_ds.engine import elastic, integrity, resume_guard
+from beit_ds.engine.checkpoint import CheckpointManager, newest_complete, read_marker
 from beit_ds.engine.ds_setup import global_batch, precision_of, read_ds_config, resolve_ds_config
 from beit_ds.engine.loop import LoopIO, LoopPlan, StepFn, run_loop
 from beit_ds.engine.runtime import init_engine, seed_everything, torch_dtype
@@ -70,6 +70,9 @@ def preflight(recipe: Any, ds_path: str | Path, world_size: int) -> Preflight:
     """Data path, DeepSpeed JSON and batch arithmetic, checked without a process group."""
     if recipe.data.source != "demo" and not Path(recipe.data.path).exists():
         raise ConfigError(f"data.path={recipe.data.path!r}: no such file or directory")
+    unwritable = integrity.probe_writable(Path(recipe.checkpoint.output_dir) / "checkpoints", "checkpoint.output_dir")
+    if unwritable:
+        raise ConfigError(unwritable)
     ds = read_ds_config(ds_path)
     precision = precision_of(ds, str(ds_path))
     batch = global_batch(recipe.schedule, world_size)
@@ -106,16 +109,23 @@ def loop_plan(recipe: Any, flight: Preflight, batches_per_rank: int, world: int)
     )
 
 
-def run_job(recipe: Any, ds_path: str | Path, resume: str, parts: JobParts) -> TrainState:
-    """Train (or resume) ``parts`` as ``recipe`` says; returns the final ``TrainState``."""
+def run_job(recipe: Any, ds_path: str | Path, resume: str, parts: JobParts, overwrite: bool = False) -> TrainState:
+    """Train (or resume) ``parts`` as ``recipe`` says; returns the final ``TrainState``.
+    ``overwrite``: allow replacing complete checkpoints of another run in the output folder."""
     place = place_from_env()
     flight = preflight(recipe, ds_path, place.world_size)
     run_dir = Path(recipe.checkpoint.output_dir)
     log = init_logging(place.rank, run_dir)
-    checkpoints = CheckpointManager(run_dir, recipe.checkpoint.keep_last, place)
+    checkpoints = CheckpointManager(run_dir, recipe.checkpoint.keep_last, place,
+                                    checksums=recipe.checkpoint.verify == "checksum")
     found = checkpoints.find(resume)
+    if found is not None:
+        resume_guard.check_resumable(found, parts.kind, to_dict(recipe))
+    lineage = resume_guard.lineage_of(read_marker(found), found) if found else resume_guard.new_lineage()
+    resume_guard.guard_output(checkpoints.dir, lineage, overwrite)
     recipe, flight = _fit_to_world(recipe, flight, found, ds_path, place.world_size)
     checkpoints.global_batch = flight.global_batch  # recorded: a resume on another world size keeps it
+    checkpoints.meta = {"lineage": lineage, "kind": parts.kind, "recipe": to_dict(recipe)}
     seed_everything(recipe.schedule.seed)  # identical initial weights on every rank
     engine = init_engine(parts.build_model(), recipe.optim, flight.ds_config)
     seed_everything(recipe.schedule.seed + 1000 * (place.rank + 1))  # per-rank random draws
@@ -145,7 +155,7 @@ def run_job(recipe: Any, ds_path: str | Path, resume: str, parts: JobParts) -> T
         writer.close()
     if loader.report.skipped:
         log.warning("data: %s", loader.report.summary())
-    latest = checkpoints.find("auto")
+    latest = newest_complete(checkpoints.dir, checksums=False)  # written by this run moments ago
     if recipe.checkpoint.export_at_end and place.is_main and latest is not None:
         paths = parts.export(latest, run_dir / "export")
         log.info("exported %s", ", ".join(str(p) for p in paths))
@@ -156,7 +166,7 @@ def _fit_to_world(
     recipe: Any, flight: Preflight, found: Path | None, ds_path: str | Path, world_size: int
 ) -> tuple[Any, Preflight]:
     """A checkpoint from another world size: keep its global batch, load its universal form."""
-    info = verify(found) if found is not None else None
+    info = read_marker(found) if found is not None else None
     if info is None or not elastic.needs_universal(info, world_size):
         return recipe, flight
     recipe = elastic.keep_global_batch(recipe, info, world_size, f"{found}/COMPLETE.json")

@@ -124,6 +124,11 @@ def run_loop(
         run.save(state)
     bar.close()
     io.writer.flush()
+    if state.nonfinite_steps:  # the last steps' weights are not trustworthy: no success, no export
+        raise NonFiniteLossError(
+            f"training ended on {state.nonfinite_steps} non-finite step(s) (up to step {state.step}); the last good"
+            f" checkpoint is step {run.save.last}: nothing was exported"
+        )
     get_logger().info("training finished at step %d (epoch %d)", state.step, state.epoch)
     return state
 

@@ -55,7 +55,21 @@ def init_distributed() -> None:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    else:
+        _skip_shm_comm_build()
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+
+
+def _skip_shm_comm_build() -> None:
+    """On CPU, DeepSpeed's torch backend JIT-compiles a shared-memory all-reduce op on the first
+    ``init_distributed`` (about 2 minutes on 2 cores, again whenever another environment used the
+    extension cache last). Only ``inference_all_reduce`` uses it, which training never calls, so
+    it is marked unavailable; gloo does every collective."""
+    import deepspeed.ops
+
+    compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
+    if isinstance(compatible, dict):
+        compatible["deepspeed_shm_comm"] = False
 
 
 def init_engine(model: nn.Module, optim: OptimConfig, ds_config: dict[str, Any]) -> Any:

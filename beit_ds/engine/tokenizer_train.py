@@ -83,7 +83,7 @@ def reconstruction_samples(loader: Callable[[], Any], count: int = 8) -> Callabl
     return log
 
 
-def train_tokenizer(recipe: TokenizerRecipe, ds_path: str | Path, resume: str = "auto") -> TrainState:
+def train_tokenizer(recipe: TokenizerRecipe, ds_path: str | Path, resume: str = "auto", overwrite: bool = False) -> TrainState:
     """Train (or resume) the dVAE; the export holds ``tokenizer.safetensors`` and ``report.json``."""
     from beit_ds.data import build_pretrain_loader
     from beit_ds.tokenizers import DiscreteVAE, save_dvae
@@ -116,4 +116,4 @@ def train_tokenizer(recipe: TokenizerRecipe, ds_path: str | Path, resume: str = 
         export=export,
         samples=reconstruction_samples(lambda: loaders[0]),
     )
-    return run_job(recipe, ds_path, resume, parts)
+    return run_job(recipe, ds_path, resume, parts, overwrite)

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from beit_ds.config import ConfigError
-from beit_ds.engine.checkpoint import MARKER, POINTER, CheckpointError, newest_complete, verify
+from beit_ds.engine import safe_load
+from beit_ds.engine.checkpoint import CheckpointError, is_checkpoint_path, resolve
 from beit_ds.models.convert import from_hf_state_dict, from_timm_state_dict
 
 Tensors = dict[str, torch.Tensor]
@@ -30,17 +31,8 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def checkpoint_dir(path: Path) -> Path | None:
-    """The DeepSpeed checkpoint ``path`` names (tag, ``checkpoints/`` or run folder), else None."""
-    if (path / MARKER).is_file():
-        verify(path)
-        return path
-    for ckpt_dir in (path, path / "checkpoints"):
-        if (ckpt_dir / POINTER).is_file():
-            found = newest_complete(ckpt_dir)
-            if found is None:
-                raise CheckpointError(f"{ckpt_dir}: no complete checkpoint among those {POINTER} lists")
-            return found
-    return None
+    """The verified DeepSpeed checkpoint ``path`` names (tag, ``checkpoints/`` or run folder), else None."""
+    return resolve(path) if is_checkpoint_path(path) else None
 
 
 def _weights_file(path: Path) -> Path:
@@ -57,20 +49,22 @@ def _weights_file(path: Path) -> Path:
 
 def _load_file(path: Path) -> Tensors:
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable pickle is a user input error
-        raise ConfigError(
-            f"finetune.init={str(path)!r}: not a readable torch file ({type(err).__name__})"
-        ) from None
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError) as err:
+            raise ConfigError(f"finetune.init={str(path)!r}: not a readable safetensors file ({err})") from None
+    try:  # restricted unpickler: tensors, containers and the allow-listed types (unilm's argparse args)
+        obj = safe_load.load(path, "finetune.init")
+    except safe_load.UnsafeFileError as err:
+        raise ConfigError(str(err)) from None
     for key in WRAPPER_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ConfigError(
             f"finetune.init={str(path)!r}: no state dict found (expected one of {WRAPPER_KEYS})"
         )
@@ -95,13 +89,13 @@ def read_weights(spec: str) -> tuple[Tensors, str]:
             f"finetune.init={spec!r}: no such file or directory (train or download it first, or set"
             " finetune.init='' to start from random weights)"
         )
+    from beit_ds.engine.export import consolidated_state_dict
+
     try:
         tag_dir = checkpoint_dir(path) if path.is_dir() else None
+        if tag_dir is not None:
+            return to_our_layout(consolidated_state_dict(tag_dir), spec), f"DeepSpeed checkpoint {tag_dir}"
     except CheckpointError as err:
         raise ConfigError(f"finetune.init={spec!r}: {err}") from None
-    if tag_dir is not None:
-        from beit_ds.engine.export import consolidated_state_dict
-
-        return to_our_layout(consolidated_state_dict(tag_dir), spec), f"DeepSpeed checkpoint {tag_dir}"
     file = _weights_file(path)
     return to_our_layout(_load_file(file), spec), str(file)

@@ -1,0 +1,110 @@
+"""What may be resumed, and what a run may overwrite (issue 12), decided before any process group.
+
+* **Same architecture.** A checkpoint stores its ``kind`` and recipe (``COMPLETE.json``; older
+  checkpoints in the client state). Resuming it with a recipe whose shape-defining keys differ
+  (``model.*`` except run-time switches, ``mim.*``, ``probe.*``, a tokenizer's ``tokenizer.dvae``)
+  is a one-line error listing them, instead of a state-dict traceback from inside DeepSpeed.
+* **Lineage.** A run started from scratch gets a new lineage id; a resumed run keeps its
+  checkpoint's. The output folder's complete checkpoints of another lineage are never replaced
+  silently: ``--resume none`` (or a checkpoint of another run) on a folder that holds some is
+  refused unless ``--overwrite`` is given, and then each one is named in a warning.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from beit_ds.config import ConfigError
+from beit_ds.engine import safe_load
+from beit_ds.engine.checkpoint import CheckpointError, listed_tags, read_marker
+from beit_ds.logger import get_logger
+
+# model.* keys that change how a run computes, not the shapes or meaning of its weights
+RUNTIME_MODEL_KEYS = {"drop_path_rate", "grad_checkpointing", "compile", "attn_impl", "init_std", "init_trunc"}
+ARCH_SECTIONS = {"pretrain": ("model", "mim"), "finetune": ("model",), "linear_probe": ("model", "probe"),
+                 "tokenizer": ("tokenizer.dvae",)}
+
+
+def lineage_of(info: dict[str, Any], tag_dir: Path) -> str:
+    """The lineage id in a ``COMPLETE.json``; checkpoints written before lineages existed share one
+    per folder."""
+    return str(info.get("lineage") or f"legacy:{tag_dir.parent.resolve()}")
+
+
+def new_lineage() -> str:
+    return uuid.uuid4().hex
+
+
+def _section(recipe: dict[str, Any], dotted: str) -> dict[str, Any]:
+    node: Any = recipe
+    for part in dotted.split("."):
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    return node if isinstance(node, dict) else {}
+
+
+def architecture_diff(saved: dict[str, Any], ours: dict[str, Any], kind: str) -> list[str]:
+    """``section.key: checkpoint A, recipe B`` for each shape-defining key that differs."""
+    out = []
+    for dotted in ARCH_SECTIONS.get(kind, ("model",)):
+        a, b = _section(saved, dotted), _section(ours, dotted)
+        for key in sorted(set(a) | set(b)):
+            if dotted == "model" and key in RUNTIME_MODEL_KEYS or key not in a or key not in b:
+                continue  # a key added since the checkpoint was written keeps its default meaning
+            if a[key] != b[key] and not (isinstance(a[key], (list, tuple)) and list(a[key]) == list(b[key])):
+                out.append(f"{dotted}.{key}: checkpoint {a[key]!r}, recipe {b[key]!r}")
+    return out
+
+
+def _saved_recipe(tag_dir: Path, info: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
+    if "recipe" in info:
+        return info.get("kind"), info["recipe"]
+    files = sorted(tag_dir.glob("mp_rank_*_model_states.pt"))
+    if not files:
+        return None, None
+    try:
+        client = safe_load.load(files[0], "checkpoint file")
+    except safe_load.UnsafeFileError as err:
+        raise CheckpointError(str(err)) from None
+    return client.get("kind"), client.get("recipe")
+
+
+def check_resumable(tag_dir: Path, kind: str, recipe: dict[str, Any]) -> None:
+    """One-line ``ConfigError`` unless ``tag_dir`` was saved by a ``kind`` run of this architecture."""
+    info = read_marker(tag_dir)
+    saved_kind, saved = _saved_recipe(tag_dir, info)
+    if saved_kind is not None and saved_kind != kind:
+        raise ConfigError(
+            f"--resume {tag_dir}: a {saved_kind} checkpoint, this is a {kind} run (start from its weights with"
+            " finetune.init instead)"
+        )
+    diff = architecture_diff(saved or {}, recipe, kind)
+    if diff:
+        raise ConfigError(
+            f"--resume {tag_dir}: saved with another architecture ({'; '.join(diff)}): expected the same keys to"
+            " resume (use finetune.init to start from its weights)"
+        )
+
+
+def guard_output(ckpt_dir: Path, lineage: str, overwrite: bool) -> None:
+    """Refuse (or, with ``overwrite``, announce) replacing complete checkpoints of another lineage
+    in ``ckpt_dir``. The pointer is read (and validated) here, whatever ``--resume`` says."""
+    others = []
+    for tag in listed_tags(ckpt_dir):
+        try:
+            info = read_marker(ckpt_dir / tag)
+        except CheckpointError:
+            continue  # incomplete or unreadable: nothing complete to lose
+        if lineage_of(info, ckpt_dir / tag) != lineage:
+            others.append(tag)
+    if not others:
+        return
+    if not overwrite:
+        raise ConfigError(
+            f"checkpoint.output_dir={str(ckpt_dir.parent)!r} holds {len(others)} complete checkpoint(s) of another"
+            f" run (newest {others[0]}) that this run would overwrite: resume them with --resume auto, choose"
+            " another checkpoint.output_dir, or pass --overwrite"
+        )
+    get_logger().warning("--overwrite: complete checkpoints of another run in %s may be replaced or pruned: %s",
+                         ckpt_dir, ", ".join(others))
