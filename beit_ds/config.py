@@ -361,8 +361,10 @@ class TokenizerConfig:
     ``decoder_path`` optionally ``decoder.pkl`` for reconstructions) or ``"dvae"`` (ours:
     ``path`` is a ``.safetensors`` file saved by ``beit_ds.tokenizers.save_dvae``, which holds
     the decoder too; ``dvae`` configures training one). ``image_size``: the tokenizer view
-    (112 for 224² images with 16² patches and downsampling 8). ``dtype``: inference precision;
-    ``"auto"`` is the run's (fp32, or bf16 / fp16 under DeepSpeed's half precision). ``compile``:
+    (112 for 224² images with 16² patches and downsampling 8). ``dtype``: inference precision,
+    ``"float32"`` by default (unilm tokenizes outside autocast; the tokenizer view is never cast to
+    the run's precision); ``"auto"`` is the run's (bf16 / fp16 under DeepSpeed's half precision),
+    cheaper but it changes targets (``bench/tokenizer.py`` reports agreement and img/s). ``compile``:
     ``torch.compile`` the DALL-E encoder with weight freezing (inference only; on the 2-core CPU
     1.35× the reference's img/s against 1.19× eager, ``bench/tokenizer.py``).
     """
@@ -371,7 +373,7 @@ class TokenizerConfig:
     path: str = ""
     decoder_path: str = ""
     image_size: int = 112
-    dtype: str = "auto"
+    dtype: str = "float32"
     compile: bool = False
     dvae: DVAEConfig = dataclasses.field(default_factory=DVAEConfig)
 
