@@ -439,8 +439,12 @@ class FinetuneConfig:
 class AugmentConfig:
     """Fine-tuning augmentation beyond the crop and flip of ``data.transform`` (seed App. H, DeiT's).
 
-    ``rand_augment_ops`` operations of magnitude ``rand_augment_magnitude`` (of 30) per image
-    (torchvision's RandAugment; 0 ops disables); ``random_erasing``: probability of erasing one
+    RandAugment: ``rand_augment_ops`` operations per image (0 disables) of magnitude
+    ``rand_augment_magnitude``. ``rand_augment_impl: timm`` (default) is timm's
+    ``rand-m{magnitude}-n{ops}-mstd{rand_augment_mstd}-inc1`` as DeiT and unilm use it (magnitude of
+    10, jittered by a normal of std ``rand_augment_mstd``, each op applied with probability 0.5);
+    ``torchvision`` is torchvision's ``RandAugment`` (magnitude of 30 bins, every op applied: at 9 a
+    third of timm's strength). ``random_erasing``: probability of erasing one
     rectangle with per-pixel noise after normalisation. Mixup (``mixup`` = α of its Beta(α, α),
     0 disables) or CutMix (``cutmix`` = α) is applied to a batch with probability ``mix_prob``;
     with both enabled CutMix is chosen with probability ``switch_prob``.
@@ -448,6 +452,8 @@ class AugmentConfig:
 
     rand_augment_ops: int = 2
     rand_augment_magnitude: int = 9
+    rand_augment_mstd: float = 0.5
+    rand_augment_impl: str = "timm"
     random_erasing: float = 0.25
     mixup: float = 0.8
     cutmix: float = 1.0
@@ -457,8 +463,11 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         s = "augment"
         _non_negative_int(s, "rand_augment_ops", self.rand_augment_ops)
-        ok = isinstance(self.rand_augment_magnitude, int) and 0 <= self.rand_augment_magnitude <= 30
-        _expect(ok, s, "rand_augment_magnitude", self.rand_augment_magnitude, "an integer in [0, 30]")
+        _choice(s, "rand_augment_impl", self.rand_augment_impl, ("timm", "torchvision"))
+        top = 10 if self.rand_augment_impl == "timm" else 30
+        ok = isinstance(self.rand_augment_magnitude, int) and 0 <= self.rand_augment_magnitude <= top
+        _expect(ok, s, "rand_augment_magnitude", self.rand_augment_magnitude, f"an integer in [0, {top}]")
+        _number(s, "rand_augment_mstd", self.rand_augment_mstd, 0, 100, "a number >= 0 (0: no jitter)")
         _number(s, "random_erasing", self.random_erasing, 0, 1, "a probability in [0, 1]")
         for key in ("mixup", "cutmix"):
             _number(s, key, getattr(self, key), 0, 1e3, "a number >= 0 (0 disables)")
