@@ -1,8 +1,9 @@
 """Typed batches (house style: a batch is an object, not a tuple) and the collate functions.
 
 A loader worker returns one ``Sample`` per index; ``collate_mim`` / ``collate_classes`` stack them
-into a ``MIMBatch`` / ``ClassBatch`` and pass the samples' skip records alongside, so that the loader
-in the training process can count skips that happened in worker processes.
+into a ``MIMBatch`` / ``ClassBatch`` and pass a ``Reads`` log alongside (which files were loaded,
+which skipped), so that the loader in the training process can count, per distinct file, what
+happened in worker processes.
 """
 
 from __future__ import annotations
@@ -13,18 +14,31 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-Skips = list[tuple[str, str]]  # (reason, path) per skipped read
+Skips = list[tuple[str, str, int]]  # (reason, path, table index) per skipped read
 
 
 @dataclass
 class Sample:
-    """One loaded image: ``views`` (float [3, H, W] each), label, mask [gh, gw] and skipped reads."""
+    """One loaded image: ``views`` (float [3, H, W] each), label, mask [gh, gw] and skipped reads.
+
+    ``index`` is the sample's global index, ``image`` the table index of the file actually loaded
+    (``index`` mod N, or the substitute's after skips; -1 when unknown).
+    """
 
     index: int
     views: tuple[torch.Tensor, ...]
     label: int | None = None
     mask: np.ndarray | None = None
     skips: Skips = field(default_factory=list)
+    image: int = -1
+
+
+@dataclass
+class Reads:
+    """What one batch read: table indices of the ``loaded`` files and the skipped reads."""
+
+    loaded: list[int]
+    skips: Skips
 
 
 def _move(x: torch.Tensor | None, device: torch.device | str, dtype: torch.dtype | None = None):
@@ -93,12 +107,12 @@ def _labels(samples: Sequence[Sample]) -> torch.Tensor | None:
     return torch.tensor([s.label for s in samples], dtype=torch.int64)
 
 
-def _skips(samples: Sequence[Sample]) -> Skips:
-    return [skip for s in samples for skip in s.skips]
+def _reads(samples: Sequence[Sample]) -> Reads:
+    return Reads([s.image for s in samples if s.image >= 0], [skip for s in samples for skip in s.skips])
 
 
-def collate_mim(samples: Sequence[Sample]) -> tuple[MIMBatch, Skips]:
-    """Stack two-view samples with masks into a ``MIMBatch``; also return their skips."""
+def collate_mim(samples: Sequence[Sample]) -> tuple[MIMBatch, Reads]:
+    """Stack two-view samples with masks into a ``MIMBatch``; also return what they read."""
     batch = MIMBatch(
         images=torch.stack([s.views[0] for s in samples]),
         tokenizer_images=torch.stack([s.views[1] for s in samples]),
@@ -106,15 +120,14 @@ def collate_mim(samples: Sequence[Sample]) -> tuple[MIMBatch, Skips]:
         indices=torch.tensor([s.index for s in samples], dtype=torch.int64),
         labels=_labels(samples),
     )
-    return batch, _skips(samples)
+    return batch, _reads(samples)
 
 
-def collate_classes(samples: Sequence[Sample]) -> tuple[ClassBatch, Skips]:
-    """Stack labelled one-view samples into a ``ClassBatch``; also return their skips."""
+def collate_classes(samples: Sequence[Sample]) -> tuple[ClassBatch, Reads]:
+    """Stack labelled one-view samples into a ``ClassBatch``; also return what they read."""
     labels = _labels(samples)
     if labels is None:
         raise ValueError("collate_classes: every sample needs a label")
     images = torch.stack([s.views[0] for s in samples])
-    return ClassBatch(images, labels, torch.tensor([s.index for s in samples], dtype=torch.int64)), _skips(
-        samples
-    )
+    indices = torch.tensor([s.index for s in samples], dtype=torch.int64)
+    return ClassBatch(images, labels, indices), _reads(samples)

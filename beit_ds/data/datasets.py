@@ -68,11 +68,11 @@ class ImageDataset(Dataset):
                 views = self.load(image, rng)
                 break
             except SkipSample as skip:
-                skips.append((skip.reason, self.records.location(image)))
+                skips.append((skip.reason, self.records.location(image), image))
         else:
-            shown = "; ".join(f"{reason}: {path}" for reason, path in skips[:3])
+            shown = "; ".join(f"{reason}: {path}" for reason, path, _ in skips[:3])
             raise DataError(f"{self.max_substitutes + 1} images in a row failed to load ({shown}, ...)")
         labels = self.records.labels
         mask = self.masks(mask_rng(self.seed, epoch, index)) if self.masks is not None else None
         label = int(labels[image]) if labels is not None else None
-        return Sample(index, views, label, mask, skips)
+        return Sample(index, views, label, mask, skips, image)

@@ -1,8 +1,8 @@
 """``ResumableLoader``: a DataLoader for one rank and one epoch that knows its global position.
 
-It yields typed batches, gathers the skips reported by worker processes into one ``SkipReport``
-(shared by the loaders of later epochs made with ``at``), stops with ``DataError`` once more than
-``data.max_skip_fraction`` of reads were skipped, and reports ``state_dict()`` = (epoch, position):
+It yields typed batches, gathers what worker processes read into one ``SkipReport`` (shared by
+the loaders of later epochs made with ``at``), stops with ``DataError`` once more than
+``data.max_skip_fraction`` of the distinct files read were bad, and reports ``state_dict()`` = (epoch, position):
 the samples of the epoch's global order consumed by all ranks, ``start + batches · B · W``. The
 position counts batches handed to the training loop, not those prefetched by workers, so a
 checkpoint taken between two steps resumes exactly.
@@ -22,7 +22,7 @@ from beit_ds.data.datasets import ImageDataset
 from beit_ds.data.sampler import ResumableDistributedSampler
 from beit_ds.data.skips import DataError, SkipReport
 
-SKIP_CHECK_AFTER = 64  # reads before data.max_skip_fraction is enforced (an early bad file is no trend)
+SKIP_CHECK_AFTER = 64  # distinct files before data.max_skip_fraction is enforced (one bad file is no trend)
 
 
 @dataclass(frozen=True)
@@ -112,9 +112,9 @@ class ResumableLoader:
 
     def __iter__(self) -> Iterator[Any]:
         self._batches = 0
-        for batch, skips in self._data_loader():
-            self.report.extend(skips)
-            self.report.loaded += len(batch)
+        for batch, reads in self._data_loader():
+            self.report.extend(reads.skips)
+            self.report.mark_loaded(reads.loaded)
             self._check_skips(final=False)
             self._batches += 1
             yield batch
@@ -122,10 +122,9 @@ class ResumableLoader:
 
     def _check_skips(self, final: bool) -> None:
         report, limit = self.report, self.cfg.max_skip_fraction
-        reads = report.skipped + report.loaded
-        if limit >= 1 or (reads < SKIP_CHECK_AFTER and not final) or report.skip_fraction <= limit:
+        if limit >= 1 or (report.files < SKIP_CHECK_AFTER and not final) or report.skip_fraction <= limit:
             return
         raise DataError(
-            f"data.max_skip_fraction={limit}: {report.skipped} of {reads} reads skipped"
-            f" ({report.skip_fraction:.1%}); {report.summary()}"
+            f"data.max_skip_fraction={limit}: {report.skipped} of {report.files} distinct files read were"
+            f" bad ({report.skip_fraction:.1%}); {report.summary()}"
         )

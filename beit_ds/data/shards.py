@@ -257,14 +257,14 @@ def write_shards(
         try:
             data = reader(i)
         except SkipSample as skip:
-            report.add(skip.reason, records.location(i))
+            report.add(skip.reason, records.location(i), i)
         else:
             ext = Path(records.keys[i]).suffix.lower().lstrip(".") or "jpg"
             members = {ext: data}
             if records.labels is not None:
                 members["cls"] = str(int(records.labels[i])).encode()
             writer.add(f"{i:09d}", members)
-            report.loaded += 1
+            report.mark_loaded([i])
         if progress is not None:
             progress(1)
     writer.close()

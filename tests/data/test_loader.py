@@ -59,11 +59,13 @@ def test_worker_processes_report_their_skips(tmp_path, image_tree, tiny_data, ti
     cfg = tiny_data(source="folder", path=str(image_tree), num_workers=2, max_skip_fraction=1.0, repeats=2)
     loader = build_pretrain_loader(cfg, tiny_masking, GRID, LoaderPlace(batch_size=7))
     assert sum(len(b) for b in loader) == 14
-    assert loader.report.counts == {"empty": 2}  # the file, once per repeat, seen in the workers
-    assert loader.report.examples["empty"] == [str(image_tree / "a" / "broken.jpg")]
+    report = loader.report
+    assert report.counts == {"empty": 1} and report.reads == {"empty": 2}  # one file, read per repeat
+    assert report.examples["empty"] == [str(image_tree / "a" / "broken.jpg")]
+    assert report.files == 7 and report.skipped == 1 and report.loaded == 14
     later = loader.at(epoch=1)
     list(later)
-    assert later.report is loader.report and loader.report.counts == {"empty": 4}
+    assert later.report is report and report.counts == {"empty": 1} and report.reads == {"empty": 4}
 
 
 def test_finetune_train_and_eval_loaders(image_tree, tiny_data):
