@@ -133,23 +133,19 @@ class ModelConfig:
 class MIMConfig:
     """Masked-image-modeling head and target (seed §2.3; Table 4 ablations).
 
-    ``target``: ``"tokens"`` (visual tokens of the dVAE, cross-entropy) or ``"pixels"`` (MSE on
-    the pixels of the patches). ``pixel_target``: ``"raw"`` (the [0, 1] pixels: seed Table 4's
-    "recover the raw pixels of masked patches") or ``"normalized"`` (each patch standardised by
-    its own mean and variance, MAE's stronger target). ``predict_all``: compute the loss on every
-    position instead of only the masked ones (ablation).
+    ``target``: ``"tokens"`` (visual tokens of the dVAE, cross-entropy) or ``"pixels"``
+    (per-patch normalised pixels, MSE). ``predict_all``: compute the loss on every position
+    instead of only the masked ones (ablation).
     """
 
     vocab_size: int = 8192
     target: str = "tokens"
     predict_all: bool = False
-    pixel_target: str = "raw"
     pixel_norm_eps: float = 1e-6
 
     def __post_init__(self) -> None:
         _positive_int("mim", "vocab_size", self.vocab_size)
         _choice("mim", "target", self.target, ("tokens", "pixels"))
-        _choice("mim", "pixel_target", self.pixel_target, ("raw", "normalized"))
 
 
 @dataclass
@@ -258,9 +254,11 @@ class DataConfig:
     a ``.tar.gz`` extracted once into ``cache_dir``). ``subdir``: a folder inside ``path`` or the
     archive. ``eval_path`` / ``eval_subdir``: the fine-tuning evaluation set (``""``: same as
     training). ``repeats``: every image is visited this many times per epoch. Undecodable images are
-    skipped, counted and reported; more than ``max_skip_fraction`` of reads skipped is an error (1
-    disables). Images over ``max_image_pixels`` are skipped (decompression bombs). ``check_files``:
-    how many paths of a file list are checked up front.
+    skipped, counted and reported; more than ``max_skip_fraction`` of the distinct files read being
+    bad is an error (1 disables). Images over ``max_image_pixels`` are skipped (decompression
+    bombs). ``check_files``: how many paths of a file list are checked up front. ``timeout``:
+    seconds the loader workers may deliver no batch before a one-line error (a read that hangs);
+    0 waits forever.
     """
 
     source: str = "demo"
@@ -276,6 +274,7 @@ class DataConfig:
     max_image_pixels: int = 89_478_485
     max_skip_fraction: float = 0.01
     check_files: int = 256
+    timeout: float = 300.0
     transform: TransformConfig = dataclasses.field(default_factory=TransformConfig)
 
     def __post_init__(self) -> None:
@@ -290,6 +289,7 @@ class DataConfig:
         ok = isinstance(self.max_skip_fraction, (int, float)) and 0 <= self.max_skip_fraction <= 1
         _expect(ok, s, "max_skip_fraction", self.max_skip_fraction, "a number in [0, 1]")
         _non_negative_int(s, "check_files", self.check_files)  # 0: no up-front check
+        _non_negative_number(s, "timeout", self.timeout)  # 0: wait for the workers forever
         _expect(isinstance(self.transform, TransformConfig), s, "transform", self.transform, "a mapping")
 
 

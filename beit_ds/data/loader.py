@@ -2,10 +2,15 @@
 
 It yields typed batches, gathers what worker processes read into one ``SkipReport`` (shared by
 the loaders of later epochs made with ``at``), stops with ``DataError`` once more than
-``data.max_skip_fraction`` of the distinct files read were bad, and reports ``state_dict()`` = (epoch, position):
-the samples of the epoch's global order consumed by all ranks, ``start + batches · B · W``. The
-position counts batches handed to the training loop, not those prefetched by workers, so a
-checkpoint taken between two steps resumes exactly.
+``data.max_skip_fraction`` of the distinct files read were bad, and reports ``state_dict()`` =
+(epoch, position): the samples of the epoch's global order consumed by all ranks,
+``start + batches · B · W``. The position counts batches handed to the training loop, not those
+prefetched by workers, so a checkpoint taken between two steps resumes exactly.
+
+Worker processes (``workers.py``) ignore the preemption signals, so that ``scancel`` — SIGTERM to
+the whole process group — leaves shutdown to the training process. A ``DataError`` raised in a
+worker reaches the caller as the same one-line ``DataError``; workers that deliver nothing for
+``data.timeout`` seconds (a hung read) are a one-line ``DataError`` too, never a hang.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from beit_ds.config import DataConfig
 from beit_ds.data.datasets import ImageDataset
 from beit_ds.data.sampler import ResumableDistributedSampler
 from beit_ds.data.skips import DataError, SkipReport
+from beit_ds.data.workers import WorkerGroup, signals_blocked, worker_data_error
 
 SKIP_CHECK_AFTER = 64  # distinct files before data.max_skip_fraction is enforced (one bad file is no trend)
 
@@ -66,6 +72,7 @@ class ResumableLoader:
             drop_last=train,
         )
         self._batches = 0
+        self.workers: WorkerGroup | None = None  # the worker processes of the running iteration
 
     @property
     def num_samples(self) -> int:
@@ -94,7 +101,7 @@ class ResumableLoader:
         consumed = self._batches * self.place.batch_size * self.place.world_size
         return {"epoch": self.place.epoch, "position": self.place.start_sample + consumed}
 
-    def _data_loader(self) -> DataLoader:
+    def _data_loader(self, group: WorkerGroup | None) -> DataLoader:
         workers = self.cfg.num_workers
         return DataLoader(
             self.dataset,
@@ -105,6 +112,8 @@ class ResumableLoader:
             pin_memory=self.cfg.pin_memory and torch.cuda.is_available(),
             drop_last=self.train,
             prefetch_factor=self.cfg.prefetch_factor if workers > 0 else None,
+            worker_init_fn=group.init_worker if group is not None else None,
+            timeout=float(self.cfg.timeout) if workers > 0 else 0.0,
             # DataLoader draws its workers' base seed from this generator; without one it would
             # consume the global torch RNG and shift drop-path draws after a resume.
             generator=torch.Generator().manual_seed(self.place.seed * 100_003 + self.place.epoch),
@@ -112,13 +121,39 @@ class ResumableLoader:
 
     def __iter__(self) -> Iterator[Any]:
         self._batches = 0
-        for batch, reads in self._data_loader():
+        group = self.workers = WorkerGroup(self.cfg.num_workers) if self.cfg.num_workers > 0 else None
+        with signals_blocked():  # until each forked worker has set its signal dispositions
+            batches = iter(self._data_loader(group))
+        while True:
+            timed_out = False
+            try:
+                batch, reads = next(batches)
+            except StopIteration:
+                break
+            except DataError as err:
+                raise worker_data_error(err) from None
+            except RuntimeError as err:
+                if not str(err).startswith("DataLoader timed out"):
+                    raise
+                timed_out = True  # handled below, once this traceback no longer holds the iterator
+            if timed_out:
+                del batches  # shuts the workers down; those stuck in a read ignore its SIGTERM
+                if group is not None:
+                    group.kill_stuck()
+                raise self._timeout_error()
             self.report.extend(reads.skips)
             self.report.mark_loaded(reads.loaded)
             self._check_skips(final=False)
             self._batches += 1
             yield batch
         self._check_skips(final=True)
+
+    def _timeout_error(self) -> DataError:
+        t = self.cfg.timeout
+        return DataError(
+            f"data.timeout={t}: the loader workers delivered no batch for {t} s (a read that hangs:"
+            " a stalled network file system, a device or FIFO?); raise data.timeout, or 0 to wait forever"
+        )
 
     def _check_skips(self, final: bool) -> None:
         report, limit = self.report, self.cfg.max_skip_fraction

@@ -9,7 +9,9 @@ into records here; tar shards and archives in ``shards.py``.
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from beit_ds.data.skips import DataError, SkipSample
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -125,23 +129,71 @@ def labels_from_folders(
     return np.array([lookup[f] for f in firsts], dtype=np.int64), names
 
 
+def walk_tree(root: Path) -> tuple[list[str], list[str], int]:
+    """(regular files, other entries, directory links not followed) under ``root``, as relative
+    paths in ``os.walk`` order (a folder's files sorted, then its sub-folders sorted, recursively).
+
+    Every real directory is listed once, so symlink loops end: a directory link pointing inside
+    the tree is not followed (its images are listed under their real path, which a walk of real
+    folders reaches anyway), one pointing outside is followed unless that directory, by
+    (``st_dev``, ``st_ino``), was listed already. Only regular files (or links to one) are
+    candidates; FIFOs, sockets, devices and dangling links are "other" and never opened.
+    """
+    inside = os.path.realpath(root)
+    visited: set[tuple[int, int]] = set()
+    files: list[str] = []
+    others: list[str] = []
+    links_skipped = 0
+    stack = [("", str(root))]
+    while stack:
+        rel, path = stack.pop()
+        st = os.stat(path)
+        if (st.st_dev, st.st_ino) in visited:
+            links_skipped += 1
+            continue
+        visited.add((st.st_dev, st.st_ino))
+        subdirs = []
+        try:
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError:
+            others.append(rel or ".")
+            continue
+        for entry in entries:
+            name = os.path.join(rel, entry.name) if rel else entry.name
+            try:
+                if entry.is_dir():  # follows links
+                    real = os.path.realpath(entry.path)
+                    if entry.is_symlink() and os.path.commonpath([real, inside]) == inside:
+                        links_skipped += 1
+                    else:
+                        subdirs.append((name, entry.path))
+                elif entry.is_file():  # a regular file, or a link to one
+                    files.append(name)
+                else:
+                    others.append(name)
+            except OSError:
+                others.append(name)
+        stack.extend(reversed(subdirs))
+    return files, others, links_skipped
+
+
 def folder_records(
     name: str, root: Path, classes: Sequence[str] | None = None, ignored: Sequence[str] = ()
 ) -> Records:
-    """Every image under ``root`` (sorted, recursive); ImageFolder labels when every image has one."""
+    """Every image under ``root`` (sorted, recursive, each real file once); ImageFolder labels when
+    every image has one. Non-image, hidden and non-regular files are ``ignored``."""
     if not root.is_dir():
         raise DataError(f"{name}: {root} is not a folder")
-    names = []
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        dirs.sort()
-        rel = os.path.relpath(folder, root)
-        names.extend(os.path.normpath(os.path.join(rel, f)) for f in sorted(files))
+    names, others, links_skipped = walk_tree(root)
+    if links_skipped:
+        log.info("%s: %d directory links not followed (inside the tree, or a loop)", name, links_skipped)
     images, skipped = split_listing(names)
     if not images:
-        raise DataError(f"{name}: no image files under {root} ({len(names)} other files)")
+        raise DataError(f"{name}: no image files under {root} ({len(names) + len(others)} other files)")
     labels, class_names = labels_from_folders(images, classes)
     keys = StringTable.from_strings(images)
-    return Records(name, str(root), keys, labels, class_names, ignored=tuple(ignored) + tuple(skipped))
+    ignored = tuple(ignored) + tuple(skipped) + tuple(others)
+    return Records(name, str(root), keys, labels, class_names, ignored=ignored)
 
 
 def _parse_line(line: str, where: str) -> tuple[str, str | None]:
@@ -202,7 +254,7 @@ def _check_exists(list_file: Path, root: Path, paths: Sequence[str], count: int)
     if count == 0:
         return
     picks = np.unique(np.linspace(0, len(paths) - 1, num=min(count, len(paths))).astype(np.int64))
-    missing = [paths[i] for i in picks if not (root / paths[i]).is_file()]
+    missing = [paths[i] for i in picks if not (root / paths[i]).exists()]  # a FIFO is skipped later
     if missing:
         raise DataError(
             f"{list_file}: {len(missing)} of {len(picks)} checked entries do not exist, e.g."
@@ -238,13 +290,21 @@ class ByteReader:
 
     @staticmethod
     def _read_file(path: str) -> bytes:
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever
         try:
-            with open(path, "rb") as f:
-                return f.read()
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError as err:
             raise SkipSample("missing", path) from err
         except OSError as err:
             raise SkipSample("unreadable", f"{path}: {err}") from err
+        with open(fd, "rb") as f:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise SkipSample("unreadable", f"{path}: not a regular file ({_file_kind(mode)})")
+            try:
+                return f.read()
+            except OSError as err:
+                raise SkipSample("unreadable", f"{path}: {err}") from err
 
     def _fd(self, cid: int) -> int:
         if self._pid != os.getpid():  # a forked worker: the parent's descriptors are not ours to use
@@ -252,5 +312,10 @@ class ByteReader:
         if cid not in self._fds:
             if len(self._fds) >= self.max_open:
                 os.close(self._fds.pop(next(iter(self._fds))))
-            self._fds[cid] = os.open(self.records.containers[cid], os.O_RDONLY)
+            self._fds[cid] = os.open(self.records.containers[cid], os.O_RDONLY | os.O_NONBLOCK)
         return self._fds[cid]
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+    return next((kind for test, kind in kinds if test(mode)), "socket" if stat.S_ISSOCK(mode) else "folder")

@@ -92,7 +92,7 @@ def _shard_samples(path: Path) -> tuple[list[TarMember], list[int | None], list[
 
 def scan_shards(folder: Path) -> Records:
     """Records of every ``*.tar`` shard in ``folder`` (sorted by name), found by scanning."""
-    shards = sorted(folder.glob("*.tar"))
+    shards = sorted(p for p in folder.glob("*.tar") if p.is_file())  # never open a FIFO
     if not shards:
         raise DataError(f"data.path={str(folder)!r}: no *.tar shards and no {INDEX_NAME}")
     members, labels, ids, ignored = [], [], [], []
