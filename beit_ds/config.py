@@ -133,19 +133,23 @@ class ModelConfig:
 class MIMConfig:
     """Masked-image-modeling head and target (seed §2.3; Table 4 ablations).
 
-    ``target``: ``"tokens"`` (visual tokens of the dVAE, cross-entropy) or ``"pixels"``
-    (per-patch normalised pixels, MSE). ``predict_all``: compute the loss on every position
-    instead of only the masked ones (ablation).
+    ``target``: ``"tokens"`` (visual tokens of the dVAE, cross-entropy) or ``"pixels"`` (MSE on
+    the pixels of the patches). ``pixel_target``: ``"raw"`` (the [0, 1] pixels: seed Table 4's
+    "recover the raw pixels of masked patches") or ``"normalized"`` (each patch standardised by
+    its own mean and variance, MAE's stronger target). ``predict_all``: compute the loss on every
+    position instead of only the masked ones (ablation).
     """
 
     vocab_size: int = 8192
     target: str = "tokens"
     predict_all: bool = False
+    pixel_target: str = "raw"
     pixel_norm_eps: float = 1e-6
 
     def __post_init__(self) -> None:
         _positive_int("mim", "vocab_size", self.vocab_size)
         _choice("mim", "target", self.target, ("tokens", "pixels"))
+        _choice("mim", "pixel_target", self.pixel_target, ("raw", "normalized"))
 
 
 @dataclass

@@ -4,7 +4,8 @@ embedding and predict the visual token of each masked patch.
 ``BeitForMaskedImageModeling`` is a ``Beit`` backbone plus ``mask_token`` and ``lm_head`` (the
 backbone's final ``norm`` is the head's LayerNorm), so its state dict is unilm's pre-training
 layout. The LM head runs **only on masked positions** unless ``predict_all`` (ablation).
-The pixel-regression ablation predicts per-patch normalised pixels with an MSE loss.
+The pixel-regression ablation (Table 4) regresses the raw pixels of the patches with an MSE loss
+(``mim.pixel_target: raw``; ``normalized`` standardises each patch first, as MAE does).
 """
 
 from __future__ import annotations
@@ -115,9 +116,10 @@ class BeitForMaskedImageModeling(Beit):
                 f"pixel target patches have {patches.shape[-1]} values: expected"
                 f" {self.lm_head.out_features} (target image size = model.img_size)"
             )
-        mean = patches.mean(dim=-1, keepdim=True)
-        var = patches.var(dim=-1, keepdim=True)
-        patches = (patches - mean) / (var + self.mim.pixel_norm_eps).sqrt()
+        if self.mim.pixel_target == "normalized":
+            mean = patches.mean(dim=-1, keepdim=True)
+            var = patches.var(dim=-1, keepdim=True)
+            patches = (patches - mean) / (var + self.mim.pixel_norm_eps).sqrt()
         select = torch.ones_like(mask) if self.mim.predict_all else mask
         pred = self.lm_head(tokens[select])
         loss = F.mse_loss(pred.float(), patches[select])

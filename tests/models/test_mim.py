@@ -63,8 +63,22 @@ def test_predict_all_ablation():
     torch.testing.assert_close(out.loss, expected)
 
 
-def test_pixel_regression_ablation_uses_normalised_patches():
+def test_pixel_regression_ablation_regresses_raw_pixels():
+    """Seed Table 4: "predicting the raw pixels of masked patches" — the [0, 1] values, unscaled."""
+    torch.manual_seed(0)
     model = build_mim_model(CFG, MIMConfig(target="pixels"))
+    assert model.mim.pixel_target == "raw"  # the default
+    images, mask, _ = _batch()
+    target = torch.rand(3, 3, 32, 32)
+    out = model(images, mask, target)
+    raw = patchify(target, (8, 8))[mask.flatten(1)]
+    torch.testing.assert_close(out.loss, F.mse_loss(out.logits, raw))
+    # a model that predicts nothing pays E[x²] = 1/3 for U(0, 1) pixels (normalised: ≈ 1)
+    assert F.mse_loss(torch.zeros_like(raw), raw).item() == pytest.approx(1 / 3, abs=0.01)
+
+
+def test_pixel_regression_normalised_option():
+    model = build_mim_model(CFG, MIMConfig(target="pixels", pixel_target="normalized"))
     images, mask, _ = _batch()
     target = torch.rand(3, 3, 32, 32)
     out = model(images, mask, target)
