@@ -29,7 +29,10 @@ def job_parser(description: str, default_recipe: str | None) -> argparse.Argumen
     """The parser every training launcher uses."""
     parser = recipe_parser(description, default_recipe)
     parser.add_argument("--deepspeed_config", default=None, help="DeepSpeed JSON (default: ds_configs/ by device)")
-    parser.add_argument("--resume", default="auto", help="auto (newest complete checkpoint), none, or a checkpoint dir")
+    parser.add_argument("--resume", default="auto",
+                        help="auto (newest complete checkpoint), none, or a checkpoint / checkpoints / run dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="allow replacing complete checkpoints of another run in checkpoint.output_dir")
     return parser
 
 
@@ -41,7 +44,7 @@ def run_training(
 
     args = job_parser(description, default_recipe).parse_args()
     recipe = load_recipe(recipe_cls, args.config, args.overrides)
-    train(recipe, args.deepspeed_config or default_ds_config(configs_dir), resume=args.resume)
+    train(recipe, args.deepspeed_config or default_ds_config(configs_dir), resume=args.resume, overwrite=args.overwrite)
 
 
 def default_ds_config(configs_dir: Path) -> Path:
@@ -58,13 +61,18 @@ def run_cli(main: Callable[[], object]) -> None:
     a preemption (checkpoint saved) with ``preemption.EXIT_CODE``, which job scripts requeue on."""
     from beit_ds.data.skips import DataError
     from beit_ds.engine.checkpoint import CheckpointError
+    from beit_ds.engine.loop import NonFiniteLossError
     from beit_ds.engine.preemption import EXIT_CODE, Preempted
+    from beit_ds.engine.safe_load import UnsafeFileError
 
     try:
         main()
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as err:
+    except (ConfigError, DataError, CheckpointError, UnsafeFileError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     except Preempted as stop:
         print(str(stop), file=sys.stderr)
         raise SystemExit(EXIT_CODE) from None

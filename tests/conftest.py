@@ -1,8 +1,15 @@
-"""Shared fixtures: the debug preset, seeded RNG, and the read-only shared datasets folder."""
+"""Shared fixtures: the debug preset, seeded RNG, and the read-only shared datasets folder.
+
+A skip is not a pass: in CI (``CI=true``) a missing reference package, shared dataset or system
+tool that a test needs fails the test instead of skipping it (``require``).
+"""
 
 from __future__ import annotations
 
+import importlib
+import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -16,9 +23,28 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(ok: bool, what: str) -> None:
+    """Skip (locally) or fail (in CI) unless ``ok``: ``what`` names the missing piece."""
+    if not ok:
+        (pytest.fail if IN_CI else pytest.skip)(f"{what} (CI=true: a missing test dependency fails)")
+
+
+def require_module(name: str) -> ModuleType:
+    """``importlib.import_module(name)``; a reference package that fails to import skips only outside CI."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        require(False, f"reference package {name!r} does not import ({err}); pip install -e '.[dev]'")
+        raise
+
+
 @pytest.fixture
 def datasets_dir() -> Path:
-    """``../shared/datasets`` next to the checkout; tests using it skip when it is absent."""
-    if not DATASETS.is_dir():
-        pytest.skip(f"shared datasets not found at {DATASETS} (only present on the project's machines)")
+    """``../shared/datasets`` next to the checkout (skipped locally, a failure in CI, when absent)."""
+    require(
+        DATASETS.is_dir(), f"shared datasets not found at {DATASETS} (only present on the project's machines)"
+    )
     return DATASETS

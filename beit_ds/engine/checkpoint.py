@@ -237,7 +237,10 @@ class CheckpointManager:
         if resume == "none":
             return None
         if resume != "auto":
-            return resolve(Path(resume), self.checksums)
+            try:
+                return resolve(Path(resume), self.checksums)
+            except CheckpointError as err:
+                raise CheckpointError(f"--resume {err}") from None
         return newest_complete(self.dir, self.checksums)
 
     def load(self, engine: Any, tag_dir: Path) -> tuple[TrainState, dict[str, Any]]:

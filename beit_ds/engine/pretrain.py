@@ -26,7 +26,10 @@ def check_views(r: PretrainRecipe) -> None:
     """Patch view = model input; tokenizer view = tokenizer input (or pixels for the ablation)."""
     t = r.data.transform
     if t.input_size != r.model.img_size:
-        raise ConfigError(f"data.transform.input_size={t.input_size}: expected model.img_size={r.model.img_size}")
+        raise ConfigError(
+            f"data.transform.input_size={t.input_size}: expected model.img_size={r.model.img_size}"
+        )
+    check_masking(r)
     if r.mim.target == "pixels":
         if t.second_input_size != r.model.img_size or t.tokenizer_view != "raw":
             raise ConfigError(
@@ -35,14 +38,29 @@ def check_views(r: PretrainRecipe) -> None:
             )
         return
     if not r.tokenizer.path or not resolve(r.tokenizer.path).is_file():
-        raise ConfigError(f"tokenizer.path={r.tokenizer.path!r}: no such file (expected {r.tokenizer.name} weights)")
+        raise ConfigError(
+            f"tokenizer.path={r.tokenizer.path!r}: no such file (expected {r.tokenizer.name} weights)"
+        )
     if r.tokenizer.image_size != t.second_input_size:
         raise ConfigError(
             f"tokenizer.image_size={r.tokenizer.image_size}: expected data.transform.second_input_size={t.second_input_size}"
         )
     view = "dalle" if r.tokenizer.name == "dalle" else "raw"
     if t.tokenizer_view != view:
-        raise ConfigError(f"data.transform.tokenizer_view={t.tokenizer_view!r}: tokenizer {r.tokenizer.name!r} expects {view!r}")
+        raise ConfigError(
+            f"data.transform.tokenizer_view={t.tokenizer_view!r}: tokenizer {r.tokenizer.name!r} expects {view!r}"
+        )
+
+
+def check_masking(r: PretrainRecipe) -> None:
+    """The masking section fits the model's patch grid (it needs nothing else)."""
+    from beit_ds.masking import build_mask_generator
+
+    try:
+        build_mask_generator(r.masking, r.model.grid_size)
+    except ValueError as err:
+        grid = "" if "grid" in str(err) else f" (model patch grid {r.model.grid_size})"
+        raise ConfigError(f"masking.{err}{grid}") from None
 
 
 def preflight(recipe: PretrainRecipe, ds_path: str | Path, world_size: int) -> Preflight:
@@ -76,15 +94,23 @@ def _tokenizer(recipe: PretrainRecipe, device: torch.device, dtype: torch.dtype)
         return None
     from beit_ds.tokenizers import build_tokenizer
 
-    tokenizer = build_tokenizer(recipe.tokenizer).to(device)
+    try:
+        tokenizer = build_tokenizer(recipe.tokenizer).to(device)
+    except (ValueError, OSError) as err:  # a file that exists but holds no tokenizer of that kind
+        message = str(err) if "tokenizer.path" in str(err) else f"tokenizer.path={recipe.tokenizer.path!r}: {err}"
+        raise ConfigError(message.splitlines()[0]) from None
     if recipe.tokenizer.dtype == "auto":
         tokenizer.to(dtype)
     if tokenizer.vocab_size != recipe.mim.vocab_size:
-        raise ConfigError(f"mim.vocab_size={recipe.mim.vocab_size}: the tokenizer has {tokenizer.vocab_size} codes")
+        raise ConfigError(
+            f"mim.vocab_size={recipe.mim.vocab_size}: the tokenizer has {tokenizer.vocab_size} codes"
+        )
     return tokenizer
 
 
-def pretrain(recipe: PretrainRecipe, ds_path: str | Path, resume: str = "auto") -> TrainState:
+def pretrain(
+    recipe: PretrainRecipe, ds_path: str | Path, resume: str = "auto", overwrite: bool = False
+) -> TrainState:
     """Run (or resume) pre-training; returns the final ``TrainState``."""
     from beit_ds.data import build_pretrain_loader
     from beit_ds.models import build_mim_model
@@ -97,10 +123,13 @@ def pretrain(recipe: PretrainRecipe, ds_path: str | Path, resume: str = "auto") 
         return model
 
     def build_loader(place: ProcessPlace) -> Any:
-        return build_pretrain_loader(recipe.data, recipe.masking, recipe.model.grid_size, loader_place(recipe, place))
+        return build_pretrain_loader(
+            recipe.data, recipe.masking, recipe.model.grid_size, loader_place(recipe, place)
+        )
 
     def make_step(engine: Any, dtype: torch.dtype) -> Any:
         tokenizer = _tokenizer(recipe, engine.device, dtype)
         return lambda e, b: mim_step(e, b, tokenizer, dtype)
 
-    return run_job(recipe, ds_path, resume, JobParts("pretrain", build_model, build_loader, make_step, export_checkpoint))
+    parts = JobParts("pretrain", build_model, build_loader, make_step, export_checkpoint)
+    return run_job(recipe, ds_path, resume, parts, overwrite)

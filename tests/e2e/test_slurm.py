@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import require
 from tests.e2e.test_pretrain_launcher import SMALL, _losses
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +42,7 @@ def slurm(tmp_path_factory):
     up = subprocess.run(["bash", str(ROOT / "tests/slurm/up.sh")], env=env, capture_output=True, text=True, timeout=600)
     try:
         if up.returncode == 77:
-            pytest.skip(up.stderr.strip().splitlines()[-1])
+            require(False, up.stderr.strip().splitlines()[-1])
         assert up.returncode == 0, up.stdout + up.stderr
         yield env
     finally:

@@ -52,3 +52,18 @@ def test_missing_or_broken_file(tmp_path):
     (tmp_path / "bad.json").write_text("{\n  'x': 1\n}")
     with pytest.raises(ConfigError, match="bad.json: invalid JSON at line 2"):
         read_ds_config(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"fp16": True}, 'fp16=true: expected a JSON object, e.g. "fp16": {"enabled": true}'),
+        ({"optimizer": "AdamW"}, 'optimizer="AdamW": expected a JSON object'),
+        ({"zero_optimization": {"stage": "two"}}, 'zero_optimization.stage="two": expected 0, 1, 2 or 3'),
+        ({"bf16": {"enabled": "yes"}}, 'bf16.enabled="yes": expected true or false'),
+    ],
+)
+def test_wrong_shapes_are_one_line_before_deepspeed(tmp_path, data, message):
+    with pytest.raises(ConfigError) as err:
+        read_ds_config(_write(tmp_path, data))
+    assert message in str(err.value) and "\n" not in str(err.value)

@@ -119,3 +119,13 @@ def test_fp16_dynamic_loss_scaling_skips_an_overflow(ds_single_rank, tmp_path, m
     losses = [r["train/loss"] for r in rows]
     assert losses[3] == losses[2]  # the overflowed step changed no weight (same batch every step)
     assert losses[4] < losses[3] and state.step == 5
+
+
+def test_a_run_ending_on_nonfinite_steps_does_not_report_success(ds_single_rank, tmp_path):
+    engine = _engine(ds_single_rank)
+    losses = lambda e: torch.tensor(float("nan") if e.global_steps >= 6 else 1.0)  # noqa: E731
+    io = _io(tmp_path, [])
+    plan = _plan(total_steps=6, save_every_steps=1, max_nonfinite_steps=5)  # step 6 NaN, below the limit
+    with pytest.raises(NonFiniteLossError, match="ended on 1 non-finite step.*last good checkpoint is step 5"):
+        run_loop(engine, _step_fn(losses), TrainState(), plan, io, ProcessPlace())
+    assert json.loads((tmp_path / "checkpoints/latest.json").read_text())["latest"] == "step_00000005"

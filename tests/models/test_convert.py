@@ -19,8 +19,9 @@ from beit_ds.models.convert import (
     to_hf,
     to_timm,
 )
+from tests.conftest import require_module
 
-transformers = pytest.importorskip("transformers")  # a dev extra, not a dependency
+transformers = require_module("transformers")  # a dev extra, not a dependency
 from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import BeitConfig, BeitForImageClassification, BeitModel  # noqa: E402
 

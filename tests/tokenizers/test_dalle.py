@@ -20,8 +20,9 @@ from beit_ds.tokenizers import (
     load_dalle_tokenizer,
     map_pixels,
 )
+from tests.conftest import require_module
 
-dall_e = pytest.importorskip("dall_e", reason="the dall-e package (dev extra) is the parity reference")
+dall_e = require_module("dall_e")  # the dall-e package (dev extra) is the parity reference
 
 
 @pytest.fixture(scope="module")
