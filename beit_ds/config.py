@@ -486,13 +486,17 @@ class AugmentConfig:
 @dataclass
 class ProbeConfig:
     """Linear probe (seed App. D): features after block ``layer`` (1-based; ``None``: the middle
-    block, ``(depth + 1) // 2``), mean of the patch tokens, one linear layer; the backbone is frozen."""
+    block, ``(depth + 1) // 2``), pooled, one linear layer; the backbone is frozen. ``pool``:
+    ``"mean"`` of the patch tokens (the seed's "average pooling", default) or ``"cls_mean"``, the
+    [CLS] token concatenated with that mean (``2·D`` features: unilm's ``run_linear_eval.py``)."""
 
     layer: int | None = None
+    pool: str = "mean"
 
     def __post_init__(self) -> None:
         if self.layer is not None:
             _positive_int("probe", "layer", self.layer)
+        _choice("probe", "pool", self.pool, ("mean", "cls_mean"))
 
 
 # ---- end of fine-tuning block ------------------------------------------------------------------------

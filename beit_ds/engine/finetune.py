@@ -54,6 +54,11 @@ def probe_layer(recipe: ClassRecipe) -> int | None:
     return recipe.probe.layer or (recipe.model.depth + 1) // 2
 
 
+def probe_pool(recipe: ClassRecipe) -> str:
+    """How a linear probe pools block ``probe.layer`` (``probe.pool``); ``"mean"`` otherwise."""
+    return recipe.probe.pool if isinstance(recipe, LinearProbeRecipe) else "mean"
+
+
 def check_recipe(r: ClassRecipe) -> None:
     """Model, data view and probe agree (one-line ``ConfigError``), before any process group."""
     m = r.model
@@ -75,7 +80,7 @@ def check_recipe(r: ClassRecipe) -> None:
 
 def build_finetune_model(r: ClassRecipe, head: str | None = None) -> BeitForImageClassification:
     """The classifier (or probe) of ``r`` with ``finetune.init`` loaded (``head`` overrides its policy)."""
-    model = build_classifier(r.model, r.finetune.head_init_scale, probe_layer(r))
+    model = build_classifier(r.model, r.finetune.head_init_scale, probe_layer(r), probe_pool(r))
     log = get_logger()
     if not r.finetune.init:
         log.info("%s: random initialisation (finetune.init is empty)", kind_of(r))
@@ -148,7 +153,9 @@ def export_classifier(tag_dir: Path, out_dir: Path) -> list[Path]:
     tag_dir, out_dir = Path(tag_dir), Path(out_dir)
     client = checkpoint_client_state(tag_dir)
     recipe = build_dataclass(KINDS[client["kind"]], client["recipe"])
-    model = build_classifier(recipe.model, recipe.finetune.head_init_scale, probe_layer(recipe))
+    model = build_classifier(
+        recipe.model, recipe.finetune.head_init_scale, probe_layer(recipe), probe_pool(recipe)
+    )
     model.load_state_dict(consolidated_state_dict(tag_dir), strict=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [save_weights(model.state_dict(), out_dir / "model.safetensors")]

@@ -48,10 +48,14 @@ def build_mim_model(cfg: ModelConfig, mim: MIMConfig | None = None) -> BeitForMa
 
 
 def build_classifier(
-    cfg: ModelConfig, head_init_scale: float = 0.001, probe_layer: int | None = None
+    cfg: ModelConfig,
+    head_init_scale: float = 0.001,
+    probe_layer: int | None = None,
+    probe_pool: str = "mean",
 ) -> BeitForImageClassification:
-    """A classifier for fine-tuning, or with ``probe_layer`` a linear probe on a frozen backbone."""
-    return BeitForImageClassification(cfg, head_init_scale, probe_layer)
+    """A classifier for fine-tuning, or with ``probe_layer`` a linear probe on a frozen backbone
+    (``probe_pool``: ``"mean"`` or ``"cls_mean"``)."""
+    return BeitForImageClassification(cfg, head_init_scale, probe_layer, probe_pool)
 
 
 def create_model(name: str, **overrides: Any) -> Beit:

@@ -5,7 +5,8 @@
 ``norm`` (``"token"``). The head starts at trunc-normal(0.02) × ``head_init_scale`` (unilm's
 0.001), so fine-tuning starts from near-uniform predictions. With ``probe_layer=k`` it is the
 linear probe of App. D: blocks after ``k`` are dropped, the backbone is frozen and the head reads
-the plain mean of block ``k``'s patch tokens (no norm, no BatchNorm).
+the plain mean of block ``k``'s patch tokens (no norm, no BatchNorm), or with
+``probe_pool="cls_mean"`` the [CLS] token concatenated with that mean (unilm's linear probe).
 
 ``load_backbone`` decides which keys of a checkpoint (already in our layout, see ``convert.py``)
 may be absent or left over — MIM-only keys, a re-initialised head, ``norm`` replaced by
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from beit_ds.config import ModelConfig
-from beit_ds.models.beit import Beit, trunc_normal
+from beit_ds.models.beit import Beit, init_module, trunc_normal
 from beit_ds.models.convert import MIM_KEYS, adapt_positions, key_report
 
 Tensors = dict[str, torch.Tensor]
@@ -46,7 +47,11 @@ class BeitForImageClassification(Beit):
     """``[B, 3, H, W] -> logits [B, num_classes]``; ``forward(x, targets)`` also computes the loss."""
 
     def __init__(
-        self, cfg: ModelConfig, head_init_scale: float = 0.001, probe_layer: int | None = None
+        self,
+        cfg: ModelConfig,
+        head_init_scale: float = 0.001,
+        probe_layer: int | None = None,
+        probe_pool: str = "mean",
     ) -> None:
         if cfg.global_pool not in ("avg", "token") or cfg.num_classes < 1:
             raise ValueError(
@@ -55,9 +60,15 @@ class BeitForImageClassification(Beit):
             )
         if probe_layer is not None and not 1 <= probe_layer <= cfg.depth:
             raise ValueError(f"probe.layer={probe_layer}: expected a block in [1, model.depth={cfg.depth}]")
+        if probe_pool not in ("mean", "cls_mean") or (probe_pool != "mean" and probe_layer is None):
+            raise ValueError(f"probe.pool={probe_pool!r}: expected 'mean', or 'cls_mean' for a linear probe")
         if probe_layer is not None:
             cfg = cfg.replace(drop_path_rate=0.0)  # a frozen backbone: no stochastic depth
         super().__init__(cfg)
+        self.probe_pool = probe_pool
+        if probe_pool == "cls_mean":  # [CLS] ‖ mean: a head over 2·D features
+            self.head = nn.Linear(2 * cfg.embed_dim, cfg.num_classes)
+            init_module(self.head, cfg.init_std, self.init_trunc)
         trunc_normal(self.head.weight, 0.02, self.init_trunc)
         with torch.no_grad():
             self.head.weight.mul_(head_init_scale)
@@ -76,9 +87,11 @@ class BeitForImageClassification(Beit):
             return super().forward_features(x, bool_masked_pos)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``[B, 1 + N, D] -> [B, D]``; a probe takes the plain mean of the patch tokens."""
+        """``[B, 1 + N, D] -> [B, D]``; a probe takes the plain mean of the patch tokens
+        (``[B, 2·D]``: [CLS] then the mean, with ``probe_pool="cls_mean"``)."""
         if self.probe_layer is not None:
-            return tokens[:, 1:].mean(dim=1)
+            mean = tokens[:, 1:].mean(dim=1)
+            return torch.cat((tokens[:, 0], mean), dim=-1) if self.probe_pool == "cls_mean" else mean
         return super().pool(tokens)
 
     def forward(

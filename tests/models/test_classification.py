@@ -95,6 +95,26 @@ def test_probe_taps_block_k_and_trains_only_the_head():
         build_classifier(_cfg(depth=3), probe_layer=4)
 
 
+def test_probe_cls_mean_concatenates_cls_and_mean_as_unilm():
+    """unilm run_linear_eval.py: torch.cat((x[:, 0], x[:, 1:].mean(1)), -1) of block k, no norm."""
+    full = _randomise(build_classifier(_cfg(depth=3)))
+    probe = build_classifier(_cfg(depth=3), probe_layer=2, probe_pool="cls_mean")
+    assert probe.head.in_features == 2 * 32  # [CLS] ‖ mean
+    probe.load_backbone(full.state_dict(), head="reset")
+    x = _x()
+    with torch.no_grad():
+        tokens = full.embed(x)
+        for block in full.blocks[:2]:
+            tokens = block(tokens)
+        features = torch.cat((tokens[:, 0], tokens[:, 1:].mean(1)), dim=-1)
+        torch.testing.assert_close(probe(x), probe.head(features))
+    assert [n for n, p in probe.named_parameters() if p.requires_grad] == ["head.weight", "head.bias"]
+    with pytest.raises(
+        ValueError, match="probe.pool='cls_mean': expected 'mean', or 'cls_mean' for a linear probe"
+    ):
+        build_classifier(_cfg(depth=3), probe_pool="cls_mean")
+
+
 def test_pretrained_weights_load_norm_becomes_fc_norm_head_reinitialised():
     mim = _randomise(build_mim_model(model_config(DEBUG, rel_pos_bias="shared"), MIMConfig(vocab_size=16)))
     model = build_classifier(_cfg())
