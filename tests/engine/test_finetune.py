@@ -257,6 +257,9 @@ def test_paper_recipes_have_the_seed_settings():
     )
     hi = load_class_recipe("finetune_base_in1k_384", [])
     assert (hi.model.img_size, hi.data.transform.input_size, hi.schedule.epochs) == (384, 384, 10)
+    # DeiT's 384² setting (seed §3.1): lr 5e-6 at batch 512, constant (min-lr 5e-6), wd 1e-8, no layer decay
+    assert (hi.optim.base_lr, hi.optim.base_batch, hi.optim.min_lr) == (5e-6, 512, 5e-6)
+    assert (hi.optim.weight_decay, hi.optim.layer_decay) == (1e-8, 1.0)
     inter = load_class_recipe("finetune_base_in22k_intermediate", [])
     assert (inter.model.num_classes, inter.schedule.epochs, inter.model.rel_pos_bias) == (
         21841,
