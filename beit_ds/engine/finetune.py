@@ -229,7 +229,7 @@ class _ClassJob:
         self.ema.load_state_dict(client["ema"])
 
 
-def finetune(recipe: ClassRecipe, ds_path: str | Path, resume: str = "auto") -> TrainState:
+def finetune(recipe: ClassRecipe, ds_path: str | Path, resume: str = "auto", overwrite: bool = False) -> TrainState:
     """Fine-tune (or linear-probe) as ``recipe`` says; returns the final ``TrainState``."""
     check_recipe(recipe)
     job = _ClassJob(recipe)
@@ -243,7 +243,7 @@ def finetune(recipe: ClassRecipe, ds_path: str | Path, resume: str = "auto") -> 
         client_state=job.client_state,
         restore=job.restore,
     )
-    return run_job(recipe, ds_path, resume, parts)
+    return run_job(recipe, ds_path, resume, parts, overwrite)
 
 
 def load_class_recipe(name_or_path: str, overrides: list[str]) -> ClassRecipe:

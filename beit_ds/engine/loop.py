@@ -118,7 +118,7 @@ def run_loop(
                 run.save(state)
                 bar.close()
                 io.writer.flush()
-                sig = watch.received.name if watch.received else "a signal on another rank"
+                sig = watch.reason or "a signal on another rank"
                 get_logger().warning("preemption (%s): stopped at step %d", sig, state.step)
                 raise Preempted(run.save.last)
         run.save(state)

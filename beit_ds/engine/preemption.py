@@ -7,10 +7,22 @@ collective — so it only raises a flag. The loop sums the flags over ranks at e
 boundary (together with its non-finite check, no extra collective), so every rank stops at the
 same step, saves, and ``Preempted`` ends the job with exit status ``EXIT_CODE``, which
 ``launch/slurm/job.sh`` turns into ``scontrol requeue``.
+
+Which process to signal (issue 12):
+
+* **under SLURM** — ``scancel`` / preemption / ``scancel --batch --signal=USR1``: every task gets
+  the signal (loader workers ignore it, see ``data/workers.py``);
+* **with the ``deepspeed`` command** — SIGTERM (or SIGHUP, SIGINT) to the ``deepspeed`` command
+  itself. It dies without telling its child ``deepspeed.launcher.launch``, so every rank watches
+  that launcher: once it has lost its parent, the ranks stop at the next step boundary as for a
+  signal, save and exit with ``EXIT_CODE``. SIGUSR1 / SIGTERM sent to the rank processes directly
+  work too. Do not signal ``deepspeed.launcher.launch`` itself: it SIGKILLs the ranks 30 s later,
+  which only leaves time for a small model's checkpoint.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from types import FrameType
@@ -30,17 +42,62 @@ class Preempted(Exception):
         self.step = step
 
 
+def _parent_of(pid: int) -> int | None:
+    """The parent pid of ``pid`` from ``/proc`` (None when it is gone or unreadable)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class LauncherWatch:
+    """The ``deepspeed`` command above this rank, when DeepSpeed's launcher started it: ``gone``
+    once the launcher process lost that parent (the command was killed) or is gone itself."""
+
+    def __init__(self) -> None:
+        self.launch = os.getppid()
+        started = "deepspeed.launcher.launch" in _cmdline(self.launch)
+        self.runner = _parent_of(self.launch) if started else None
+
+    @property
+    def gone(self) -> bool:
+        if self.runner is None:
+            return False
+        return os.getppid() != self.launch or _parent_of(self.launch) != self.runner
+
+
 class PreemptionWatch:
-    """Context manager: while active, SIGUSR1 / SIGTERM set ``requested`` instead of killing us."""
+    """Context manager: while active, SIGUSR1 / SIGTERM set ``requested`` instead of killing us;
+    so does the exit of the ``deepspeed`` command that launched this rank."""
 
     def __init__(self, signals: tuple[signal.Signals, ...] = SIGNALS) -> None:
         self.signals = signals
         self.received: signal.Signals | None = None
+        self.launcher = LauncherWatch()
+        self.launcher_gone = False
         self._previous: dict[signal.Signals, Any] = {}
 
     @property
     def requested(self) -> bool:
-        return self.received is not None
+        """Read once per optimizer step: a flag, and two reads of ``/proc`` under the launcher."""
+        if not self.launcher_gone and self.launcher.gone:
+            self.launcher_gone = True
+        return self.received is not None or self.launcher_gone
+
+    @property
+    def reason(self) -> str | None:
+        if self.received is not None:
+            return self.received.name
+        return "the deepspeed launcher exited" if self.launcher_gone or self.launcher.gone else None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         # no logging here: a handler may run in the middle of a logging call

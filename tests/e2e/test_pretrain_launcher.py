@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+
+from beit_ds.engine.checkpoint import verify
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -208,3 +211,48 @@ def _exports_load_in_timm_and_hf(export: Path) -> None:
         feats = ours.forward_features(x)
         torch.testing.assert_close(tm.forward_features(x), feats, atol=1e-4, rtol=0)
         torch.testing.assert_close(hf(pixel_values=x).last_hidden_state, feats, atol=1e-4, rtol=0)
+
+
+def _alive(out: Path) -> list:
+    import psutil
+
+    mine = f"checkpoint.output_dir={out}"
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if mine in " ".join(p.info["cmdline"] or []):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("target", ["deepspeed", "deepspeed.launcher.launch"])
+def test_sigterm_to_the_launcher_checkpoints_and_ends_the_ranks(tmp_path, target):
+    """README's documented stop: SIGTERM to the ``deepspeed`` command. The ranks notice its exit and
+    save at the next step; SIGTERM to the inner launcher reaches them as SIGTERM within its 30 s grace."""
+    import psutil
+
+    out = tmp_path / "run"
+    proc = _launch(out, "fp32", ["checkpoint.save_every_steps=1000", "data.num_workers=2"])
+    deadline = time.time() + 300
+    while max(_losses(out), default=0) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    victim = psutil.Process(proc.pid)
+    if target != "deepspeed":
+        victim = next(c for c in victim.children(recursive=True) if target in " ".join(c.cmdline()))
+    victim.send_signal(signal.SIGTERM)
+    while _alive(out) and time.time() < deadline:
+        time.sleep(0.5)
+    try:
+        assert not _alive(out), "ranks left running"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log = (out.parent / f"{out.name}.log").read_text(errors="replace")
+    stops = [int(s) for s in re.findall(r"preempted: checkpoint saved at step (\d+)", log)]
+    assert len(stops) == 2 and len(set(stops)) == 1, log[-4000:]  # both ranks, at the same step
+    assert 2 <= stops[0] < 28
+    reason = "the deepspeed launcher exited" if target == "deepspeed" else "SIGTERM"
+    assert f"preemption ({reason})" in log, log[-4000:]
+    assert verify(out / "checkpoints" / f"step_{stops[0]:08d}")["world_size"] == 2

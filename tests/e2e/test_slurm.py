@@ -101,3 +101,33 @@ def test_preemption_signal_checkpoints_requeues_and_resumes(slurm, tmp_path):
     assert rows == list(range(1, 29))  # the requeued run continued where the checkpoint was: no step twice
     pointer = json.loads((out / "checkpoints/latest.json").read_text())
     assert pointer["latest"] == "step_00000028" and f"step_{preempted:08d}" in pointer["history"]
+
+
+def test_scancel_with_loader_workers_still_checkpoints(slurm, tmp_path):
+    """``scancel`` SIGTERMs every process of the job's steps, DataLoader workers included: the
+    workers ignore it, the ranks save at the next step boundary and exit; nothing requeues."""
+    from beit_ds.engine.checkpoint import verify
+
+    out = tmp_path / "run"
+    proc = _sbatch(slurm, out, ["checkpoint.save_every_steps=1000", "data.num_workers=2"], wait=False)
+    assert proc.returncode == 0, proc.stderr
+    job = proc.stdout.strip().split(";")[0]
+    deadline = time.time() + 300
+    while max(_losses(out), default=0) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    subprocess.run(["scancel", job], env=slurm, check=True)  # SIGTERM to the batch script and every task
+    def left() -> bool:  # srun, the ranks and their loader workers all name the run folder
+        pgrep = ["pgrep", "-f", f"checkpoint.output_dir={out}"]
+        return subprocess.run(pgrep, stdout=subprocess.DEVNULL).returncode == 0
+
+    while time.time() < deadline and (left() or _job(slurm, job).get("JobState") == "COMPLETING"):
+        time.sleep(0.5)  # the ranks (and their workers) end by themselves, not at KillWait's SIGKILL
+    assert not left(), "processes left behind"
+    log = _job_output(out)
+    assert _job(slurm, job).get("JobState") == "CANCELLED", log[-4000:]
+    found = re.search(r"preempted: checkpoint saved at step (\d+)", log)
+    assert found, log[-4000:]
+    preempted = int(found.group(1))
+    assert 2 <= preempted < 28
+    assert verify(out / "checkpoints" / f"step_{preempted:08d}")["world_size"] == 2
+    assert "requeueing" not in log and "Traceback" not in log, log[-4000:]
