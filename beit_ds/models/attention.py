@@ -7,9 +7,15 @@ and timm / Hugging Face kept, so tables load across the three.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from beit_ds.models.resize import resize_rel_pos_table
+
+Grid = tuple[int, int]
 
 
 def relative_position_index(grid: tuple[int, int]) -> torch.Tensor:
@@ -31,6 +37,14 @@ def relative_position_index(grid: tuple[int, int]) -> torch.Tensor:
     return index
 
 
+@functools.lru_cache(maxsize=64)
+def cached_index(grid: Grid, device: torch.device) -> torch.Tensor:
+    """``relative_position_index(grid)`` on ``device``, cached per grid (a runtime grid other
+    than the one a model was built for); made outside inference mode so autograd may save it."""
+    with torch.inference_mode(False):
+        return relative_position_index(grid).to(device)
+
+
 def bias_table_rows(grid: tuple[int, int]) -> int:
     """Rows of a relative position bias table for ``grid``: ``(2H-1)(2W-1) + 3``."""
     return (2 * grid[0] - 1) * (2 * grid[1] - 1) + 3
@@ -47,18 +61,32 @@ def gather_bias(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return table[index.view(-1)].view(t, t, -1).permute(2, 0, 1).contiguous()
 
 
+def runtime_bias(module: nn.Module, grid: Grid | None) -> torch.Tensor:
+    """The bias ``[heads, T, T]`` of ``module``'s table (``relative_position_bias_table`` with
+    its ``relative_position_index`` for ``module.grid``) at patch ``grid``: the stored table at
+    the built grid (or ``None``); at another grid the table resized as checkpoint conversion
+    does (``resize_rel_pos_table`` by ``module.rel_pos_resize``, differentiable) with that
+    grid's cached index."""
+    table = module.relative_position_bias_table
+    if grid is None or tuple(grid) == module.grid:
+        return gather_bias(table, module.relative_position_index)
+    resized = resize_rel_pos_table(table, grid, module.rel_pos_resize)
+    return gather_bias(resized, cached_index(tuple(grid), table.device))
+
+
 class RelativePositionBias(nn.Module):
     """A bias table shared by all blocks; computed once per forward (key ``rel_pos_bias.*``)."""
 
-    def __init__(self, grid: tuple[int, int], num_heads: int) -> None:
+    def __init__(self, grid: Grid, num_heads: int, rel_pos_resize: str = "geometric") -> None:
         super().__init__()
-        self.grid = grid
+        self.grid = tuple(grid)
+        self.rel_pos_resize = rel_pos_resize
         self.relative_position_bias_table = new_bias_table(grid, num_heads)
         self.register_buffer("relative_position_index", relative_position_index(grid), persistent=False)
 
-    def forward(self) -> torch.Tensor:
-        """The bias ``[heads, N+1, N+1]``."""
-        return gather_bias(self.relative_position_bias_table, self.relative_position_index)
+    def forward(self, grid: Grid | None = None) -> torch.Tensor:
+        """The bias ``[heads, T, T]`` at patch ``grid`` (default: the built grid, ``T = N + 1``)."""
+        return runtime_bias(self, grid)
 
 
 class Attention(nn.Module):
@@ -66,7 +94,10 @@ class Attention(nn.Module):
 
     ``attn_impl="sdpa"`` runs ``F.scaled_dot_product_attention`` with the relative bias as an
     additive mask; ``"eager"`` is the reference softmax(q kᵀ · scale + bias) v.
-    ``grid`` given: the block owns a per-layer bias table (key ``relative_position_bias_table``).
+    ``grid`` given: the block owns a per-layer bias table (key ``relative_position_bias_table``),
+    resized by ``rel_pos_resize`` when ``forward`` gets another runtime grid.
+    ``probs`` recomputes this block's attention probabilities eagerly (visualisation), so the
+    fused SDPA path of ``forward`` stays as it is.
     """
 
     def __init__(
@@ -74,8 +105,9 @@ class Attention(nn.Module):
         dim: int,
         num_heads: int,
         qkv_bias: bool = True,
-        grid: tuple[int, int] | None = None,
+        grid: Grid | None = None,
         attn_impl: str = "sdpa",
+        rel_pos_resize: str = "geometric",
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -86,6 +118,7 @@ class Attention(nn.Module):
         self.q_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
         self.v_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias else None
         self.relative_position_bias_table = None
+        self.grid, self.rel_pos_resize = (tuple(grid) if grid else None), rel_pos_resize
         if grid is not None:
             self.relative_position_bias_table = new_bias_table(grid, num_heads)
             self.register_buffer("relative_position_index", relative_position_index(grid), persistent=False)
@@ -97,22 +130,45 @@ class Attention(nn.Module):
         k_bias = torch.zeros_like(self.v_bias, requires_grad=False)
         return torch.cat((self.q_bias, k_bias, self.v_bias))
 
-    def forward(self, x: torch.Tensor, shared_bias: torch.Tensor | None = None) -> torch.Tensor:
-        """``x [B, T, D]``, ``shared_bias [heads, T, T]`` or None -> ``[B, T, D]``."""
-        b, t, d = x.shape
+    def _qkv_and_bias(
+        self, x: torch.Tensor, shared_bias: torch.Tensor | None, grid: Grid | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """q, k, v ``[B, heads, T, head_dim]`` and the additive bias ``[1, heads, T, T]`` or None."""
+        b, t, _ = x.shape
         qkv = F.linear(x, self.qkv.weight, self._qkv_bias())
         q, k, v = qkv.view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         bias = shared_bias
         if self.relative_position_bias_table is not None:
-            own = gather_bias(self.relative_position_bias_table, self.relative_position_index)
+            own = runtime_bias(self, grid)
             bias = own if bias is None else bias + own
         if bias is not None:
             bias = bias.to(q.dtype).unsqueeze(0)
+        return q, k, v, bias
+
+    def forward(
+        self, x: torch.Tensor, shared_bias: torch.Tensor | None = None, grid: Grid | None = None
+    ) -> torch.Tensor:
+        """``x [B, T, D]``, ``shared_bias [heads, T, T]`` or None -> ``[B, T, D]``; ``grid``: the
+        patch grid of ``x`` when it is not the built one."""
+        b, t, d = x.shape
+        q, k, v, bias = self._qkv_and_bias(x, shared_bias, grid)
         if self.attn_impl == "sdpa" and not _sdpa_falls_back(q, bias):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         else:
             out = self._eager(q, k, v, bias)
         return self.proj(out.transpose(1, 2).reshape(b, t, d))
+
+    def probs(
+        self, x: torch.Tensor, shared_bias: torch.Tensor | None = None, grid: Grid | None = None
+    ) -> torch.Tensor:
+        """Attention probabilities ``softmax(q kᵀ · scale + bias)`` ``[B, heads, T, T]`` of
+        ``x [B, T, D]`` (this block's input after ``norm1``), computed eagerly in fp32 (or fp64)."""
+        q, k, _, bias = self._qkv_and_bias(x, shared_bias, grid)
+        dtype = torch.promote_types(q.dtype, torch.float32)
+        attn = (q.to(dtype) * self.scale) @ k.to(dtype).transpose(-2, -1)
+        if bias is not None:
+            attn = attn + bias.to(dtype)
+        return attn.softmax(dim=-1)
 
     def _eager(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None

@@ -9,16 +9,20 @@ State-dict keys follow unilm / timm (``patch_embed.proj``, ``cls_token``, ``pos_
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from functools import cache, partial
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from beit_ds.config import ModelConfig
-from beit_ds.models.attention import Attention, RelativePositionBias
+from beit_ds.models.attention import Attention, Grid, RelativePositionBias
 from beit_ds.models.layers import DropPath, Mlp, PatchEmbed, drop_path_rates
+from beit_ds.models.resize import resize_pos_embed
+
+Indices = int | Sequence[int] | None
 
 TRUNC_BOUNDS: dict[str, Callable[[float], float]] = {
     "1std": lambda std: std,  # unilm modeling_pretrain.py: a=-std, b=std (std 0.54·std)
@@ -60,6 +64,7 @@ class Block(nn.Module):
             qkv_bias=cfg.qkv_bias,
             grid=cfg.grid_size if own_bias else None,
             attn_impl=cfg.attn_impl,
+            rel_pos_resize=cfg.rel_pos_resize,
         )
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=cfg.norm_eps)
@@ -70,23 +75,45 @@ class Block(nn.Module):
             self.gamma_2 = nn.Parameter(torch.full((dim,), cfg.layer_scale_init))
         self.compiled = False  # run the branches through torch.compile (Beit.compile_blocks)
 
-    def forward(self, x: torch.Tensor, shared_bias: torch.Tensor | None = None) -> torch.Tensor:
-        """``x [B, T, D]`` -> ``[B, T, D]``; drop path skips the branches of dropped samples."""
+    def forward(
+        self, x: torch.Tensor, shared_bias: torch.Tensor | None = None, grid: Grid | None = None
+    ) -> torch.Tensor:
+        """``x [B, T, D]`` -> ``[B, T, D]``; drop path skips the branches of dropped samples.
+        ``grid``: the patch grid of ``x`` when it is not the built one (None: the built one)."""
         attn_branch, mlp_branch = (
             compiled_branches() if self.compiled else (Block.attn_branch, Block.mlp_branch)
         )
-        x = self.drop_path.residual(x, partial(attn_branch, self, shared_bias=shared_bias))
+        attn = partial(attn_branch, self, shared_bias=shared_bias)
+        x = self.drop_path.residual(x, attn if grid is None else partial(attn, grid=grid))
         return self.drop_path.residual(x, partial(mlp_branch, self))
 
-    def attn_branch(self, x: torch.Tensor, shared_bias: torch.Tensor | None = None) -> torch.Tensor:
+    def attn_branch(
+        self, x: torch.Tensor, shared_bias: torch.Tensor | None = None, grid: Grid | None = None
+    ) -> torch.Tensor:
         """``γ₁ · attn(LN₁(x))``: ``[B, T, D] -> [B, T, D]``."""
-        a = self.attn(self.norm1(x), shared_bias)
+        a = self.attn(self.norm1(x), shared_bias, grid)
         return a if self.gamma_1 is None else self.gamma_1 * a
 
     def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
         """``γ₂ · mlp(LN₂(x))``: ``[B, T, D] -> [B, T, D]``."""
         m = self.mlp(self.norm2(x))
         return m if self.gamma_2 is None else self.gamma_2 * m
+
+
+def take_indices(num_blocks: int, indices: Indices) -> tuple[list[int], int]:
+    """Sorted absolute block indices for ``indices`` (None: all; int ``n``: the last ``n``;
+    a sequence, negative from the end) and the largest; out of range is a ``ValueError``."""
+    if indices is None:
+        indices = num_blocks
+    if isinstance(indices, int):
+        if not 0 < indices <= num_blocks:
+            raise ValueError(f"last {indices} blocks: expected 1 to {num_blocks}")
+        take = list(range(num_blocks - indices, num_blocks))
+    else:
+        take = sorted({i + num_blocks if i < 0 else i for i in indices})
+        if not take or take[0] < 0 or take[-1] >= num_blocks:
+            raise ValueError(f"block indices {list(indices)}: expected some in [-{num_blocks}, {num_blocks})")
+    return take, take[-1]
 
 
 @cache
@@ -123,7 +150,7 @@ class Beit(nn.Module):
             self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + 1, d))
         self.rel_pos_bias = None
         if cfg.rel_pos_bias == "shared":
-            self.rel_pos_bias = RelativePositionBias(cfg.grid_size, cfg.num_heads)
+            self.rel_pos_bias = RelativePositionBias(cfg.grid_size, cfg.num_heads, cfg.rel_pos_resize)
         rates = drop_path_rates(cfg.drop_path_rate, cfg.depth)
         own_bias = cfg.rel_pos_bias == "per_layer"
         self.blocks = nn.ModuleList(Block(cfg, rates[i], own_bias) for i in range(cfg.depth))
@@ -193,29 +220,109 @@ class Beit(nn.Module):
         self.grad_checkpointing = enable
 
     # --- forward -------------------------------------------------------------------------
+    def runtime_grid(self, x: torch.Tensor) -> Grid | None:
+        """The patch grid of images ``x [B, C, H, W]``, or None when it is the built one
+        (``cfg.grid_size``: the stored tables are used as they are)."""
+        grid = self.patch_embed.dynamic_grid(*x.shape[-2:])
+        return None if grid == tuple(self.cfg.grid_size) else grid
+
     def embed(self, x: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
         """Patch embedding + [CLS] (+ absolute positions): ``[B, 3, H, W] -> [B, 1 + N, D]``."""
         if bool_masked_pos is not None:
             raise ValueError("this backbone has no [MASK] token: use BeitForMaskedImageModeling")
-        return self._add_cls_and_pos(self.patch_embed(x))
+        return self._add_cls_and_pos(self.patch_embed(x), self.runtime_grid(x))
 
-    def _add_cls_and_pos(self, x: torch.Tensor) -> torch.Tensor:
+    def _add_cls_and_pos(self, x: torch.Tensor, grid: Grid | None = None) -> torch.Tensor:
         cls = self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype)
         x = torch.cat((cls, x), dim=1)
         if self.pos_embed is not None:
-            x = x + self.pos_embed.to(x.dtype)
+            pos = self.pos_embed if grid is None else resize_pos_embed(self.pos_embed, grid)
+            x = x + pos.to(x.dtype)
         return x
+
+    def _run_blocks(
+        self, x: torch.Tensor, grid: Grid | None, take: Collection[int] = (), stop: int | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Tokens after blocks ``0..stop`` (all by default) and the outputs of blocks ``take``."""
+        shared = self.rel_pos_bias(grid) if self.rel_pos_bias is not None else None
+        taken = []
+        for i, block in enumerate(self.blocks if stop is None else self.blocks[: stop + 1]):
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, shared, grid, use_reentrant=False)
+            else:
+                x = block(x, shared, grid)
+            if i in take:
+                taken.append(x)
+        return x, taken
 
     def forward_features(self, x: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
         """All tokens after the last block and ``norm``: ``[B, 1 + N, D]``."""
-        x = self.embed(x, bool_masked_pos)
-        shared = self.rel_pos_bias() if self.rel_pos_bias is not None else None
-        for block in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, shared, use_reentrant=False)
-            else:
-                x = block(x, shared)
+        grid = self.runtime_grid(x)
+        x, _ = self._run_blocks(self.embed(x, bool_masked_pos), grid)
         return self.norm(x)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Indices = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        bool_masked_pos: torch.Tensor | None = None,
+    ) -> list[Any] | tuple[torch.Tensor, list[Any]]:
+        """The outputs of blocks ``indices`` for images ``x [B, 3, H, W]`` (timm's signature).
+
+        ``indices``: None = every block, an int ``n`` = the last ``n``, a sequence = those blocks
+        (negative from the end); returned in block order. Each is ``[B, D, H/p, W/p]``
+        (``output_fmt="NCHW"``) or ``[B, N, D]`` (``"NLC"``) patch tokens, after ``norm`` when
+        ``norm``; ``return_prefix_tokens`` pairs each with its [CLS] token ``[B, 1, D]``.
+        ``stop_early`` runs no block after the last chosen one. Returns the list, or with
+        ``intermediates_only=False`` ``(norm(final tokens) [B, 1 + N, D], list)``.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt={output_fmt!r}: expected 'NCHW' or 'NLC'")
+        take, last = take_indices(len(self.blocks), indices)
+        b, (gh, gw) = x.shape[0], self.patch_embed.dynamic_grid(*x.shape[-2:])
+        grid = self.runtime_grid(x)
+        tokens = self.embed(x, bool_masked_pos)
+        x, taken = self._run_blocks(tokens, grid, take, last if stop_early else None)
+        taken = [self.norm(t) if norm else t for t in taken]
+        feats = [t[:, 1:] for t in taken]
+        if output_fmt == "NCHW":
+            feats = [f.reshape(b, gh, gw, -1).permute(0, 3, 1, 2).contiguous() for f in feats]
+        out: list[Any] = list(zip(feats, (t[:, :1] for t in taken))) if return_prefix_tokens else feats
+        return out if intermediates_only else (self.norm(x), out)
+
+    def prune_intermediate_layers(
+        self, indices: Indices = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the blocks after the last of ``indices`` (as ``forward_intermediates``), with
+        ``prune_norm`` the final ``norm``, with ``prune_head`` ``fc_norm`` and ``head`` (timm's
+        semantics); returns the kept indices. Their keys leave the state dict."""
+        take, last = take_indices(len(self.blocks), indices)
+        del self.blocks[last + 1 :]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.fc_norm, self.head = None, None
+        return take
+
+    def attention_probs(
+        self, x: torch.Tensor, block: int, bool_masked_pos: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Attention probabilities ``[B, heads, 1 + N, 1 + N]`` of block ``block`` (negative from
+        the end) for images ``x``: the blocks before it run as usual (fused SDPA), that block's
+        softmax(q kᵀ/√d + relative position bias) is recomputed eagerly in fp32 (rows sum to 1)."""
+        (i,), _ = take_indices(len(self.blocks), [block])
+        grid = self.runtime_grid(x)
+        tokens = self.embed(x, bool_masked_pos)
+        if i > 0:
+            tokens, _ = self._run_blocks(tokens, grid, stop=i - 1)
+        shared = self.rel_pos_bias(grid) if self.rel_pos_bias is not None else None
+        target = self.blocks[i]
+        return target.attn.probs(target.norm1(tokens), shared, grid)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[B, 1 + N, D] -> [B, D]``: mean of patch tokens + ``fc_norm``, or the [CLS] token."""

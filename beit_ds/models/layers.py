@@ -15,7 +15,8 @@ from torch import nn
 class PatchEmbed(nn.Module):
     """Split an image into non-overlapping ``patch_size`` patches and embed each linearly.
 
-    ``[B, C, H, W] -> [B, N, D]`` with ``N = (H / p) · (W / p)``.
+    ``[B, C, H, W] -> [B, N, D]`` with ``N = (H / p) · (W / p)``; ``img_size`` / ``grid_size`` /
+    ``num_patches`` describe the size the model was built for, any multiple of ``p`` runs.
     """
 
     def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int) -> None:
@@ -26,13 +27,19 @@ class PatchEmbed(nn.Module):
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _, _, h, w = x.shape
-        if (h, w) != (self.img_size, self.img_size):
+    def dynamic_grid(self, h: int, w: int) -> tuple[int, int]:
+        """The patch grid of an ``h×w`` input (each a multiple of ``patch_size``)."""
+        p = self.patch_size
+        if h % p or w % p:
             raise ValueError(
-                f"input image is {h}x{w}: expected {self.img_size}x{self.img_size}"
-                " (model.img_size; interpolate position tables to change it)"
+                f"input image is {h}x{w}: expected sides that are multiples of model.patch_size={p}"
+                f" (built for {self.img_size}x{self.img_size})"
             )
+        return (h // p, w // p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W] -> [B, (H/p)·(W/p), D]`` for any ``H, W`` that are multiples of ``p``."""
+        self.dynamic_grid(*x.shape[-2:])
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
