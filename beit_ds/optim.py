@@ -3,49 +3,83 @@
 Groups are built from the model's own metadata (``no_weight_decay()``, ``layer_id()``,
 ``num_layers``): biases, 1-d weights (norms, LayerScale) and the names ``no_weight_decay()``
 gives get no weight decay — by default unilm's ``cls_token`` and ``pos_embed`` only, so
-``mask_token`` and relative-position tables are decayed as in unilm (``model.wd_exempt``); with ``layer_decay < 1`` each layer's lr is scaled by
-``layer_decay ** (num_layers - 1 - layer_id)``. The engine hands the groups to DeepSpeed, which
+``mask_token`` and relative-position tables are decayed as in unilm (``model.wd_exempt``); with
+``layer_decay < 1`` each layer's lr is scaled by ``layer_decay ** (num_layers - 1 - layer_id)``.
+The metadata is looked up on the backbone wherever it sits in the model (``layered_submodules``),
+so a wrapper of the backbone gets the backbone's groups. The engine hands the groups to DeepSpeed, which
 builds AdamW (torch's, or DeepSpeed's fused kernel on GPU; NVIDIA apex is never required).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
 
 
-class LayeredModel(Protocol):
-    """What ``param_groups`` needs from a model (``Beit`` provides it)."""
+def layered_submodules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(prefix, module)`` for the outermost modules (``model`` itself included, prefix ``""``)
+    that carry layer metadata (``layer_id`` and ``num_layers``, as ``Beit`` does): the backbone of
+    a wrapper (backbone + decoder, student + projection head), or the model itself."""
+    found: list[tuple[str, nn.Module]] = []
+    for name, module in model.named_modules():
+        if not (callable(getattr(module, "layer_id", None)) and hasattr(module, "num_layers")):
+            continue
+        if not any(p == "" or name.startswith(p + ".") for p, _ in found):  # inside one already found
+            found.append((name, module))
+    return found
 
-    num_layers: int
 
-    def no_weight_decay(self) -> set[str]: ...
+def _owner(name: str, layered: list[tuple[str, nn.Module]]) -> tuple[str, nn.Module | None, str]:
+    """The layered module holding parameter ``name``, with the name relative to it."""
+    for prefix, module in layered:
+        if prefix == "":
+            return prefix, module, name
+        if name.startswith(prefix + "."):
+            return prefix, module, name[len(prefix) + 1 :]
+    return "", None, name
 
-    def layer_id(self, name: str) -> int: ...
 
-    def named_parameters(self) -> Any: ...
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Full names ``model`` and its layered submodules exempt from weight decay by name
+    (``no_weight_decay()``, each relative to its own module)."""
+    names = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    for prefix, module in layered_submodules(model):
+        if prefix and hasattr(module, "no_weight_decay"):
+            names |= {f"{prefix}.{n}" for n in module.no_weight_decay()}
+    return names
 
 
 def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict[str, Any]]:
     """AdamW groups ``{"params", "weight_decay", "lr_scale", "group_name"}``, frozen params left out.
 
-    A model without BEiT's metadata (e.g. the dVAE) gets the ndim ≤ 1 rule and no layer decay.
+    Metadata composes (house style rule 23): a parameter inside a layered submodule (a ``Beit``
+    anywhere in ``model``) gets that module's no-decay names and layer id, so a wrapper of the
+    backbone gets, per backbone parameter, the groups of the backbone alone; the wrapper's own
+    parameters (a decoder, a projection head) are the last layer (lr scale 1), decayed by the
+    ndim ≤ 1 / ``.bias`` rule. A model without layers (e.g. the dVAE) gets that rule and no decay.
+    Several layered submodules: each scales by its own depth, groups named by its prefix.
 
     ``weight_decay`` is the initial value; ``apply_schedule`` rescales decayed groups later.
     """
-    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    if layer_decay < 1.0 and not hasattr(model, "layer_id"):
+    layered = layered_submodules(model)
+    if layer_decay < 1.0 and not layered:
         raise ValueError(f"optim.layer_decay={layer_decay}: {type(model).__name__} has no layers to decay")
-    num_layers = getattr(model, "num_layers", 1)
+    skip = no_weight_decay_names(model)
     groups: dict[str, dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         no_decay = p.ndim <= 1 or name in skip or name.endswith(".bias")
-        layer = model.layer_id(name) if layer_decay < 1.0 else 0
+        prefix, owner, relative = _owner(name, layered)
+        if owner is None and len(layered) == 1:  # beside the one backbone: its last layer
+            (prefix, owner), relative = layered[0], None
+        num_layers = owner.num_layers if owner is not None and layer_decay < 1.0 else 1
+        layer = num_layers - 1 if relative is None or num_layers == 1 else owner.layer_id(relative)
         key = f"layer_{layer}_{'no_decay' if no_decay else 'decay'}"
+        if len(layered) > 1:
+            key = f"{prefix if owner is not None else 'rest'}.{key}"
         if key not in groups:
             scale = layer_decay ** (num_layers - 1 - layer) if layer_decay < 1.0 else 1.0
             groups[key] = {
