@@ -4,13 +4,14 @@
 ``fc_norm`` LayerNorm (the seed's choice, ``model.global_pool="avg"``) or the [CLS] token after
 ``norm`` (``"token"``). The head starts at trunc-normal(0.02) × ``head_init_scale`` (unilm's
 0.001), so fine-tuning starts from near-uniform predictions. With ``probe_layer=k`` it is the
-linear probe of App. D: blocks after ``k`` are dropped, the backbone is frozen and the head reads
-the plain mean of block ``k``'s patch tokens (no norm, no BatchNorm), or with
-``probe_pool="cls_mean"`` the [CLS] token concatenated with that mean (unilm's linear probe).
+linear probe of App. D: the backbone is frozen and the head reads block ``k``'s tokens from
+``forward_intermediates`` (the blocks after ``k`` and the final norms are pruned with
+``prune_intermediate_layers``, so they neither run nor enter the state dict): the plain mean of
+its patch tokens (no norm, no BatchNorm), or with ``probe_pool="cls_mean"`` the [CLS] token
+concatenated with that mean (unilm's linear probe).
 
-``load_backbone`` decides which keys of a checkpoint (already in our layout, see ``convert.py``)
-may be absent or left over — MIM-only keys, a re-initialised head, ``norm`` replaced by
-``fc_norm``, the blocks a probe drops — and names any other difference in one line.
+``load_backbone`` is ``loading.load_backbone`` (MIM keys dropped, positions adapted, head
+policy, one-line errors), the free function any task calls.
 State-dict keys stay timm's / unilm's (``fc_norm``, ``head``).
 """
 
@@ -24,10 +25,10 @@ from torch import nn
 
 from beit_ds.config import ModelConfig
 from beit_ds.models.beit import Beit, init_module, trunc_normal
-from beit_ds.models.convert import MIM_KEYS, adapt_positions, key_report
+from beit_ds.models.loading import HEAD_KEYS, load_backbone
 
 Tensors = dict[str, torch.Tensor]
-HEAD_KEYS = ("head.weight", "head.bias")
+__all__ = ["HEAD_KEYS", "BeitForImageClassification", "ClassifierOutput", "soft_target_cross_entropy"]
 
 
 @dataclass
@@ -75,16 +76,21 @@ class BeitForImageClassification(Beit):
             self.head.bias.mul_(head_init_scale)
         self.probe_layer = probe_layer
         if probe_layer is not None:
-            del self.blocks[probe_layer:]
-            self.norm, self.fc_norm = nn.Identity(), None
+            self.prune_intermediate_layers([probe_layer - 1], prune_norm=True, prune_head=False)
+            self.fc_norm = None  # the probe pools block k itself
             for name, p in self.named_parameters():
                 p.requires_grad_(name in HEAD_KEYS)
 
     def forward_features(self, x: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens ``[B, 1 + N, D]`` after the last block and ``norm`` (after block ``probe_layer``
         without norm for a probe, computed without autograd: nothing before the head trains)."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.probe_layer is None):
+        if self.probe_layer is None:
             return super().forward_features(x, bool_masked_pos)
+        with torch.no_grad():
+            ((patches, cls),) = self.forward_intermediates(
+                x, [self.probe_layer - 1], True, stop_early=True, output_fmt="NLC", intermediates_only=True
+            )
+        return torch.cat((cls, patches), dim=1)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[B, 1 + N, D] -> [B, D]``; a probe takes the plain mean of the patch tokens
@@ -110,50 +116,6 @@ class BeitForImageClassification(Beit):
 
     # --- loading ---------------------------------------------------------------------------
     def load_backbone(self, sd: Tensors, head: str = "auto", source: str = "weights") -> list[str]:
-        """Load ``sd`` (our layout) for fine-tuning; returns the keys left at their initial value.
-
-        Resolution and relative-bias layout are adapted (``convert.adapt_positions``). ``head``:
-        ``"auto"`` keeps the checkpoint's classifier only when its class count matches,
-        ``"reset"`` never keeps it, ``"keep"`` requires it. Any other missing or unexpected key,
-        or a shape that differs, raises a one-line ``ValueError`` naming ``source``.
-        """
-        sd = {k: v for k, v in adapt_positions(sd, self.cfg).items() if k not in MIM_KEYS}
-        own = self.state_dict()
-        head_fits = all(k in sd and sd[k].shape == own[k].shape for k in HEAD_KEYS)
-        if head == "keep" and not head_fits:
-            has = (
-                f"a {sd['head.weight'].shape[0]}-class head" if "head.weight" in sd else "no classifier head"
-            )
-            raise ValueError(
-                f"{source}: has {has}, model.num_classes={self.cfg.num_classes} (set finetune.head=reset"
-                " or auto to train a new head)"
-            )
-        if head == "reset" or not head_fits:
-            sd = {k: v for k, v in sd.items() if k not in HEAD_KEYS}
-        allowed_missing, allowed_unexpected = self._expected_differences(sd)
-        missing = [k for k in own if k not in sd and k not in allowed_missing]
-        unexpected = [k for k in sd if k not in own and k not in allowed_unexpected]
-        if missing or unexpected:
-            raise ValueError(f"{source}: does not fit this model: {key_report(missing, unexpected)}")
-        for key in own:  # in model order: the first mismatch is named
-            if key in sd and sd[key].shape != own[key].shape:
-                raise ValueError(
-                    f"{source}: {key} has shape {list(sd[key].shape)}, the model {list(own[key].shape)}"
-                    " (model.embed_dim / depth / num_heads / mlp_ratio must match the weights)"
-                )
-        self.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
-        return sorted(k for k in own if k not in sd)
-
-    def _expected_differences(self, sd: Tensors) -> tuple[set[str], set[str]]:
-        """Keys that may be missing from ``sd`` / left over in it without being an error."""
-        missing = set(HEAD_KEYS)
-        unexpected: set[str] = set()
-        if self.fc_norm is not None and "fc_norm.weight" not in sd:  # pre-trained: norm -> fc_norm
-            missing |= {"fc_norm.weight", "fc_norm.bias"}
-            unexpected |= {"norm.weight", "norm.bias"}
-        if self.probe_layer is not None:
-            unexpected |= {k for k in sd if k.startswith(("norm.", "fc_norm."))}
-            unexpected |= {
-                k for k in sd if k.startswith("blocks.") and int(k.split(".")[1]) >= self.probe_layer
-            }
-        return missing, unexpected
+        """Load ``sd`` (our layout) for fine-tuning; returns the keys left at their initial value
+        (``loading.load_backbone``: ``head`` is ``"auto"``, ``"reset"`` or ``"keep"``)."""
+        return load_backbone(self, sd, head, source)

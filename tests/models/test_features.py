@@ -181,13 +181,18 @@ def test_attention_probs_of_one_block(variant: str) -> None:
             expected = _eager_attention(model.blocks[i], tokens, shared)
             assert probs.shape == (2, 2, 65, 65)
             torch.testing.assert_close(probs, expected, atol=1e-5, rtol=0)
-            torch.testing.assert_close(probs.sum(-1), torch.ones(2, 2, 65, dtype=torch.float64), atol=1e-5, rtol=0)
+            torch.testing.assert_close(
+                probs.sum(-1), torch.ones(2, 2, 65, dtype=torch.float64), atol=1e-5, rtol=0
+            )
             # the probabilities reproduce the fused SDPA block output
             attn = model.blocks[i].attn
             h = model.blocks[i].norm1(tokens)
-            v = (h @ attn.qkv.weight.T)[..., 64:].view(2, 65, 2, 16).transpose(1, 2) + attn.v_bias.view(2, 1, 16)
+            v = h @ attn.qkv.weight[64:].T + attn.v_bias
+            v = v.view(2, 65, 2, 16).transpose(1, 2)
             out = attn.proj((probs @ v).transpose(1, 2).reshape(2, 65, 32))
             torch.testing.assert_close(out, attn(h, shared), atol=1e-5, rtol=0)
         at_other_size = model.attention_probs(_images(32, 48), -1)
     assert at_other_size.shape == (2, 2, 97, 97)
-    torch.testing.assert_close(at_other_size.sum(-1), torch.ones(2, 2, 97, dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        at_other_size.sum(-1), torch.ones(2, 2, 97, dtype=torch.float64), atol=1e-5, rtol=0
+    )

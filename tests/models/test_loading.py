@@ -1,0 +1,145 @@
+"""Backbone loading as a free function (any model that contains a Beit), the linear probe built
+on ``forward_intermediates``, and ``load_export`` of export folders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from beit_ds.config import MIMConfig
+from beit_ds.config_io import to_dict
+from beit_ds.engine.export import save_weights
+from beit_ds.models import (
+    Beit,
+    BeitForImageClassification,
+    BeitForMaskedImageModeling,
+    build_classifier,
+    build_mim_model,
+    build_model,
+    load_backbone,
+    load_export,
+    model_config,
+)
+
+DEBUG = "beit_debug_patch4_32"
+
+
+def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return model.eval()
+
+
+def _x(h: int = 32, w: int = 32) -> torch.Tensor:
+    return torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(3))
+
+
+def _pretrained(depth: int = 3) -> BeitForMaskedImageModeling:
+    cfg = model_config(DEBUG, depth=depth, rel_pos_bias="shared", use_abs_pos_emb=True)
+    return _randomise(build_mim_model(cfg, MIMConfig(vocab_size=16)))
+
+
+class _Segmenter(nn.Module):
+    """Backbone + decoder: what a segmentation task builds; it loads with ``load_backbone``."""
+
+    def __init__(self, depth: int = 3) -> None:
+        super().__init__()
+        cfg = model_config(DEBUG, depth=depth, rel_pos_bias="per_layer", use_abs_pos_emb=True, img_size=48)
+        self.backbone = build_model(cfg)
+        self.decoder = nn.Conv2d(32, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.backbone.forward_intermediates(x, [-1], intermediates_only=True)[0])
+
+
+def test_a_wrapper_loads_pretrained_weights_like_the_classifier():
+    """MIM keys dropped, shared table -> per layer, 32 -> 48 positions: the wrapped backbone ends
+    with exactly the weights the classifier's ``load_backbone`` gives the same backbone."""
+    mim = _pretrained()
+    seg = _Segmenter()
+    fresh = load_backbone(seg.backbone, mim.state_dict(), source="init")
+    assert fresh == []  # no head, no fc_norm: every backbone key comes from the checkpoint
+    clf = build_classifier(seg.backbone.cfg.replace(global_pool="token", num_classes=5))
+    assert clf.load_backbone(mim.state_dict()) == ["head.bias", "head.weight"]
+    for key, value in seg.backbone.state_dict().items():
+        torch.testing.assert_close(value, clf.state_dict()[key], atol=0, rtol=0)
+    assert seg(_x(48, 64)).shape == (2, 4, 12, 16)  # and it runs at another size
+    with pytest.raises(
+        ValueError, match=r"^init: does not fit this model: unexpected 30 keys \(blocks.3.gamma_1"
+    ):
+        load_backbone(_Segmenter(depth=3).backbone, _pretrained(depth=5).state_dict(), source="init")
+    with pytest.raises(ValueError, match="head='drop': expected one of auto, reset, keep"):
+        load_backbone(seg.backbone, mim.state_dict(), head="drop")
+
+
+@pytest.mark.parametrize("pool", ["mean", "cls_mean"])
+def test_probe_reads_block_k_from_forward_intermediates_with_todays_keys(pool):
+    full = _randomise(build_classifier(model_config(DEBUG, depth=3, global_pool="avg", num_classes=5)))
+    probe = build_classifier(full.cfg, probe_layer=2, probe_pool=pool)
+    probe.load_backbone(full.state_dict(), head="reset")
+    # the state dict of before issue 13: blocks 0..k-1, no norm / fc_norm, the head
+    expected_keys = [
+        k for k in full.state_dict() if not k.startswith(("blocks.2.", "norm.", "fc_norm.", "head."))
+    ] + ["head.weight", "head.bias"]
+    assert list(probe.state_dict()) == expected_keys
+    x = _x()
+    with torch.no_grad():
+        patches, cls = full.forward_intermediates(
+            x, [1], return_prefix_tokens=True, output_fmt="NLC", intermediates_only=True
+        )[0]
+        features = patches.mean(1) if pool == "mean" else torch.cat((cls[:, 0], patches.mean(1)), -1)
+        torch.testing.assert_close(probe(x), probe.head(features), atol=0, rtol=0)
+
+
+def _write_export(tmp_path, model: nn.Module, recipe: dict, name: str = "out"):
+    """An export folder as engine/export.py and export_classifier write it."""
+    out = tmp_path / name
+    out.mkdir()
+    save_weights(model.state_dict(), out / "model.safetensors", source="test")
+    (out / "recipe.json").write_text(json.dumps(recipe, indent=1))
+    return out
+
+
+def test_load_export_rebuilds_each_kind_without_restating_the_architecture(tmp_path):
+    x = _x()
+    mim = _pretrained()
+    clf = _randomise(build_classifier(model_config(DEBUG, depth=3, global_pool="avg", num_classes=5)))
+    probe = build_classifier(clf.cfg, probe_layer=2, probe_pool="cls_mean")
+    probe.load_backbone(clf.state_dict(), head="reset")
+    backbone = _randomise(build_model(model_config(DEBUG, depth=2, global_pool="none")))
+    cases = [
+        (
+            mim,
+            {"model": to_dict(mim.cfg), "mim": to_dict(mim.mim), "optim": {"lr": 1e-3}},
+            BeitForMaskedImageModeling,
+        ),
+        (clf, {"model": to_dict(clf.cfg), "finetune": {"init": "x"}}, BeitForImageClassification),
+        (
+            probe,
+            {"model": to_dict(probe.cfg), "probe": {"layer": 2, "pool": "cls_mean"}},
+            BeitForImageClassification,
+        ),
+        (backbone, {"model": to_dict(backbone.cfg)}, Beit),
+    ]
+    for i, (model, recipe, cls) in enumerate(cases):
+        loaded = load_export(_write_export(tmp_path, model, recipe, f"e{i}"))
+        assert type(loaded) is cls and not loaded.training
+        assert loaded.state_dict().keys() == model.state_dict().keys()
+        with torch.no_grad():
+            if cls is BeitForMaskedImageModeling:
+                mask = torch.zeros(2, 64, dtype=torch.bool)
+                mask[:, ::2] = True
+                tokens = torch.randint(0, 16, (2, 64))
+                torch.testing.assert_close(
+                    loaded(x, mask, tokens).loss, model(x, mask, tokens).loss, atol=0, rtol=0
+                )
+            else:
+                torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
+    assert load_export(tmp_path / "e2").probe_layer == 2
+    with pytest.raises(FileNotFoundError, match="no model_ema.safetensors"):
+        load_export(tmp_path / "e1", ema=True)
