@@ -3,7 +3,10 @@ embedding and predict the visual token of each masked patch.
 
 ``BeitForMaskedImageModeling`` is a ``Beit`` backbone plus ``mask_token`` and ``lm_head`` (the
 backbone's final ``norm`` is the head's LayerNorm), so its state dict is unilm's pre-training
-layout. The LM head runs **only on masked positions** unless ``predict_all`` (ablation).
+layout. The loss counts **only masked positions** unless ``predict_all`` (ablation): the LM head
+runs on every position and a mask-weighted mean (MAE's form) replaces gathering the masked
+tokens, so no shape depends on the mask and nothing waits for the device (house style rule 24;
+the step compiles with ``torch.compile(fullgraph=True)``).
 The pixel-regression ablation (Table 4) regresses the raw pixels of the patches with an MSE loss
 (``mim.pixel_target: raw``; ``normalized`` standardises each patch first, as MAE does).
 """
@@ -24,15 +27,16 @@ from beit_ds.models.beit import Beit, init_module, trunc_normal
 class MIMOutput:
     """Result of a MIM forward pass.
 
-    ``logits``: ``[M, V]`` for the M masked patches (``[B·N, V]`` with ``predict_all``), or the
-    predicted pixels ``[M, p·p·C]``; ``accuracy``: fraction of masked patches whose token is
-    predicted exactly (NaN for pixel targets); ``num_masked``: M.
+    ``logits``: ``[B·N, V]`` for every patch (the loss reads the masked ones, select them with
+    ``bool_masked_pos.flatten()``), or the predicted pixels ``[B·N, p·p·C]``; ``accuracy``:
+    fraction of masked patches whose token is predicted exactly (NaN for pixel targets);
+    ``num_masked``: M, a 0-d tensor on the model's device (``int()`` it off the hot path).
     """
 
     loss: torch.Tensor
     logits: torch.Tensor
     accuracy: torch.Tensor
-    num_masked: int
+    num_masked: torch.Tensor
 
 
 def patchify(images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -69,26 +73,27 @@ class BeitForMaskedImageModeling(Beit):
 
     def embed(self, x: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
         """Patch embedding with masked positions replaced by ``mask_token``, + [CLS]."""
-        x = self.patch_embed(x)
+        grid = self.runtime_grid(x)
+        patches = self.patch_embed(x)
         if bool_masked_pos is not None:
-            mask = self._flat_mask(bool_masked_pos, x.shape[0])
-            x = torch.where(mask.unsqueeze(-1), self.mask_token.to(x.dtype), x)
-        return self._add_cls_and_pos(x)
+            mask = self._flat_mask(bool_masked_pos, x)
+            patches = torch.where(mask.unsqueeze(-1), self.mask_token.to(patches.dtype), patches)
+        return self._add_cls_and_pos(patches, grid)
 
-    def _flat_mask(self, bool_masked_pos: torch.Tensor, batch: int) -> torch.Tensor:
+    def _flat_mask(self, bool_masked_pos: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """``bool_masked_pos`` as ``[B, N]`` bool for the patch grid of ``images``."""
         mask = bool_masked_pos.reshape(bool_masked_pos.shape[0], -1)
-        n = self.patch_embed.num_patches
-        if mask.shape != (batch, n):
+        batch, (gh, gw) = images.shape[0], self.patch_embed.dynamic_grid(*images.shape[-2:])
+        if mask.shape != (batch, gh * gw):
             raise ValueError(
                 f"bool_masked_pos has shape {tuple(bool_masked_pos.shape)}: expected"
-                f" [{batch}, {n}] (or [{batch}, {self.cfg.grid_size[0]}, {self.cfg.grid_size[1]}])"
-                " for this model's patch grid"
+                f" [{batch}, {gh * gw}] (or [{batch}, {gh}, {gw}]) for this model's patch grid"
             )
         return mask.bool()
 
     def forward(self, images: torch.Tensor, bool_masked_pos: torch.Tensor, target: torch.Tensor) -> MIMOutput:
         tokens = self.forward_features(images, bool_masked_pos)[:, 1:]  # [B, N, D]
-        mask = self._flat_mask(bool_masked_pos, images.shape[0])
+        mask = self._flat_mask(bool_masked_pos, images)
         if self.mim.target == "pixels":
             return self._pixel_loss(tokens, mask, target)
         return self._token_loss(tokens, mask, target)
@@ -97,17 +102,17 @@ class BeitForMaskedImageModeling(Beit):
         labels = target.reshape(target.shape[0], -1)
         if labels.shape != mask.shape:
             raise ValueError(f"token target has shape {tuple(target.shape)}: expected {tuple(mask.shape)}")
+        logits = self.lm_head(tokens).flatten(0, 1)  # [B·N, V]
+        weight = mask.flatten().float()
+        num_masked = weight.sum()
         if self.mim.predict_all:
-            logits = self.lm_head(tokens).flatten(0, 1)  # [B·N, V]
             loss = F.cross_entropy(logits.float(), labels.flatten())
-            hit = logits.argmax(-1) == labels.flatten()
-            accuracy = hit[mask.flatten()].float().mean()
-        else:
-            logits = self.lm_head(tokens[mask])  # [M, V]: masked positions only
-            masked_labels = labels[mask]
-            loss = F.cross_entropy(logits.float(), masked_labels)
-            accuracy = (logits.argmax(-1) == masked_labels).float().mean()
-        return MIMOutput(loss, logits, accuracy.detach(), int(mask.sum()))
+        else:  # the mean over masked positions, without gathering them (no data-dependent shape)
+            ce = F.cross_entropy(logits.float(), labels.flatten(), reduction="none")
+            loss = (ce * weight).sum() / num_masked
+        hit = (logits.detach().argmax(-1) == labels.flatten()).float()
+        accuracy = (hit * weight).sum() / num_masked
+        return MIMOutput(loss, logits, accuracy, num_masked.long())
 
     def _pixel_loss(self, tokens: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> MIMOutput:
         patches = patchify(target, self.cfg.grid_size).float()
@@ -120,8 +125,13 @@ class BeitForMaskedImageModeling(Beit):
             mean = patches.mean(dim=-1, keepdim=True)
             var = patches.var(dim=-1, keepdim=True)
             patches = (patches - mean) / (var + self.mim.pixel_norm_eps).sqrt()
-        select = torch.ones_like(mask) if self.mim.predict_all else mask
-        pred = self.lm_head(tokens[select])
-        loss = F.mse_loss(pred.float(), patches[select])
-        nan = torch.tensor(float("nan"), device=pred.device)
-        return MIMOutput(loss, pred, nan, int(mask.sum()))
+        pred = self.lm_head(tokens).flatten(0, 1)  # [B·N, p·p·C]
+        patches = patches.flatten(0, 1)
+        weight = mask.flatten().float()
+        if self.mim.predict_all:
+            loss = F.mse_loss(pred.float(), patches)
+        else:  # mean over the masked patches' values, as MSE on the gathered rows
+            per_patch = (pred.float() - patches).square().mean(dim=-1)
+            loss = (per_patch * weight).sum() / weight.sum()
+        nan = torch.full((), float("nan"), device=pred.device)
+        return MIMOutput(loss, pred, nan, weight.sum().long())

@@ -293,7 +293,7 @@ class DalleTokenizer(nn.Module):
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Images ``[B, 3, S, S]`` in [0.1, 0.9] -> logits ``[B, vocab, S/8, S/8]`` (fp32)."""
-        check_images(images, self.input_size, self.in_channels, self.preprocess, "DALL-E tokenizer")
+        check_images(images, self.input_size, self.in_channels, self.preprocess, "DALL-E tokenizer", self)
         dtype = self.encoder.blocks.input.w.dtype
         x = images.to(dtype=dtype).contiguous(memory_format=torch.channels_last)
         return (self.encoder if self._compiled is None else self._compiled)(x).float()

@@ -189,7 +189,7 @@ class DiscreteVAE(nn.Module):
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """[0, 1] images ``[B, C, S, S]`` -> token ids ``LongTensor[B, S/d, S/d]``."""
-        check_images(images, self.input_size, self.in_channels, self.preprocess, "dVAE tokenizer")
+        check_images(images, self.input_size, self.in_channels, self.preprocess, "dVAE tokenizer", self)
         dtype = self.codebook.weight.dtype
         return self.encoder(images.to(dtype)).argmax(dim=1)
 

@@ -1,4 +1,5 @@
-"""MIM head: [MASK] substitution, masked-only LM head, token / pixel targets, accuracy."""
+"""MIM head: [MASK] substitution, mask-weighted loss (no data-dependent shapes), token / pixel
+targets, accuracy."""
 
 from __future__ import annotations
 
@@ -22,20 +23,48 @@ def _batch(b: int = 3):
     return torch.randn(b, 3, 32, 32), mask, torch.randint(0, VOCAB, (b, 8, 8))
 
 
+def _gathered_loss(model, images, mask, tokens):
+    """The loss as the model computed it before issue 13: the LM head on the gathered masked
+    tokens (a data-dependent shape), cross-entropy and accuracy over those rows."""
+    feats = model.forward_features(images, mask)[:, 1:]
+    logits = model.lm_head(feats[mask.flatten(1)])
+    labels = tokens.flatten(1)[mask.flatten(1)]
+    return logits, F.cross_entropy(logits, labels), (logits.argmax(-1) == labels).float().mean()
+
+
 def test_loss_is_cross_entropy_on_masked_positions_only():
     model = build_mim_model(CFG, MIMConfig(vocab_size=VOCAB))
     images, mask, tokens = _batch()
     out = model(images, mask, tokens)
-    assert out.num_masked == int(mask.sum()) and out.logits.shape == (out.num_masked, VOCAB)
-    # recompute from the features: the head sees masked positions only
-    feats = model.forward_features(images, mask)[:, 1:]
-    logits = model.lm_head(feats[mask.flatten(1)])
-    expected = F.cross_entropy(logits, tokens.flatten(1)[mask.flatten(1)])
-    torch.testing.assert_close(out.loss, expected)
-    acc = (logits.argmax(-1) == tokens.flatten(1)[mask.flatten(1)]).float().mean()
-    torch.testing.assert_close(out.accuracy, acc)
+    assert int(out.num_masked) == int(mask.sum()) and out.num_masked.dtype == torch.long
+    assert out.logits.shape == (3 * 64, VOCAB)  # every position; the loss weights the masked ones
+    logits, loss, acc = _gathered_loss(model, images, mask, tokens)
+    torch.testing.assert_close(out.logits[mask.flatten()], logits, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.loss, loss, atol=1e-6, rtol=0)
+    assert out.accuracy.item() == acc.item()
     # an untrained head is near-uniform: loss ≈ ln(V)
     assert abs(out.loss.item() - np.log(VOCAB)) < 0.5
+
+
+def test_forward_and_loss_compile_fullgraph_without_host_syncs():
+    """No data-dependent shape or ``.item()`` on the MIM path: dynamo traces forward + loss in one
+    graph, equal to eager (and to the gathered loss of before, ≤ 1e-6, same accuracy)."""
+    torch.manual_seed(0)
+    model = build_mim_model(CFG, MIMConfig(vocab_size=VOCAB)).train()
+    images, mask, tokens = _batch()
+
+    def forward_and_loss(images, mask, tokens):
+        out = model(images, mask, tokens)
+        return out.loss, out.accuracy, out.num_masked
+
+    compiled = torch.compile(forward_and_loss, fullgraph=True)
+    loss, accuracy, num_masked = compiled(images, mask, tokens)
+    eager = forward_and_loss(images, mask, tokens)
+    torch.testing.assert_close(loss, eager[0], atol=1e-6, rtol=0)
+    assert accuracy.item() == eager[1].item() and int(num_masked) == int(mask.sum())
+    _, gathered, acc = _gathered_loss(model, images, mask, tokens)
+    torch.testing.assert_close(loss, gathered, atol=1e-6, rtol=0)
+    assert accuracy.item() == acc.item()
 
 
 def test_unmasked_targets_do_not_change_the_loss_and_mask_token_is_used():
@@ -72,7 +101,8 @@ def test_pixel_regression_ablation_regresses_raw_pixels():
     target = torch.rand(3, 3, 32, 32)
     out = model(images, mask, target)
     raw = patchify(target, (8, 8))[mask.flatten(1)]
-    torch.testing.assert_close(out.loss, F.mse_loss(out.logits, raw))
+    assert out.logits.shape == (3 * 64, 48)
+    torch.testing.assert_close(out.loss, F.mse_loss(out.logits[mask.flatten()], raw), atol=1e-6, rtol=0)
     # a model that predicts nothing pays E[x²] = 1/3 for U(0, 1) pixels (normalised: ≈ 1)
     assert F.mse_loss(torch.zeros_like(raw), raw).item() == pytest.approx(1 / 3, abs=0.01)
 
@@ -85,8 +115,8 @@ def test_pixel_regression_normalised_option():
     patches = patchify(target, (8, 8))
     assert patches.shape == (3, 64, 48)
     norm = (patches - patches.mean(-1, keepdim=True)) / (patches.var(-1, keepdim=True) + 1e-6).sqrt()
-    expected = F.mse_loss(out.logits, norm[mask.flatten(1)])
-    torch.testing.assert_close(out.loss, expected)
+    expected = F.mse_loss(out.logits[mask.flatten()], norm[mask.flatten(1)])
+    torch.testing.assert_close(out.loss, expected, atol=1e-6, rtol=0)
     assert torch.isnan(out.accuracy)
     # patchify is raster order: patch (0, 1) is columns 4..7 of rows 0..3
     torch.testing.assert_close(patches[0, 1].view(4, 4, 3), target[0, :, 0:4, 4:8].permute(1, 2, 0))

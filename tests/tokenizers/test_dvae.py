@@ -206,3 +206,19 @@ def test_usage_terms_prevent_codebook_collapse(photo_crops) -> None:
     _train(model, photo_crops, steps=50, seed=1)
     _, usage = _hard_mse_and_usage(model, photo_crops(64, 32, 999))
     assert usage < 0.15, usage
+
+
+def test_range_check_runs_on_the_first_batch_only(monkeypatch) -> None:
+    """No host sync per batch (issue 13 §3): after one batch passed the value check, encode checks
+    shapes only; ``BEIT_DS_CHECK_EVERY_BATCH=1`` range-checks every batch again."""
+    model = small_dvae()
+    bad = torch.rand(2, 3, 32, 32) * 255
+    with pytest.raises(ValueError, match="expected values in"):
+        model.encode(bad)  # a bad first batch still fails, and leaves the check armed
+    assert model.encode(torch.rand(2, 3, 32, 32)).shape == (2, 8, 8)
+    assert model.encode(bad).shape == (2, 8, 8)  # not range-checked again
+    with pytest.raises(ValueError, match=r"expected images \[B, 3, 32, 32\]"):
+        model.encode(torch.rand(2, 3, 64, 64))  # shapes are still checked every batch
+    monkeypatch.setenv("BEIT_DS_CHECK_EVERY_BATCH", "1")
+    with pytest.raises(ValueError, match="expected values in"):
+        model.encode(bad)
