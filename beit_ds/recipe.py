@@ -39,7 +39,6 @@ class OptimConfig:
     eps: float = 1e-8
     clip_grad: float = 3.0
     layer_decay: float = 1.0
-    implementation: str = "torch"
 
     def __post_init__(self) -> None:
         s = "optim"
@@ -57,7 +56,6 @@ class OptimConfig:
         _expect(ok, s, "betas", self.betas, "two numbers in [0, 1)")
         _expect(self.clip_grad >= 0, s, "clip_grad", self.clip_grad, ">= 0 (0 disables clipping)")
         _expect(0 < self.layer_decay <= 1, s, "layer_decay", self.layer_decay, "a number in (0, 1]")
-        _choice(s, "implementation", self.implementation, ("torch", "apex"))
 
 
 @dataclass
@@ -122,44 +120,41 @@ class LogConfig:
 
 
 @dataclass
-class PretrainRecipe:
-    """Root of a pre-training recipe: one field per YAML section."""
+class TrainingRecipe:
+    """The sections every training recipe has: data, optimizer, schedule, checkpoints, logging.
+    Each root below adds the sections of its task."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+@dataclass
+class PretrainRecipe(TrainingRecipe):
+    """Root of a pre-training recipe: the model, its MIM head, masking and the visual tokenizer."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     mim: MIMConfig = field(default_factory=MIMConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    log: LogConfig = field(default_factory=LogConfig)
 
 
 @dataclass
-class TokenizerRecipe:
+class TokenizerRecipe(TrainingRecipe):
     """Root of a tokenizer-training recipe (seed App. C): our dVAE (``tokenizer.dvae``) trained on
     the tokenizer view (``data.transform.second_input_size``, ``tokenizer_view: raw``)."""
 
     tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(name="dvae"))
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    log: LogConfig = field(default_factory=LogConfig)
 
 
 @dataclass
-class ClassificationRecipe:
+class ClassificationRecipe(TrainingRecipe):
     """The sections fine-tuning and linear probes share (seed §3.1, App. D)."""
 
     model: ModelConfig = field(default_factory=lambda: ModelConfig(global_pool="avg"))
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    log: LogConfig = field(default_factory=LogConfig)
 
 
 @dataclass

@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from beit_ds.config import MaskingConfig, MIMConfig, ModelConfig
 from beit_ds.data.collate import MIMBatch
 from beit_ds.engine.ds_setup import read_ds_config, resolve_ds_config
-from beit_ds.engine.pretrain import mim_step
+from beit_ds.engine.pretrain import mim_forward
 from beit_ds.engine.runtime import init_engine, torch_dtype
 from beit_ds.masking import build_mask_generator, mask_rng
 from beit_ds.models import build_mim_model, model_config
@@ -99,7 +99,9 @@ def run_precision(s: Setting, mim: MIMConfig, precision: str, args: argparse.Nam
     for i in range(args.warmup + args.steps):
         sync(engine.device)
         t0 = time.perf_counter()
-        mim_step(engine, batch, tokenizer, dtype)
+        out = mim_forward(engine, batch, tokenizer, dtype)  # what the loop runs: forward, backward, step
+        engine.backward(out.loss)
+        engine.step()
         sync(engine.device)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)

@@ -4,7 +4,10 @@
     python launch/evaluate.py --config finetune_base_in1k_384 finetune.init=beit_384.pth \\
         data.eval_path=/data/imagenet/val --out results/eval.json
 
-The recipe gives the architecture (a linear-probe recipe, one with a probe: section, gives a probe);
+A checkpoint (run, checkpoints/ or step_* folder) is evaluated as its stored kind says: a classifier or
+probe with its own architecture on this recipe's data, a pre-training checkpoint by MIM loss and
+masked-token accuracy, a tokenizer by reconstruction error. Other weights: the recipe gives the
+architecture (a linear-probe recipe, one with a probe: section, gives a probe);
 finetune.init any weights launch/finetune.py accepts; --out also writes the numbers as JSON.
 """
 

@@ -55,11 +55,12 @@ def save_weights(sd: dict[str, torch.Tensor], path: Path, **metadata: str) -> Pa
     return path
 
 
-def export_checkpoint(tag_dir: Path, out_dir: Path) -> list[Path]:
-    """Write ``model.safetensors`` (+ ``recipe.json``), ``timm/`` and ``hf/`` from ``tag_dir``."""
+def export_checkpoint(tag_dir: Path, out_dir: Path, client: dict[str, Any] | None = None) -> list[Path]:
+    """Write ``model.safetensors`` (+ ``recipe.json``), ``timm/`` and ``hf/`` from the pre-training
+    checkpoint ``tag_dir`` (``client``: its client state, read when not given)."""
     tag_dir, out_dir = Path(tag_dir), Path(out_dir)
-    verify(tag_dir)
-    client = checkpoint_client_state(tag_dir)
+    verify(tag_dir, checksums=False)
+    client = client if client is not None else checkpoint_client_state(tag_dir)
     recipe = build_dataclass(PretrainRecipe, client["recipe"])
     model: BeitForMaskedImageModeling = build_mim_model(recipe.model, recipe.mim)
     model.load_state_dict(consolidated_state_dict(tag_dir), strict=True)
@@ -87,3 +88,13 @@ def write_timm_and_hf(model: Beit, out_dir: Path) -> list[Path]:
     config = {"model_type": "beit", "architectures": [architecture], **hf.config}
     (out_dir / "hf" / "config.json").write_text(json.dumps(config, indent=1))
     return [out_dir / "timm", out_dir / "hf"]
+
+
+def export_any(tag_dir: Path, out_dir: Path) -> list[Path]:
+    """Export ``tag_dir`` by the ``kind`` its client state stores (pre-training, fine-tuning,
+    linear probe, tokenizer), through that task's ``export``."""
+    from beit_ds.engine.task import task_type
+
+    client = checkpoint_client_state(tag_dir)
+    kind = client.get("kind", "pretrain")  # checkpoints before kinds were stored are pre-training ones
+    return task_type(str(kind), f"checkpoint {tag_dir}").export(tag_dir, out_dir, client)

@@ -13,8 +13,9 @@ accuracy (%) and cross-entropy, written by the ``MetricWriter`` under ``val/`` (
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -30,36 +31,36 @@ from beit_ds.engine.export import (
     save_weights,
     write_timm_and_hf,
 )
-from beit_ds.engine.job import JobParts, loader_place, run_job
+from beit_ds.engine.job import loader_place, run_job
 from beit_ds.engine.state import TrainState
+from beit_ds.engine.task import StepOutput, Task, register
 from beit_ds.engine.weights import read_weights
 from beit_ds.logger import get_logger, init_logging
 from beit_ds.metrics import MetricWriter
 from beit_ds.models import BeitForImageClassification, build_classifier
-from beit_ds.recipe import ClassificationRecipe, FinetuneRecipe, LinearProbeRecipe
+from beit_ds.recipe import ClassificationRecipe, FinetuneRecipe, LinearProbeRecipe, TrainingRecipe
 
-ClassRecipe = ClassificationRecipe
 KINDS = {"finetune": FinetuneRecipe, "linear_probe": LinearProbeRecipe}
 NO_MIXING = AugmentConfig(rand_augment_ops=0, random_erasing=0.0, mixup=0.0, cutmix=0.0)
 
 
-def kind_of(recipe: ClassRecipe) -> str:
+def kind_of(recipe: ClassificationRecipe) -> str:
     return "linear_probe" if isinstance(recipe, LinearProbeRecipe) else "finetune"
 
 
-def probe_layer(recipe: ClassRecipe) -> int | None:
+def probe_layer(recipe: ClassificationRecipe) -> int | None:
     """The tapped block of a linear probe (``probe.layer``, default the middle one), else None."""
     if not isinstance(recipe, LinearProbeRecipe):
         return None
     return recipe.probe.layer or (recipe.model.depth + 1) // 2
 
 
-def probe_pool(recipe: ClassRecipe) -> str:
+def probe_pool(recipe: ClassificationRecipe) -> str:
     """How a linear probe pools block ``probe.layer`` (``probe.pool``); ``"mean"`` otherwise."""
     return recipe.probe.pool if isinstance(recipe, LinearProbeRecipe) else "mean"
 
 
-def check_recipe(r: ClassRecipe) -> None:
+def check_recipe(r: ClassificationRecipe) -> None:
     """Model, data view and probe agree (one-line ``ConfigError``), before any process group."""
     m = r.model
     if m.num_classes < 1:
@@ -78,7 +79,7 @@ def check_recipe(r: ClassRecipe) -> None:
         raise ConfigError(f"probe.layer={layer}: expected a block in [1, model.depth={m.depth}]")
 
 
-def build_finetune_model(r: ClassRecipe, head: str | None = None) -> BeitForImageClassification:
+def build_finetune_model(r: ClassificationRecipe, head: str | None = None) -> BeitForImageClassification:
     """The classifier (or probe) of ``r`` with ``finetune.init`` loaded (``head`` overrides its policy)."""
     model = build_classifier(r.model, r.finetune.head_init_scale, probe_layer(r), probe_pool(r))
     log = get_logger()
@@ -94,20 +95,13 @@ def build_finetune_model(r: ClassRecipe, head: str | None = None) -> BeitForImag
     return model
 
 
-def cls_step(
-    engine: Any, batch: Any, mix: Mixup, seed: int, ema: WeightEMA | None, dtype: torch.dtype
-) -> dict[str, torch.Tensor]:
-    """One micro-batch: Mixup / CutMix with smoothed targets, soft-target CE, backward, step, EMA."""
-    batch = batch.to(engine.device)
+def cls_forward(model: Any, batch: Any, mix: Mixup, seed: int, dtype: torch.dtype) -> StepOutput:
+    """One micro-batch: Mixup / CutMix with smoothed targets, soft-target cross-entropy, accuracy."""
+    batch = batch.to(model.device)
     images, targets = mix(batch.images, batch.labels, mix_rng(seed, batch.indices.cpu()))
-    boundary = engine.is_gradient_accumulation_boundary()
-    out = engine(images.to(dtype), targets)
-    engine.backward(out.loss)
-    engine.step()
-    if ema is not None and boundary:
-        ema.update(engine.module)
+    out = model(images.to(dtype), targets)
     accuracy = (out.logits.argmax(-1) == batch.labels).float().mean()
-    return {"loss": out.loss.detach(), "accuracy": accuracy.detach()}
+    return StepOutput(out.loss, {"accuracy": accuracy.detach()})
 
 
 @torch.no_grad()
@@ -147,11 +141,11 @@ def _log_eval(metrics: dict[str, float], what: str) -> None:
     )
 
 
-def export_classifier(tag_dir: Path, out_dir: Path) -> list[Path]:
+def export_classifier(tag_dir: Path, out_dir: Path, client: dict[str, Any] | None = None) -> list[Path]:
     """``model.safetensors`` (+ ``model_ema.safetensors``, ``recipe.json``) and, for fine-tuning,
     ``timm/`` and ``hf/`` exports of the classifier in ``tag_dir``."""
     tag_dir, out_dir = Path(tag_dir), Path(out_dir)
-    client = checkpoint_client_state(tag_dir)
+    client = client if client is not None else checkpoint_client_state(tag_dir)
     recipe = build_dataclass(KINDS[client["kind"]], client["recipe"])
     model = build_classifier(
         recipe.model, recipe.finetune.head_init_scale, probe_layer(recipe), probe_pool(recipe)
@@ -167,39 +161,56 @@ def export_classifier(tag_dir: Path, out_dir: Path) -> list[Path]:
     return paths
 
 
-class _ClassJob:
-    """What fine-tuning and linear probing add to ``run_job``: the labelled loaders, the step with
-    Mixup and EMA, validation after every checkpoint (every rank), the EMA in the client state."""
+@register
+class FinetuneTask(Task[ClassificationRecipe]):
+    """Fine-tuning: the classifier started from ``finetune.init``, the labelled loaders, Mixup /
+    CutMix, the optional EMA (in the client state), validation after every checkpoint (every rank)."""
 
-    def __init__(self, recipe: ClassRecipe) -> None:
-        self.recipe, self.place = recipe, place_from_env()
+    kind = "finetune"
+    recipe_type: ClassVar[type[TrainingRecipe]] = FinetuneRecipe
+
+    def __init__(self, recipe: ClassificationRecipe, place: ProcessPlace) -> None:
+        super().__init__(recipe, place)
         self.augment = recipe.augment if isinstance(recipe, FinetuneRecipe) else NO_MIXING
-        self.classes: tuple[str, ...] | None = None
+        self.has_evaluate = recipe.finetune.evaluate
+        self.classes: tuple[str, ...] = ()
         self.eval_loader: Any = None
         self.ema: WeightEMA | None = None
+        self.mix = Mixup(self.augment, recipe.model.num_classes, recipe.finetune.label_smoothing)
         self.dtype = torch.float32
 
-    def build_loader(self, place: ProcessPlace) -> Any:
+    def check(self) -> None:
+        check_recipe(self.recipe)
+
+    def build_model(self) -> torch.nn.Module:
+        return build_finetune_model(self.recipe)
+
+    def build_loader(self) -> Any:
         from beit_ds.data import build_finetune_loader
 
         r = self.recipe
         augment = self.augment if isinstance(r, FinetuneRecipe) else None
-        loader = build_finetune_loader(r.data, "train", loader_place(r, place), augment=augment)
+        loader = build_finetune_loader(r.data, "train", loader_place(r, self.place), augment=augment)
         if len(loader.classes) != r.model.num_classes:
             more = ", …" if len(loader.classes) > 4 else ""
             raise ConfigError(
                 f"model.num_classes={r.model.num_classes}: the training set has {len(loader.classes)}"
                 f" classes ({', '.join(loader.classes[:4])}{more})"
             )
-        self.classes = loader.classes
+        self.classes = tuple(loader.classes)
         return loader
 
-    def make_step(self, engine: Any, dtype: torch.dtype) -> Any:
-        r, self.dtype = self.recipe, dtype
-        if r.finetune.ema_decay > 0:
-            self.ema = WeightEMA(engine.module, r.finetune.ema_decay)
-        mix = Mixup(self.augment, r.model.num_classes, r.finetune.label_smoothing)
-        return lambda e, b: cls_step(e, b, mix, r.schedule.seed, self.ema, dtype)
+    def attach(self, engine: Any, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+        if self.recipe.finetune.ema_decay > 0:
+            self.ema = WeightEMA(engine.module, self.recipe.finetune.ema_decay)
+
+    def forward(self, model: Any, batch: Any, step: int) -> StepOutput:
+        return cls_forward(model, batch, self.mix, self.recipe.schedule.seed, self.dtype)
+
+    def after_optimizer_step(self, engine: Any) -> None:
+        if self.ema is not None:
+            self.ema.update(engine.module)
 
     def evaluate(self, model: torch.nn.Module, writer: MetricWriter, step: int) -> None:
         """Validation of the weights (``val/``) and of their EMA (``val_ema/``)."""
@@ -217,7 +228,7 @@ class _ClassJob:
             writer.write(step, metrics, prefix="val_ema")
             _log_eval(metrics, f"val_ema at step {step}")
 
-    def client_state(self) -> dict[str, Any]:
+    def extra_state(self) -> dict[str, Any]:
         return {"ema": self.ema.state_dict()} if self.ema is not None else {}
 
     def restore(self, client: dict[str, Any], tag_dir: Path) -> None:
@@ -228,25 +239,31 @@ class _ClassJob:
             raise ConfigError(f"finetune.ema_decay={decay}: checkpoint {tag_dir} has no EMA to resume")
         self.ema.load_state_dict(client["ema"])
 
+    @classmethod
+    def export(cls, tag_dir: Path, out_dir: Path, client: dict[str, Any]) -> list[Path]:
+        return export_classifier(tag_dir, out_dir, client)
 
-def finetune(recipe: ClassRecipe, ds_path: str | Path, resume: str = "auto", overwrite: bool = False) -> TrainState:
+
+@register
+class LinearProbeTask(FinetuneTask):
+    """A linear probe: the same job on a frozen backbone's block ``probe.layer``, no mixing."""
+
+    kind = "linear_probe"
+    recipe_type = LinearProbeRecipe
+
+
+def task_for(recipe: ClassificationRecipe, place: ProcessPlace) -> FinetuneTask:
+    return LinearProbeTask(recipe, place) if isinstance(recipe, LinearProbeRecipe) else FinetuneTask(recipe, place)
+
+
+def finetune(
+    recipe: ClassificationRecipe, ds_path: str | Path, resume: str = "auto", overwrite: bool = False
+) -> TrainState:
     """Fine-tune (or linear-probe) as ``recipe`` says; returns the final ``TrainState``."""
-    check_recipe(recipe)
-    job = _ClassJob(recipe)
-    parts = JobParts(
-        kind_of(recipe),
-        lambda: build_finetune_model(recipe),
-        job.build_loader,
-        job.make_step,
-        export_classifier,
-        evaluate=job.evaluate if recipe.finetune.evaluate else None,
-        client_state=job.client_state,
-        restore=job.restore,
-    )
-    return run_job(recipe, ds_path, resume, parts, overwrite)
+    return run_job(task_for(recipe, place_from_env()), ds_path, resume, overwrite)
 
 
-def load_class_recipe(name_or_path: str, overrides: list[str]) -> ClassRecipe:
+def load_class_recipe(name_or_path: str, overrides: list[str]) -> ClassificationRecipe:
     """A ``LinearProbeRecipe`` when the recipe has a ``probe`` section, else a ``FinetuneRecipe``."""
     from beit_ds.config_io import load_recipe, read_recipe
 
@@ -254,15 +271,45 @@ def load_class_recipe(name_or_path: str, overrides: list[str]) -> ClassRecipe:
     return load_recipe(cls, name_or_path, overrides)
 
 
-def evaluate_recipe(recipe: ClassRecipe, out_json: Path | None = None) -> dict[str, float]:
-    """Evaluate ``finetune.init`` (its classifier kept) on the evaluation split; every rank of a
-    ``deepspeed`` launch takes a share. Class numbers follow the evaluation set's class names."""
+def evaluate_recipe(recipe: ClassificationRecipe, out_json: Path | None = None) -> dict[str, float]:
+    """Evaluate ``finetune.init``. A checkpoint is evaluated as its stored ``kind`` says: a
+    fine-tuning / probe checkpoint with its own architecture on this recipe's evaluation split
+    (every rank of a ``deepspeed`` launch takes a share; class numbers follow the evaluation set's
+    class names), a pre-training checkpoint by MIM loss / masked-token accuracy and a tokenizer by
+    reconstruction error, each on its own recipe's data. Other weights use this recipe's architecture."""
+    from beit_ds.engine.task import task_type
+    from beit_ds.engine.weights import checkpoint_dir
+
+    if not recipe.finetune.init:
+        raise ConfigError("finetune.init='': expected the weights to evaluate")
+    init = recipe.finetune.init
+    tag_dir = checkpoint_dir(Path(init).expanduser()) if Path(init).expanduser().is_dir() else None
+    if tag_dir is not None:
+        client = checkpoint_client_state(tag_dir)
+        kind = str(client.get("kind", "pretrain"))
+        if kind in KINDS:
+            stored = build_dataclass(KINDS[kind], client["recipe"])
+            recipe = replace(stored, data=recipe.data, finetune=replace(stored.finetune, init=init))
+        else:
+            init_logging(0)
+            metrics = task_type(kind, f"finetune.init={init!r}").evaluate_checkpoint(tag_dir, client)
+            get_logger().info("evaluation of %s checkpoint %s: %s", kind, tag_dir, metrics)
+            _write_json(out_json, {"init": init, "kind": kind, **metrics})
+            return metrics
+    return _evaluate_classifier(recipe, out_json)
+
+
+def _write_json(path: Path | None, data: dict[str, Any]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1))
+
+
+def _evaluate_classifier(recipe: ClassificationRecipe, out_json: Path | None) -> dict[str, float]:
     from beit_ds.data import build_finetune_loader
     from beit_ds.engine.runtime import init_distributed
 
     check_recipe(recipe)
-    if not recipe.finetune.init:
-        raise ConfigError("finetune.init='': expected the weights to evaluate")
     init_distributed()
     place = place_from_env()
     init_logging(place.rank)
@@ -271,9 +318,7 @@ def evaluate_recipe(recipe: ClassRecipe, out_json: Path | None = None) -> dict[s
     loader = build_finetune_loader(recipe.data, "eval", loader_place(recipe, place))
     metrics = evaluate(model.to(device), loader, torch.float32)
     _log_eval(metrics, f"evaluation of {recipe.finetune.init}")
-    if out_json is not None and place.is_main:
-        out_json.parent.mkdir(parents=True, exist_ok=True)
-        out_json.write_text(
-            json.dumps({"init": recipe.finetune.init, **metrics, "recipe": to_dict(recipe)}, indent=1)
-        )
+    if place.is_main:
+        _write_json(out_json, {"init": recipe.finetune.init, "kind": kind_of(recipe), **metrics,
+                               "recipe": to_dict(recipe)})
     return metrics

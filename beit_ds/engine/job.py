@@ -1,8 +1,8 @@
-"""One training job on the DeepSpeed engine, whatever it trains (house style rule 12).
+"""One training job on the DeepSpeed engine, whatever it trains (house style rules 12 and 21).
 
-``run_job`` does what pre-training, fine-tuning and tokenizer training share: check the DeepSpeed
-JSON against the recipe before any process group, seed, build the engine with our parameter
-groups, resume, run the shared loop, export the last checkpoint. A ``JobParts`` says what differs.
+``run_job`` does what every ``Task`` shares: check the recipe, the DeepSpeed JSON and the output
+folder before any process group, seed, build the engine with our parameter groups, resume, run
+the shared loop, export the last checkpoint. The task (``engine/task.py``) says what differs.
 """
 
 from __future__ import annotations
@@ -10,23 +10,30 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
 from torch import nn
 
 from beit_ds.config import ConfigError
 from beit_ds.config_io import save_yaml, to_dict
-from beit_ds.distributed import ProcessPlace, place_from_env
+from beit_ds.distributed import ProcessPlace
 from beit_ds.engine import elastic, integrity, resume_guard
 from beit_ds.engine.checkpoint import CheckpointManager, newest_complete, read_marker
 from beit_ds.engine.ds_setup import global_batch, precision_of, read_ds_config, resolve_ds_config
-from beit_ds.engine.loop import LoopIO, LoopPlan, StepFn, run_loop
+from beit_ds.engine.export import checkpoint_client_state
+from beit_ds.engine.loop import LoopIO, LoopPlan, run_loop
 from beit_ds.engine.runtime import init_engine, seed_everything, torch_dtype
 from beit_ds.engine.state import TrainState
+from beit_ds.engine.task import Task, hooks_after_save
 from beit_ds.logger import get_logger, init_logging
 from beit_ds.metrics import MetricWriter
+from beit_ds.recipe import TrainingRecipe
 from beit_ds.schedules import cosine, cosine_with_warmup, scaled_lr
+
+if TYPE_CHECKING:
+    from beit_ds.data import LoaderPlace
+
+R = TypeVar("R", bound=TrainingRecipe)
 
 
 @dataclass
@@ -39,34 +46,14 @@ class Preflight:
     global_batch: int
 
 
-@dataclass
-class JobParts:
-    """What a job trains: ``kind`` (stored in checkpoints), the model, its loader for a place,
-    the step function for (engine, dtype), and the export of a finished checkpoint."""
-
-    kind: str
-    build_model: Callable[[], nn.Module]
-    build_loader: Callable[[ProcessPlace], Any]
-    make_step: Callable[[Any, torch.dtype], StepFn]
-    export: Callable[[Path, Path], list[Path]]
-    # optional, main rank, after each checkpoint: (model, writer, step), e.g. sample reconstructions
-    samples: Callable[[nn.Module, MetricWriter, int], None] | None = None
-    # optional, every rank, after each checkpoint: (model, writer, step), e.g. validation
-    evaluate: Callable[[nn.Module, MetricWriter, int], None] | None = None
-    # optional: more client state saved with each checkpoint, and its restore from the loaded
-    # client state (and the checkpoint folder it came from, for messages)
-    client_state: Callable[[], dict[str, Any]] | None = None
-    restore: Callable[[dict[str, Any], Path], None] | None = None
-
-
-def loader_place(recipe: Any, place: ProcessPlace) -> Any:
+def loader_place(recipe: TrainingRecipe, place: ProcessPlace) -> LoaderPlace:
     """The ``LoaderPlace`` of this rank: the recipe's micro batch and seed, the process's rank."""
     from beit_ds.data import LoaderPlace
 
     return LoaderPlace(recipe.schedule.micro_batch_size, place.rank, place.world_size, recipe.schedule.seed)
 
 
-def preflight(recipe: Any, ds_path: str | Path, world_size: int) -> Preflight:
+def preflight(recipe: TrainingRecipe, ds_path: str | Path, world_size: int) -> Preflight:
     """Data path, DeepSpeed JSON and batch arithmetic, checked without a process group."""
     if recipe.data.source != "demo" and not Path(recipe.data.path).exists():
         raise ConfigError(f"data.path={recipe.data.path!r}: no such file or directory")
@@ -82,7 +69,7 @@ def preflight(recipe: Any, ds_path: str | Path, world_size: int) -> Preflight:
     return Preflight(resolved, precision, lr, batch)
 
 
-def loop_plan(recipe: Any, flight: Preflight, batches_per_rank: int, world: int) -> LoopPlan:
+def loop_plan(recipe: TrainingRecipe, flight: Preflight, batches_per_rank: int, world: int) -> LoopPlan:
     """Steps, warm-up + cosine lr, weight-decay schedule and cadences from the recipe."""
     s, o = recipe.schedule, recipe.optim
     steps_per_epoch = batches_per_rank // s.grad_accum
@@ -109,10 +96,11 @@ def loop_plan(recipe: Any, flight: Preflight, batches_per_rank: int, world: int)
     )
 
 
-def run_job(recipe: Any, ds_path: str | Path, resume: str, parts: JobParts, overwrite: bool = False) -> TrainState:
-    """Train (or resume) ``parts`` as ``recipe`` says; returns the final ``TrainState``.
+def run_job(task: Task[Any], ds_path: str | Path, resume: str, overwrite: bool = False) -> TrainState:
+    """Train (or resume) ``task`` as its recipe says; returns the final ``TrainState``.
     ``overwrite``: allow replacing complete checkpoints of another run in the output folder."""
-    place = place_from_env()
+    recipe, place = task.recipe, task.place
+    task.check()
     flight = preflight(recipe, ds_path, place.world_size)
     run_dir = Path(recipe.checkpoint.output_dir)
     log = init_logging(place.rank, run_dir)
@@ -120,51 +108,57 @@ def run_job(recipe: Any, ds_path: str | Path, resume: str, parts: JobParts, over
                                     checksums=recipe.checkpoint.verify == "checksum")
     found = checkpoints.find(resume)
     if found is not None:
-        resume_guard.check_resumable(found, parts.kind, to_dict(recipe))
+        resume_guard.check_resumable(found, task.kind, to_dict(recipe))
     lineage = resume_guard.lineage_of(read_marker(found), found) if found else resume_guard.new_lineage()
     resume_guard.guard_output(checkpoints.dir, lineage, overwrite)
     recipe, flight = _fit_to_world(recipe, flight, found, ds_path, place.world_size)
+    task.recipe = recipe
     checkpoints.global_batch = flight.global_batch  # recorded: a resume on another world size keeps it
-    checkpoints.meta = {"lineage": lineage, "kind": parts.kind, "recipe": to_dict(recipe)}
+    checkpoints.meta = {"lineage": lineage, "kind": task.kind, "recipe": to_dict(recipe)}
     seed_everything(recipe.schedule.seed)  # identical initial weights on every rank
-    engine = init_engine(parts.build_model(), recipe.optim, flight.ds_config)
+    engine = init_engine(task.build_model(), recipe.optim, flight.ds_config)
     seed_everything(recipe.schedule.seed + 1000 * (place.rank + 1))  # per-rank random draws
-    loader = parts.build_loader(place)
+    loader = task.build_loader()
     plan = loop_plan(recipe, flight, len(loader), place.world_size)
-    # built before the RNG state is restored: building it (e.g. a tokenizer's default init) may
-    # draw from the global generator, which must then be where the checkpoint left it
-    step_fn = parts.make_step(engine, torch_dtype(flight.precision))
-    state = _resume(engine, checkpoints, found, parts.restore)
+    # before the RNG state is restored: attaching (e.g. a tokenizer's default init) may draw from
+    # the global generator, which must then be where the checkpoint left it
+    task.attach(engine, torch_dtype(flight.precision))
+    state = _resume(engine, checkpoints, found, task)
     if place.is_main:
         save_yaml(recipe, run_dir / "recipe.yaml")
-    log.info("%s: global batch %d, lr %.3g, %d steps/epoch, %d steps, %s", parts.kind, flight.global_batch,
+    log.info("%s: global batch %d, lr %.3g, %d steps/epoch, %d steps, %s", task.kind, flight.global_batch,
              flight.lr, plan.steps_per_epoch, plan.total_steps, flight.precision)
     writer = MetricWriter(run_dir, place.is_main, recipe.log.tensorboard)
     io = LoopIO(
         make_loader=loader.at, writer=writer, checkpoints=checkpoints,
-        extra_state=lambda: {"recipe": to_dict(recipe), "kind": parts.kind,
-                             **(parts.client_state() if parts.client_state else {})},
+        extra_state=lambda: {"recipe": to_dict(recipe), "kind": task.kind, **task.extra_state()},
         data_report=loader.report.as_metrics,
     )
-    hooks = [h for h in (parts.samples if place.is_main else None, parts.evaluate) if h is not None]
+    hooks = hooks_after_save(task, place)
     if hooks:
-        io.after_save = lambda step: [hook(engine.module, writer, step) for hook in hooks]
+        io.after_save = lambda step: _run_hooks(hooks, engine.module, writer, step)
     try:
-        state = run_loop(engine, step_fn, state, plan, io, place)
+        state = run_loop(engine, task, state, plan, io, place)
     finally:
         writer.close()
     if loader.report.skipped:
         log.warning("data: %s", loader.report.summary())
     latest = newest_complete(checkpoints.dir, checksums=False)  # written by this run moments ago
     if recipe.checkpoint.export_at_end and place.is_main and latest is not None:
-        paths = parts.export(latest, run_dir / "export")
+        paths = type(task).export(latest, run_dir / "export", checkpoint_client_state(latest))
         log.info("exported %s", ", ".join(str(p) for p in paths))
     return state
 
 
+def _run_hooks(hooks: list[Callable[[nn.Module, MetricWriter, int], None]], model: nn.Module,
+               writer: MetricWriter, step: int) -> None:
+    for hook in hooks:
+        hook(model, writer, step)
+
+
 def _fit_to_world(
-    recipe: Any, flight: Preflight, found: Path | None, ds_path: str | Path, world_size: int
-) -> tuple[Any, Preflight]:
+    recipe: R, flight: Preflight, found: Path | None, ds_path: str | Path, world_size: int
+) -> tuple[R, Preflight]:
     """A checkpoint from another world size: keep its global batch, load its universal form."""
     info = read_marker(found) if found is not None else None
     if info is None or not elastic.needs_universal(info, world_size):
@@ -175,16 +169,12 @@ def _fit_to_world(
     return recipe, flight
 
 
-def _resume(
-    engine: Any, checkpoints: CheckpointManager, found: Path | None,
-    restore: Callable[[dict[str, Any], Path], None] | None = None,
-) -> TrainState:
+def _resume(engine: Any, checkpoints: CheckpointManager, found: Path | None, task: Task[Any]) -> TrainState:
     log = get_logger()
     if found is None:
         log.info("starting from scratch (no checkpoint in %s)", checkpoints.dir)
         return TrainState()
     state, client = checkpoints.load(engine, found)
-    if restore is not None:
-        restore(client, found)
+    task.restore(client, found)
     log.info("resumed from %s at step %d (epoch %d, sample %d)", found, state.step, state.epoch, state.samples_in_epoch)
     return state

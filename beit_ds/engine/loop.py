@@ -1,16 +1,18 @@
-"""The one training loop shared by pre-training, fine-tuning and tokenizer training
-(house style rule 12): schedules → step function → metrics → checkpoint → stop.
+"""The one training loop shared by every task (house style rules 12 and 21): schedules →
+``task.forward`` → ``engine.backward`` → ``engine.step`` → metrics → checkpoint → stop.
 
-A step function does one micro-batch (forward, ``engine.backward``, ``engine.step``) and returns
-its scalars; the loop owns the position (``TrainState``), the schedules (pure functions of the
-optimizer step), logging with throughput / ETA, non-finite handling, preemption and checkpoints.
+A task's ``forward`` computes one micro-batch's ``StepOutput`` (loss + detached metrics); the loop
+owns backward and step, the position (``TrainState``, whose ``step`` is the one clock every
+schedule reads), logging with throughput / ETA, non-finite handling, preemption and checkpoints.
+The hot path has no host synchronisation per micro-step: scalars are summed on the device and
+read once per logged step; the non-finite flag is computed on the device and travels in the one
+all-reduce per optimizer step that also carries the preemption flag.
 Logged step scalars are means over the step's global batch (all micro-batches of all ranks), so
 they compare across world sizes and accumulation settings.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -22,11 +24,10 @@ from beit_ds.distributed import ProcessPlace, all_reduce_sum
 from beit_ds.engine.checkpoint import CheckpointManager
 from beit_ds.engine.preemption import Preempted, PreemptionWatch
 from beit_ds.engine.state import TrainState
+from beit_ds.engine.task import Task
 from beit_ds.logger import get_logger
 from beit_ds.metrics import MetricWriter, ThroughputMeter
 from beit_ds.optim import apply_schedule
-
-StepFn = Callable[[Any, Any], dict[str, torch.Tensor]]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -92,7 +93,7 @@ class _Run:
     """What one epoch of the loop works with."""
 
     engine: Any
-    step_fn: StepFn
+    task: Task[Any]
     plan: LoopPlan
     io: LoopIO
     place: ProcessPlace
@@ -103,14 +104,14 @@ class _Run:
 
 
 def run_loop(
-    engine: Any, step_fn: StepFn, state: TrainState, plan: LoopPlan, io: LoopIO, place: ProcessPlace
+    engine: Any, task: Task[Any], state: TrainState, plan: LoopPlan, io: LoopIO, place: ProcessPlace
 ) -> TrainState:
     """Train from ``state`` until ``plan.total_steps``; returns the final state. On a preemption
     signal (any rank) every rank saves at the same step boundary and ``Preempted`` is raised."""
     bar = tqdm(total=plan.total_steps, initial=state.step, disable=not (place.is_main and plan.progress_bar),
                unit="step", dynamic_ncols=True)
     with PreemptionWatch() as watch:
-        run = _Run(engine, step_fn, plan, io, place, _Saver(engine, io, state.step), ThroughputMeter(), bar, watch)
+        run = _Run(engine, task, plan, io, place, _Saver(engine, io, state.step), ThroughputMeter(), bar, watch)
         while state.step < plan.total_steps:
             if state.samples_in_epoch >= plan.epoch_samples:  # saved at the last step of an epoch
                 state.epoch, state.samples_in_epoch = state.epoch + 1, 0
@@ -136,18 +137,26 @@ def run_loop(
 def _train_epoch(run: _Run, state: TrainState) -> bool:
     """Steps of ``state.epoch`` from its position; True when stopped early by a preemption signal."""
     plan, io = run.plan, run.io
-    micro, stop, sums = 0, False, {}
+    micro, stop = 0, False
+    sums: dict[str, torch.Tensor] = {}
+    engine, task = run.engine, run.task
     for batch in io.make_loader(state.epoch, state.samples_in_epoch):
-        apply_schedule(run.engine.optimizer, plan.lr_at(state.step), plan.wd_at(state.step))
-        out = run.step_fn(run.engine, batch)
-        sums = {k: sums.get(k, 0) + v.detach().float().reshape(()) for k, v in out.items()}
+        apply_schedule(engine.optimizer, plan.lr_at(state.step), plan.wd_at(state.step))
+        out = task.forward(engine, batch, state.step)
+        engine.backward(out.loss)
+        engine.step()
+        loss = out.loss.detach()
+        for key, value in {"loss": loss, **out.metrics}.items():
+            value = value.detach().float().reshape(())
+            sums[key] = sums[key] + value if key in sums else value
         micro += 1
         state.samples_in_epoch += plan.samples_per_micro
         run.meter.update(plan.samples_per_micro)
         if micro % plan.micro_per_step:
             continue
         state.step += 1
-        stop = _step_boundary(out["loss"], state, plan, run.watch)
+        task.after_optimizer_step(engine)
+        stop = _step_boundary(loss, state, plan, run.watch)
         if state.step % plan.log_every == 0 or state.step == plan.total_steps:
             _log(run, _global_means(sums, plan, run.place), state)
         sums = {}
@@ -187,8 +196,9 @@ def _log(run: _Run, means: dict[str, float], state: TrainState) -> None:
 def _step_boundary(loss: torch.Tensor, state: TrainState, plan: LoopPlan, watch: PreemptionWatch) -> bool:
     """Agree over ranks (one all-reduce) on a non-finite loss and on a preemption request;
     returns True when every rank is to stop at this step."""
-    flags = torch.tensor([0.0 if math.isfinite(float(loss)) else 1.0, float(watch.requested)], device=loss.device)
-    bad, stop = (float(x) for x in all_reduce_sum(flags))
+    nonfinite = (~torch.isfinite(loss.float())).float().reshape(1)
+    flags = torch.cat([nonfinite, torch.tensor([float(watch.requested)], device=loss.device)])
+    bad, stop = all_reduce_sum(flags).tolist()  # the one read of the step: after the collective
     if bad == 0:
         state.nonfinite_steps = 0
         return stop > 0

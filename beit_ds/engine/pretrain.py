@@ -1,8 +1,8 @@
 """Masked-image-modeling pre-training (seed §2.3-2.5, §5) as a ``run_job``.
 
 ``check_views`` ties the model, the two data views and the tokenizer together before any
-process group starts; ``mim_step`` is one micro-batch (tokenize under no_grad → MIM loss →
-backward → step).
+process group starts; ``mim_forward`` is one micro-batch (tokenize under no_grad → MIM loss);
+``PretrainTask`` is the registered task (``kind: pretrain``).
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import torch
 
 from beit_ds.assets import resolve
 from beit_ds.config import ConfigError
-from beit_ds.distributed import ProcessPlace
-from beit_ds.engine.export import export_checkpoint
-from beit_ds.engine.job import JobParts, Preflight, loader_place, run_job
+from beit_ds.distributed import ProcessPlace, place_from_env
+from beit_ds.engine.export import consolidated_state_dict, export_checkpoint
+from beit_ds.engine.job import Preflight, loader_place, run_job
 from beit_ds.engine.job import preflight as job_preflight
 from beit_ds.engine.state import TrainState
+from beit_ds.engine.task import StepOutput, Task, register
 from beit_ds.recipe import PretrainRecipe
 
 
@@ -69,22 +70,20 @@ def preflight(recipe: PretrainRecipe, ds_path: str | Path, world_size: int) -> P
     return job_preflight(recipe, ds_path, world_size)
 
 
-def mim_step(engine: Any, batch: Any, tokenizer: Any, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """One micro-batch: visual tokens (or pixels) as targets, MIM loss, backward, step.
+def mim_forward(model: Any, batch: Any, tokenizer: Any, dtype: torch.dtype) -> StepOutput:
+    """One micro-batch: visual tokens (or pixels) as targets, the MIM loss and masked-token accuracy.
 
     Only the patch view is cast to the run's ``dtype``: the tokenizer view reaches the tokenizer
     (which casts to its own ``tokenizer.dtype``) or the pixel loss in the loader's fp32, since a
     bf16-rounded view alone changes 1.3 % of DALL-E's tokens (issue 14)."""
-    batch = batch.to(engine.device)
+    batch = batch.to(model.device)
     if tokenizer is None:
         target = batch.tokenizer_images
     else:
         with torch.no_grad():
             target = tokenizer.encode(batch.tokenizer_images)
-    out = engine(batch.images.to(dtype), batch.bool_masked_pos, target)
-    engine.backward(out.loss)
-    engine.step()
-    return {"loss": out.loss.detach(), "mim_accuracy": out.accuracy}
+    out = model(batch.images.to(dtype), batch.bool_masked_pos, target)
+    return StepOutput(out.loss, {"mim_accuracy": out.accuracy})
 
 
 def _tokenizer(recipe: PretrainRecipe, device: torch.device, dtype: torch.dtype) -> Any:
@@ -108,28 +107,68 @@ def _tokenizer(recipe: PretrainRecipe, device: torch.device, dtype: torch.dtype)
     return tokenizer
 
 
+@register
+class PretrainTask(Task[PretrainRecipe]):
+    """Masked image modeling: the MIM model, the two-view loader with masks, the frozen tokenizer."""
+
+    kind = "pretrain"
+    recipe_type = PretrainRecipe
+
+    def __init__(self, recipe: PretrainRecipe, place: ProcessPlace) -> None:
+        super().__init__(recipe, place)
+        self.tokenizer: Any = None
+        self.dtype = torch.float32
+
+    def check(self) -> None:
+        check_views(self.recipe)
+
+    def build_model(self) -> torch.nn.Module:
+        from beit_ds.models import build_mim_model
+
+        model = build_mim_model(self.recipe.model, self.recipe.mim)
+        model.set_grad_checkpointing(self.recipe.model.grad_checkpointing)
+        return model
+
+    def build_loader(self) -> Any:
+        from beit_ds.data import build_pretrain_loader
+
+        r = self.recipe
+        return build_pretrain_loader(r.data, r.masking, r.model.grid_size, loader_place(r, self.place))
+
+    def attach(self, engine: Any, dtype: torch.dtype) -> None:
+        self.tokenizer, self.dtype = _tokenizer(self.recipe, engine.device, dtype), dtype
+
+    def forward(self, model: Any, batch: Any, step: int) -> StepOutput:
+        return mim_forward(model, batch, self.tokenizer, self.dtype)
+
+    @classmethod
+    def export(cls, tag_dir: Path, out_dir: Path, client: dict[str, Any]) -> list[Path]:
+        return export_checkpoint(tag_dir, out_dir, client)
+
+    @classmethod
+    @torch.no_grad()
+    def evaluate_checkpoint(cls, tag_dir: Path, client: dict[str, Any], batches: int = 8) -> dict[str, float]:
+        """MIM loss and masked-token accuracy of the checkpoint on ``batches`` batches of its data."""
+        from beit_ds.config_io import build_dataclass
+
+        task = cls(build_dataclass(PretrainRecipe, client["recipe"]), ProcessPlace())
+        task.check()
+        model = task.build_model()
+        model.load_state_dict(consolidated_state_dict(tag_dir), strict=True)
+        model.eval()
+        tokenizer = _tokenizer(task.recipe, torch.device("cpu"), torch.float32)
+        totals, n = torch.zeros(2, dtype=torch.float64), 0
+        for batch, _ in zip(task.build_loader().at(0), range(batches)):
+            target = batch.tokenizer_images if tokenizer is None else tokenizer.encode(batch.tokenizer_images)
+            out = model(batch.images, batch.bool_masked_pos, target)
+            totals += torch.stack([out.loss.double(), out.accuracy.double()]) * len(batch.images)
+            n += len(batch.images)
+        loss, accuracy = (totals / max(n, 1)).tolist()
+        return {"mim_loss": loss, "mim_accuracy": accuracy, "images": float(n)}
+
+
 def pretrain(
     recipe: PretrainRecipe, ds_path: str | Path, resume: str = "auto", overwrite: bool = False
 ) -> TrainState:
     """Run (or resume) pre-training; returns the final ``TrainState``."""
-    from beit_ds.data import build_pretrain_loader
-    from beit_ds.models import build_mim_model
-
-    check_views(recipe)
-
-    def build_model() -> torch.nn.Module:
-        model = build_mim_model(recipe.model, recipe.mim)
-        model.set_grad_checkpointing(recipe.model.grad_checkpointing)
-        return model
-
-    def build_loader(place: ProcessPlace) -> Any:
-        return build_pretrain_loader(
-            recipe.data, recipe.masking, recipe.model.grid_size, loader_place(recipe, place)
-        )
-
-    def make_step(engine: Any, dtype: torch.dtype) -> Any:
-        tokenizer = _tokenizer(recipe, engine.device, dtype)
-        return lambda e, b: mim_step(e, b, tokenizer, dtype)
-
-    parts = JobParts("pretrain", build_model, build_loader, make_step, export_checkpoint)
-    return run_job(recipe, ds_path, resume, parts, overwrite)
+    return run_job(PretrainTask(recipe, place_from_env()), ds_path, resume, overwrite)

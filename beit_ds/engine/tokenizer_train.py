@@ -2,14 +2,13 @@
 
 The dVAE learns on the tokenizer view of the pre-training pipeline (same crops, flips and jitter,
 ``tokenizer_view: raw``), with the Gumbel temperature and KL weight as pure functions of the
-optimizer step. The export is ``tokenizer.safetensors`` (``tokenizer.name=dvae tokenizer.path=…``
+optimizer step (``TrainState.step``, the loop's one clock). The export is ``tokenizer.safetensors`` (``tokenizer.name=dvae tokenizer.path=…``
 in a pre-training recipe) plus its reconstruction error against the mean image.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from beit_ds.config import ConfigError, MaskingConfig
-from beit_ds.distributed import ProcessPlace
+from beit_ds.config import ConfigError, DVAEConfig, MaskingConfig
+from beit_ds.distributed import ProcessPlace, place_from_env
 from beit_ds.engine.export import consolidated_state_dict
-from beit_ds.engine.job import JobParts, loader_place, run_job
+from beit_ds.engine.job import loader_place, run_job
 from beit_ds.engine.state import TrainState
+from beit_ds.engine.task import StepOutput, Task, register
 from beit_ds.metrics import MetricWriter
 from beit_ds.recipe import TokenizerRecipe
 
@@ -37,15 +37,14 @@ def check_recipe(r: TokenizerRecipe) -> None:
         )
 
 
-def dvae_step(engine: Any, batch: Any, recipe: TokenizerRecipe, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """One micro-batch of dVAE training at the step's temperature and KL weight."""
+def dvae_forward(model: Any, batch: Any, step: int, cfg: DVAEConfig, dtype: torch.dtype) -> StepOutput:
+    """One micro-batch of dVAE training at optimizer step ``step``'s temperature and KL weight."""
     from beit_ds.tokenizers import dvae_schedule
 
-    images = batch.tokenizer_images.to(engine.device, dtype)
-    out = engine(images, **dvae_schedule(engine.global_steps, recipe.tokenizer.dvae))
-    engine.backward(out.loss)
-    engine.step()
-    return out.metrics()
+    images = batch.tokenizer_images.to(model.device, dtype)
+    out = model(images, **dvae_schedule(step, cfg))
+    metrics = {k: v for k, v in out.metrics().items() if k != "loss"}
+    return StepOutput(out.loss, metrics)
 
 
 @torch.no_grad()
@@ -62,58 +61,97 @@ def reconstruction_report(model: Any, loader: Any, batches: int = 8) -> dict[str
             "perplexity": perplexity.item(), "codes_used": usage.item(), "images": int(images.shape[0])}
 
 
-def reconstruction_samples(loader: Callable[[], Any], count: int = 8) -> Callable[[nn.Module, MetricWriter, int], None]:
-    """Logs ``count`` fixed tokenizer views beside their hard-token reconstructions to TensorBoard
-    (``tokenizer/reconstructions``, ``[count, 3, H, 2W]``) at each checkpoint; ``loader()`` gives
-    the job's loader once it is built."""
-    fixed: list[torch.Tensor] = []
-
-    @torch.no_grad()
-    def log(model: nn.Module, writer: MetricWriter, step: int) -> None:
-        if not fixed:
-            fixed.append(next(iter(loader().at(10**6))).tokenizer_images[:count])
-        weight = next(model.parameters())
-        images = fixed[0].to(weight.device, weight.dtype)
-        training = model.training
-        with torch.random.fork_rng(devices=[]):  # leave the training RNG stream untouched
-            recon = model.eval().decode(model.encode(images))
-        model.train(training)
-        writer.images(step, "tokenizer/reconstructions", torch.cat([images, recon], dim=3).float().clamp(0, 1))
-
-    return log
+@torch.no_grad()
+def reconstruction_samples(model: nn.Module, images: torch.Tensor, writer: MetricWriter, step: int) -> None:
+    """Logs fixed tokenizer views ``images`` beside their hard-token reconstructions to TensorBoard
+    (``tokenizer/reconstructions``, ``[count, 3, H, 2W]``), without touching the training RNG."""
+    weight = next(model.parameters())
+    images = images.to(weight.device, weight.dtype)
+    training = model.training
+    with torch.random.fork_rng(devices=[]):  # leave the training RNG stream untouched
+        recon = model.eval().decode(model.encode(images))  # type: ignore[operator]
+    model.train(training)
+    writer.images(step, "tokenizer/reconstructions", torch.cat([images, recon], dim=3).float().clamp(0, 1))
 
 
-def train_tokenizer(recipe: TokenizerRecipe, ds_path: str | Path, resume: str = "auto", overwrite: bool = False) -> TrainState:
-    """Train (or resume) the dVAE; the export holds ``tokenizer.safetensors`` and ``report.json``."""
+def _loader(recipe: TokenizerRecipe, place: ProcessPlace) -> Any:
+    """The pre-training loader supplies the tokenizer view; its masks are not used here."""
     from beit_ds.data import build_pretrain_loader
-    from beit_ds.tokenizers import DiscreteVAE, save_dvae
 
-    check_recipe(recipe)
-    size = recipe.tokenizer.image_size
-    grid = (size // recipe.tokenizer.dvae.downsample,) * 2
-    # The pre-training loader supplies the tokenizer view; its masks are not used here.
+    grid = (recipe.tokenizer.image_size // recipe.tokenizer.dvae.downsample,) * 2
     no_masks = MaskingConfig(num_masking_patches=1, min_block_patches=1)
-    loaders: list[Any] = []
+    return build_pretrain_loader(recipe.data, no_masks, grid, loader_place(recipe, place))
 
-    def build_loader(place: ProcessPlace) -> Any:
-        loaders.append(build_pretrain_loader(recipe.data, no_masks, grid, loader_place(recipe, place)))
-        return loaders[-1]
 
-    def export(tag_dir: Path, out_dir: Path) -> list[Path]:
-        model = DiscreteVAE(recipe.tokenizer.dvae, size)
+@register
+class TokenizerTask(Task[TokenizerRecipe]):
+    """Our dVAE trained on the tokenizer view; exported as ``tokenizer.safetensors`` + a report."""
+
+    kind = "tokenizer"
+    recipe_type = TokenizerRecipe
+    has_samples = True
+    SAMPLES = 8
+
+    def __init__(self, recipe: TokenizerRecipe, place: ProcessPlace) -> None:
+        super().__init__(recipe, place)
+        self.loader: Any = None
+        self.fixed: torch.Tensor | None = None
+        self.dtype = torch.float32
+
+    def check(self) -> None:
+        check_recipe(self.recipe)
+
+    def build_model(self) -> nn.Module:
+        from beit_ds.tokenizers import DiscreteVAE
+
+        return DiscreteVAE(self.recipe.tokenizer.dvae, self.recipe.tokenizer.image_size)
+
+    def build_loader(self) -> Any:
+        self.loader = _loader(self.recipe, self.place)
+        return self.loader
+
+    def attach(self, engine: Any, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+    def forward(self, model: Any, batch: Any, step: int) -> StepOutput:
+        return dvae_forward(model, batch, step, self.recipe.tokenizer.dvae, self.dtype)
+
+    def samples(self, model: nn.Module, writer: MetricWriter, step: int) -> None:
+        if self.fixed is None:
+            self.fixed = next(iter(self.loader.at(10**6))).tokenizer_images[: self.SAMPLES]
+        reconstruction_samples(model, self.fixed, writer, step)
+
+    @classmethod
+    def export(cls, tag_dir: Path, out_dir: Path, client: dict[str, Any]) -> list[Path]:
+        """``tokenizer.safetensors`` and, when the recipe's data is readable here, ``report.json``."""
+        from beit_ds.config_io import build_dataclass
+        from beit_ds.tokenizers import DiscreteVAE, save_dvae
+
+        recipe = build_dataclass(TokenizerRecipe, client["recipe"])
+        model = DiscreteVAE(recipe.tokenizer.dvae, recipe.tokenizer.image_size)
         model.load_state_dict(consolidated_state_dict(tag_dir), strict=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         save_dvae(model.eval(), out_dir / "tokenizer.safetensors")
-        report = reconstruction_report(model, loaders[0])
-        (out_dir / "report.json").write_text(json.dumps(report, indent=1))
-        return [out_dir / "tokenizer.safetensors", out_dir / "report.json"]
+        paths = [out_dir / "tokenizer.safetensors"]
+        if recipe.data.source == "demo" or Path(recipe.data.path).exists():  # readable here
+            report = reconstruction_report(model, _loader(recipe, ProcessPlace()))
+            (out_dir / "report.json").write_text(json.dumps(report, indent=1))
+            paths.append(out_dir / "report.json")
+        return paths
 
-    parts = JobParts(
-        "tokenizer",
-        build_model=lambda: DiscreteVAE(recipe.tokenizer.dvae, size),
-        build_loader=build_loader,
-        make_step=lambda engine, dtype: lambda e, b: dvae_step(e, b, recipe, dtype),
-        export=export,
-        samples=reconstruction_samples(lambda: loaders[0]),
-    )
-    return run_job(recipe, ds_path, resume, parts, overwrite)
+    @classmethod
+    def evaluate_checkpoint(cls, tag_dir: Path, client: dict[str, Any]) -> dict[str, float]:
+        """Hard-token reconstruction MSE vs the mean image, and code usage, of the checkpoint."""
+        from beit_ds.config_io import build_dataclass
+
+        task = cls(build_dataclass(TokenizerRecipe, client["recipe"]), ProcessPlace())
+        model = task.build_model()
+        model.load_state_dict(consolidated_state_dict(tag_dir), strict=True)
+        return {k: float(v) for k, v in reconstruction_report(model.eval(), task.build_loader()).items()}
+
+
+def train_tokenizer(
+    recipe: TokenizerRecipe, ds_path: str | Path, resume: str = "auto", overwrite: bool = False
+) -> TrainState:
+    """Train (or resume) the dVAE; the export holds ``tokenizer.safetensors`` and ``report.json``."""
+    return run_job(TokenizerTask(recipe, place_from_env()), ds_path, resume, overwrite)

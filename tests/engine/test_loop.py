@@ -12,6 +12,7 @@ from beit_ds.distributed import ProcessPlace
 from beit_ds.engine.checkpoint import CheckpointManager
 from beit_ds.engine.loop import LoopIO, LoopPlan, NonFiniteLossError, run_loop
 from beit_ds.engine.state import TrainState
+from beit_ds.engine.task import StepOutput, Task
 from beit_ds.metrics import MetricWriter
 from tests.engine.test_checkpoint import _engine
 
@@ -33,16 +34,26 @@ def _io(tmp_path, loaders: list) -> LoopIO:
                   CheckpointManager(tmp_path, 10, ProcessPlace()), extra_state=dict)
 
 
-def _step_fn(losses):
-    def step(engine, batch):
+class _LoopTask(Task):
+    """A task whose forward is the debug MIM model on a batch seeded by its index; ``factor(engine)``
+    scales the loss (NaN to make it non-finite)."""
+
+    kind = "test"
+
+    def __init__(self, factor=None) -> None:
+        super().__init__(None, ProcessPlace())
+        self.factor = factor
+
+    def forward(self, model, batch, step):
         g = torch.Generator().manual_seed(int(batch))
-        out = engine(torch.randn(4, 3, 32, 32, generator=g), torch.rand(4, 64, generator=g) < 0.4,
-                     torch.randint(0, 32, (4, 64), generator=g))
-        engine.backward(out.loss)
-        engine.step()
-        loss = losses(engine) if losses else out.loss.detach()
-        return {"loss": loss, "mim_accuracy": out.accuracy}
-    return step
+        out = model(torch.randn(4, 3, 32, 32, generator=g), torch.rand(4, 64, generator=g) < 0.4,
+                    torch.randint(0, 32, (4, 64), generator=g))
+        loss = out.loss * self.factor(model) if self.factor else out.loss
+        return StepOutput(loss, {"mim_accuracy": out.accuracy})
+
+
+def _step_fn(losses):
+    return _LoopTask(losses)
 
 
 def test_loop_counts_steps_epochs_and_applies_schedule(ds_single_rank, tmp_path):
@@ -68,8 +79,8 @@ def test_loop_counts_steps_epochs_and_applies_schedule(ds_single_rank, tmp_path)
 
 def test_persistent_nan_stops_and_keeps_last_good_checkpoint(ds_single_rank, tmp_path):
     engine = _engine(ds_single_rank)
-    nan_from = 5
-    losses = lambda e: torch.tensor(float("nan") if e.global_steps >= nan_from else 1.0)  # noqa: E731
+    nan_from = 4  # the forward of step 5 sees 4 completed optimizer steps
+    losses = lambda e: float("nan") if e.global_steps >= nan_from else 1.0  # noqa: E731
     io = _io(tmp_path, [])
     with pytest.raises(NonFiniteLossError, match="NaN/inf for 2 steps in a row, up to step 6"):
         run_loop(engine, _step_fn(losses), TrainState(), _plan(total_steps=20, save_every_steps=1), io, ProcessPlace())
@@ -99,15 +110,16 @@ def test_fp16_dynamic_loss_scaling_skips_an_overflow(ds_single_rank, tmp_path, m
     engine = init_engine(model, OptimConfig(), ds)
     overflow_at = 3
 
-    def step(engine, batch):
-        g = torch.Generator().manual_seed(0)
-        x = torch.randn(4, 3, 32, 32, generator=g).half()
-        out = engine(x, torch.rand(4, 64, generator=g) < 0.4, torch.randint(0, 32, (4, 64), generator=g))
-        blow_up = 1e6 if engine.global_steps + 1 == overflow_at else 1.0  # fp16 grads overflow to inf
-        engine.backward(out.loss * blow_up)
-        engine.step()
-        return {"loss": out.loss.detach(), "mim_accuracy": out.accuracy}
+    class Overflow(_LoopTask):
+        def forward(self, model, batch, step):
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(4, 3, 32, 32, generator=g).half()
+            out = model(x, torch.rand(4, 64, generator=g) < 0.4, torch.randint(0, 32, (4, 64), generator=g))
+            if step + 1 == overflow_at:  # the loss value stays, its fp16 gradients overflow to inf
+                out.loss.register_hook(lambda grad: grad * 1e6)
+            return StepOutput(out.loss, {"mim_accuracy": out.accuracy})
 
+    step = Overflow()
     io = _io(tmp_path, [])
     state = run_loop(engine, step, TrainState(), _plan(total_steps=5, save_every_steps=100), io, ProcessPlace())
     io.writer.close()
@@ -123,7 +135,7 @@ def test_fp16_dynamic_loss_scaling_skips_an_overflow(ds_single_rank, tmp_path, m
 
 def test_a_run_ending_on_nonfinite_steps_does_not_report_success(ds_single_rank, tmp_path):
     engine = _engine(ds_single_rank)
-    losses = lambda e: torch.tensor(float("nan") if e.global_steps >= 6 else 1.0)  # noqa: E731
+    losses = lambda e: float("nan") if e.global_steps >= 5 else 1.0  # noqa: E731
     io = _io(tmp_path, [])
     plan = _plan(total_steps=6, save_every_steps=1, max_nonfinite_steps=5)  # step 6 NaN, below the limit
     with pytest.raises(NonFiniteLossError, match="ended on 1 non-finite step.*last good checkpoint is step 5"):

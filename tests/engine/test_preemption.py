@@ -17,12 +17,16 @@ from tests.engine.test_checkpoint import _engine
 from tests.engine.test_loop import _io, _plan, _step_fn
 
 
-def _signal_at(step_fn, engine_step: int, sig: signal.Signals):
-    def step(engine, batch):
-        if engine.global_steps + 1 == engine_step:
+def _signal_at(task, engine_step: int, sig: signal.Signals):
+    forward = task.forward
+
+    def step(model, batch, step):
+        if model.global_steps + 1 == engine_step:
             os.kill(os.getpid(), sig)  # arrives in the middle of this optimizer step
-        return step_fn(engine, batch)
-    return step
+        return forward(model, batch, step)
+
+    task.forward = step
+    return task
 
 
 @pytest.mark.parametrize("sig, at, saved", [(signal.SIGUSR1, 2, 2), (signal.SIGTERM, 3, 3)])

@@ -13,7 +13,7 @@ import torch
 from beit_ds.config import TokenizerConfig
 from beit_ds.config_io import load_recipe
 from beit_ds.data.collate import MIMBatch
-from beit_ds.engine.pretrain import _tokenizer, mim_step
+from beit_ds.engine.pretrain import _tokenizer, mim_forward
 from beit_ds.recipe import PretrainRecipe
 from beit_ds.tokenizers import build_tokenizer
 
@@ -34,7 +34,7 @@ def _agreement(tokenizer, crops: torch.Tensor, reference: torch.Tensor) -> float
 
 
 class _Engine:
-    """What ``mim_step`` uses of a DeepSpeed engine; records what the model was given."""
+    """What ``mim_forward`` uses of a DeepSpeed engine; records what the model was given."""
 
     device = torch.device("cpu")
 
@@ -68,7 +68,7 @@ def test_tokenizer_view_is_not_cast_to_the_run_precision(photo_crops):
         indices=torch.arange(8),
     )
     engine = _Engine()
-    mim_step(engine, batch, tokenizer, torch.bfloat16)
+    mim_forward(engine, batch, tokenizer, torch.bfloat16)
     assert seen == [torch.float32]  # was bfloat16 before issue 14
     assert engine.seen["images"].dtype == torch.bfloat16  # the patch view is the run's precision
     fp32 = build_tokenizer(TokenizerConfig(name="dvae", path=DEMO_DVAE, image_size=32))
