@@ -43,7 +43,7 @@ def run_training(
     from beit_ds.config_io import load_recipe
 
     args = job_parser(description, default_recipe).parse_args()
-    recipe = load_recipe(recipe_cls, args.config, args.overrides)
+    recipe: object = load_recipe(recipe_cls, args.config, args.overrides)
     train(recipe, args.deepspeed_config or default_ds_config(configs_dir), resume=args.resume, overwrite=args.overwrite)
 
 

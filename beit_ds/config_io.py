@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
@@ -138,7 +139,7 @@ def build_dataclass(cls: type[T], data: dict[str, Any] | None, where: str = "") 
     if not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}={data!r}: expected a mapping of keys")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # T is a dataclass
     for key in data:
         if key not in fields:
             known = ", ".join(fields)
@@ -147,7 +148,7 @@ def build_dataclass(cls: type[T], data: dict[str, Any] | None, where: str = "") 
     for key, value in data.items():
         name = f"{where}.{key}" if where else key
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             kwargs[key] = build_dataclass(hint, value, name)
         else:
             kwargs[key] = _coerce(value, hint, name)
@@ -207,11 +208,46 @@ def read_recipe(name_or_path: str | Path, seen: tuple[Path, ...] = ()) -> dict[s
     return _merge(read_recipe(parent, (*seen, path)), data)
 
 
-def load_recipe(cls: type[T], name_or_path: str | Path | None, overrides: list[str] = ()) -> T:
+def load_recipe(cls: type[T], name_or_path: str | Path | None, overrides: Sequence[str] = ()) -> T:
     """The recipe ``cls`` from a YAML file (or defaults when None) plus CLI overrides."""
     data = read_recipe(name_or_path) if name_or_path is not None else {}
     data = _resolve_preset(apply_overrides(data, list(overrides)))
     try:
-        return build_dataclass(cls, data)
+        recipe = build_dataclass(cls, data)
+        derived = recipe.derived() if hasattr(recipe, "derived") else {}
+        for key, (value, fact) in derived.items():
+            given = _lookup(data, key)
+            if given is _ABSENT:
+                data = apply_overrides(data, [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"])
+            elif given != value:
+                raise _stated_twice(key, given, value, fact)
+        return build_dataclass(cls, data) if derived else recipe
     except TypeError as err:  # a section given as a scalar, etc.
         raise ConfigError(f"recipe {name_or_path}: {err}") from None
+
+
+_ABSENT = object()
+
+
+def _stated_twice(key: str, given: Any, value: Any, fact: str) -> ConfigError:
+    return ConfigError(f"{key}={given!r}: is {fact} = {value!r}; leave {key} out (it is derived)")
+
+
+def check_derived(recipe: Any) -> None:
+    """One-line ``ConfigError`` unless every value ``recipe.derived()`` names holds (recipes built
+    in code rather than by ``load_recipe``)."""
+    derived = recipe.derived() if hasattr(recipe, "derived") else {}
+    data = to_dict(recipe)
+    for key, (value, fact) in derived.items():
+        given = _lookup(data, key)
+        if given != value:
+            raise _stated_twice(key, given, value, fact)
+
+
+def _lookup(data: dict[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _ABSENT
+        node = node[part]
+    return node

@@ -36,7 +36,8 @@ class MetricWriter:
         clean = {k: float(v) for k, v in scalars.items()}
         record: dict[str, Any] = {"step": step, "time": time.time()}
         record.update({f"{prefix}/{k}": (v if math.isfinite(v) else str(v)) for k, v in clean.items()})
-        self._jsonl.write(json.dumps(record) + "\n")
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps(record) + "\n")
         if self._tb is not None:
             for k, v in clean.items():
                 self._tb.add_scalar(f"{prefix}/{k}", v, step)

@@ -1,15 +1,20 @@
-"""Training sections of a recipe and the recipe roots (seed §5, App. G; house style rule 3).
+"""The recipe roots (seed §5, App. G; house style rule 3): ``TrainingRecipe`` holds the sections
+every training has (``config/train.py``), each task's root adds its own (``config/``).
 
-A recipe is a YAML file whose top-level keys are the sections below plus the model-side ones
-from ``config.py``; ``config_io.load_recipe`` builds it and applies ``section.key=value``
+A recipe is a YAML file whose top-level keys are these sections; ``config_io.load_recipe`` builds it and applies ``section.key=value``
 overrides. Derived values (scaled lr, steps per epoch) are computed by the engine, never stored.
-Torch-free, like ``config.py``.
+Values that are one fact stated in two sections are derived, not cross-checked: ``derived()``
+of a root names them (``data.transform.input_size`` is ``model.img_size``, the tokenizer view
+is the tokenizer's input, ``mim.vocab_size`` the tokenizer's vocabulary); ``load_recipe`` fills
+each one the recipe leaves out and refuses one it states differently. Torch-free.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+from beit_ds.assets import resolve
 from beit_ds.config import (
     AugmentConfig,
     DataConfig,
@@ -19,104 +24,14 @@ from beit_ds.config import (
     ModelConfig,
     ProbeConfig,
     TokenizerConfig,
-    _choice,
-    _expect,
-    _positive_int,
 )
+from beit_ds.config.tokenizer import tokenizer_vocab
+from beit_ds.config.train import CheckpointConfig, LogConfig, OptimConfig, ScheduleConfig
 
-
-@dataclass
-class OptimConfig:
-    """AdamW (seed §5): ``lr = base_lr · global_batch / base_batch`` unless ``lr`` is set."""
-
-    base_lr: float = 1.5e-3
-    base_batch: int = 2048
-    lr: float | None = None
-    min_lr: float = 1e-5
-    weight_decay: float = 0.05
-    weight_decay_end: float | None = None
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    clip_grad: float = 3.0
-    layer_decay: float = 1.0
-
-    def __post_init__(self) -> None:
-        s = "optim"
-        for key in ("base_lr", "min_lr", "eps"):
-            value = getattr(self, key)
-            _expect(isinstance(value, (int, float)) and value >= 0, s, key, value, "a number >= 0")
-        _expect(self.base_lr > 0, s, "base_lr", self.base_lr, "a positive number")
-        _positive_int(s, "base_batch", self.base_batch)
-        if self.lr is not None:
-            _expect(self.lr > 0, s, "lr", self.lr, "a positive number or null")
-        _expect(self.weight_decay >= 0, s, "weight_decay", self.weight_decay, ">= 0")
-        if self.weight_decay_end is not None:
-            _expect(self.weight_decay_end >= 0, s, "weight_decay_end", self.weight_decay_end, ">= 0 or null")
-        ok = len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)
-        _expect(ok, s, "betas", self.betas, "two numbers in [0, 1)")
-        _expect(self.clip_grad >= 0, s, "clip_grad", self.clip_grad, ">= 0 (0 disables clipping)")
-        _expect(0 < self.layer_decay <= 1, s, "layer_decay", self.layer_decay, "a number in (0, 1]")
-
-
-@dataclass
-class ScheduleConfig:
-    """Length and shape of training: warm-up then cosine decay, in epochs (or ``max_steps``).
-
-    ``micro_batch_size`` is per rank; ``grad_accum`` micro-batches make one optimizer step; the
-    global batch is ``micro_batch_size · grad_accum · world_size``.
-    """
-
-    epochs: int = 800
-    warmup_epochs: float = 10.0
-    micro_batch_size: int = 128
-    grad_accum: int = 1
-    max_steps: int | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        s = "schedule"
-        _positive_int(s, "epochs", self.epochs)
-        ok = 0 <= self.warmup_epochs <= self.epochs
-        _expect(ok, s, "warmup_epochs", self.warmup_epochs, f"a number in [0, schedule.epochs={self.epochs}]")
-        _positive_int(s, "micro_batch_size", self.micro_batch_size)
-        _positive_int(s, "grad_accum", self.grad_accum)
-        if self.max_steps is not None:
-            _positive_int(s, "max_steps", self.max_steps)
-
-
-@dataclass
-class CheckpointConfig:
-    """Where and how often DeepSpeed checkpoints are written; the last ``keep_last`` are kept.
-    ``verify``: what a resume checks before loading, ``"checksum"`` (size and SHA-256 of every
-    file: a few seconds for BEiT-L) or ``"size"`` (sizes only, for very slow file systems)."""
-
-    output_dir: str = "runs/beit"
-    save_every_steps: int = 1000
-    save_every_epochs: int = 1
-    keep_last: int = 3
-    export_at_end: bool = True
-    verify: str = "checksum"
-
-    def __post_init__(self) -> None:
-        s = "checkpoint"
-        _expect(bool(self.output_dir), s, "output_dir", self.output_dir, "a directory path")
-        for key in ("save_every_steps", "save_every_epochs", "keep_last"):
-            _positive_int(s, key, getattr(self, key))
-        _choice(s, "verify", self.verify, ("checksum", "size"))
-
-
-@dataclass
-class LogConfig:
-    """Rank-0 logging: every ``every_steps`` steps to TensorBoard and ``metrics.jsonl``."""
-
-    every_steps: int = 10
-    tensorboard: bool = True
-    progress_bar: bool = True
-    max_nonfinite_steps: int = 20
-
-    def __post_init__(self) -> None:
-        _positive_int("log", "every_steps", self.every_steps)
-        _positive_int("log", "max_nonfinite_steps", self.max_nonfinite_steps)
+__all__ = [
+    "CheckpointConfig", "ClassificationRecipe", "FinetuneRecipe", "LinearProbeRecipe", "LogConfig", "OptimConfig",
+    "PretrainRecipe", "ScheduleConfig", "TokenizerRecipe", "TrainingRecipe",
+]
 
 
 @dataclass
@@ -140,6 +55,23 @@ class PretrainRecipe(TrainingRecipe):
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
+    def derived(self) -> dict[str, tuple[Any, str]]:
+        """``{key: (value, the key or fact it is)}``: the patch view is the model's input, the
+        second view the tokenizer's (the model's, raw, for pixel targets), the MIM vocabulary the
+        tokenizer's."""
+        out: dict[str, tuple[Any, str]] = {"data.transform.input_size": (self.model.img_size, "model.img_size")}
+        if self.mim.target == "pixels":
+            out["data.transform.second_input_size"] = (self.model.img_size, "model.img_size (mim.target='pixels')")
+            out["data.transform.tokenizer_view"] = ("raw", "mim.target='pixels'")
+            return out
+        out["data.transform.second_input_size"] = (self.tokenizer.image_size, "tokenizer.image_size")
+        view = "dalle" if self.tokenizer.name == "dalle" else "raw"
+        out["data.transform.tokenizer_view"] = (view, f"what tokenizer.name={self.tokenizer.name!r} reads")
+        vocab = tokenizer_vocab(self.tokenizer, str(resolve(self.tokenizer.path))) if self.tokenizer.path else None
+        if vocab is not None:
+            out["mim.vocab_size"] = (vocab, f"the vocabulary of tokenizer.path={self.tokenizer.path!r}")
+        return out
+
 
 @dataclass
 class TokenizerRecipe(TrainingRecipe):
@@ -148,6 +80,11 @@ class TokenizerRecipe(TrainingRecipe):
 
     tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(name="dvae"))
 
+    def derived(self) -> dict[str, tuple[Any, str]]:
+        """The dVAE learns on the raw second view at its own input size."""
+        return {"data.transform.second_input_size": (self.tokenizer.image_size, "tokenizer.image_size"),
+                "data.transform.tokenizer_view": ("raw", "what the dVAE reads")}
+
 
 @dataclass
 class ClassificationRecipe(TrainingRecipe):
@@ -155,6 +92,10 @@ class ClassificationRecipe(TrainingRecipe):
 
     model: ModelConfig = field(default_factory=lambda: ModelConfig(global_pool="avg"))
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def derived(self) -> dict[str, tuple[Any, str]]:
+        """The classifier's input is the model's resolution (positions are resized from the weights)."""
+        return {"data.transform.input_size": (self.model.img_size, "model.img_size")}
 
 
 @dataclass

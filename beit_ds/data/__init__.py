@@ -88,7 +88,9 @@ def build_finetune_loader(
     records = records if records is not None else build_records(data, split, classes)
     records.require_labels(f"fine-tuning ({split} split)")
     train = split == "train"
-    transform = TrainTransform(data.transform) if train else EvalTransform(data.transform)
+    transform: TrainTransform | EvalTransform | AugmentedTrainTransform = (
+        TrainTransform(data.transform) if train else EvalTransform(data.transform)
+    )
     if train and augment is not None:
         transform = AugmentedTrainTransform(data.transform, augment)
     dataset = ImageDataset(

@@ -32,7 +32,8 @@ from beit_ds.data.decode import EncodedImage
 from beit_ds.data.transforms import TrainTransform
 
 GREY_FILL = [128, 128, 128]  # torchvision RandAugment's fill for pixels a geometric op uncovers
-PIL_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "lanczos": Image.LANCZOS}
+PIL_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+                "lanczos": Image.Resampling.LANCZOS}
 
 
 def timm_policy(augment: AugmentConfig) -> str:
@@ -46,7 +47,7 @@ def timm_hparams(cfg: TransformConfig) -> dict[str, object]:
     return {
         "translate_const": int(cfg.input_size * 0.45),
         "img_mean": tuple(min(255, round(255 * m)) for m in cfg.mean),
-        "interpolation": PIL_RESAMPLE.get(cfg.interpolation, Image.BICUBIC),
+        "interpolation": PIL_RESAMPLE.get(cfg.interpolation, Image.Resampling.BICUBIC),
     }
 
 
@@ -66,7 +67,7 @@ def build_rand_augment(
         out = policy(Image.fromarray(x.permute(1, 2, 0).numpy()))
         return torch.from_numpy(np.asarray(out, dtype=np.uint8).copy()).permute(2, 0, 1)
 
-    apply.policy = policy  # the timm object, for inspection
+    apply.policy = policy  # type: ignore[attr-defined]  # the timm object, for inspection
     return apply
 
 

@@ -77,8 +77,9 @@ class MIMBatch:
 
     def pin_memory(self) -> MIMBatch:
         """Page-locked copies (called by ``DataLoader(pin_memory=True)``)."""
-        pinned = {k: (v.pin_memory() if v is not None else None) for k, v in self.__dict__.items()}
-        return MIMBatch(**pinned)
+        labels = self.labels.pin_memory() if self.labels is not None else None
+        return MIMBatch(self.images.pin_memory(), self.tokenizer_images.pin_memory(),
+                        self.bool_masked_pos.pin_memory(), self.indices.pin_memory(), labels)
 
 
 @dataclass
@@ -116,7 +117,7 @@ def collate_mim(samples: Sequence[Sample]) -> tuple[MIMBatch, Reads]:
     batch = MIMBatch(
         images=torch.stack([s.views[0] for s in samples]),
         tokenizer_images=torch.stack([s.views[1] for s in samples]),
-        bool_masked_pos=torch.from_numpy(np.stack([s.mask for s in samples])),
+        bool_masked_pos=torch.from_numpy(np.stack([s.mask for s in samples if s.mask is not None])),
         indices=torch.tensor([s.index for s in samples], dtype=torch.int64),
         labels=_labels(samples),
     )

@@ -49,7 +49,7 @@ class ResumableLoader:
     def __init__(
         self,
         dataset: ImageDataset,
-        collate: Callable[[Sequence[Any]], tuple[Any, list[tuple[str, str]]]],
+        collate: Callable[[Sequence[Any]], tuple[Any, Any]],
         place: LoaderPlace,
         cfg: DataConfig,
         train: bool,

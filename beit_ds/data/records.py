@@ -103,7 +103,8 @@ def is_image_name(name: str) -> bool:
 
 def split_listing(names: Sequence[str]) -> tuple[list[str], list[str]]:
     """(image names, ignored names): hidden files and non-image extensions are ignored."""
-    images, ignored = [], []
+    images: list[str] = []
+    ignored: list[str] = []
     for name in names:
         hidden = any(part.startswith(".") for part in Path(name).parts)
         (images if is_image_name(name) and not hidden else ignored).append(name)
@@ -118,9 +119,9 @@ def labels_from_folders(
     Unlabelled (``None, None``) when any image sits directly at the top. With ``classes`` given
     (an evaluation set labelled like its training set) every folder must be one of them.
     """
-    firsts = [Path(p).parts[0] if len(Path(p).parts) > 1 else None for p in relpaths]
-    if not firsts or any(f is None for f in firsts):
+    if not relpaths or any(len(Path(p).parts) < 2 for p in relpaths):
         return None, None
+    firsts = [Path(p).parts[0] for p in relpaths]
     names = tuple(classes) if classes is not None else tuple(sorted(set(firsts)))
     lookup = {name: i for i, name in enumerate(names)}
     unknown = sorted(set(firsts) - set(lookup))

@@ -79,7 +79,9 @@ def _shard_samples(path: Path) -> tuple[list[TarMember], list[int | None], list[
     for member in scan_tar(path):
         key, ext = _split_key(member.name)
         groups.setdefault(key, {})[ext] = member
-    images, labels, ignored = [], [], []
+    images: list[TarMember] = []
+    labels: list[int | None] = []
+    ignored: list[str] = []
     for parts in groups.values():
         image = next((m for ext, m in parts.items() if f".{ext}" in IMAGE_EXTENSIONS), None)
         if image is None:
@@ -104,9 +106,8 @@ def scan_shards(folder: Path) -> Records:
         ignored += ign
     if not members:
         raise DataError(f"data.path={str(folder)!r}: the shards hold no images")
-    has_labels = all(lab is not None for lab in labels)
-    label_array = np.array(labels, dtype=np.int64) if has_labels else None
-    classes = tuple(str(c) for c in range(int(label_array.max()) + 1)) if has_labels else None
+    label_array = np.array(labels, dtype=np.int64) if all(lab is not None for lab in labels) else None
+    classes = tuple(str(c) for c in range(int(label_array.max()) + 1)) if label_array is not None else None
     return _tar_records(
         str(folder), tuple(str(s) for s in shards), members, ids, label_array, classes, ignored
     )
@@ -127,7 +128,7 @@ def write_index(records: Records, folder: Path) -> Path:
         arrays.update(labels=records.labels, classes=np.array(records.classes))
     tmp = folder / f".{INDEX_NAME}.{os.getpid()}.tmp"
     with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, **{k: v for k, v in arrays.items() if v is not None})  # type: ignore[arg-type]  # numpy's stub
     os.replace(tmp, folder / INDEX_NAME)
     return folder / INDEX_NAME
 
@@ -192,8 +193,8 @@ def _relative(name: str, prefix: str) -> str | None:
 def tar_archive_records(archive: Path, subdir: str, classes: Sequence[str] | None = None) -> Records:
     """Images of a plain ``.tar`` holding a folder tree, under ``subdir``, labelled like a folder."""
     prefix = subdir.strip("/") + "/" if subdir.strip("/") else ""
-    below = [(m, _relative(m.name, prefix)) for m in scan_tar(archive)]
-    below = [(m, rel) for m, rel in below if rel]
+    relative = [(m, _relative(m.name, prefix)) for m in scan_tar(archive)]
+    below = [(m, rel) for m, rel in relative if rel]
     images, ignored = split_listing([rel for _, rel in below])
     if not images:
         raise DataError(f"data.subdir={subdir!r}: no images under it in {archive} ({len(below)} other files)")

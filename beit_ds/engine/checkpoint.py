@@ -28,7 +28,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -193,10 +193,10 @@ class CheckpointManager:
             files = integrity.manifest(staging, self.place.rank, self.place.world_size, MARKER)
         except (OSError, RuntimeError) as err:
             error = f"checkpoint {self.dir / tag}: save failed ({integrity.describe_write_error(err, self.dir)})"
-        gathered = all_gather_object((error, files))
-        errors = [e for e, _ in gathered if e]  # type: ignore[misc]
+        gathered = cast(list[tuple[str | None, dict[str, Any]]], all_gather_object((error, files)))
+        errors = [e for e, _ in gathered if e]
         if self.place.is_main and not errors:
-            every = {name: entry for _, part in gathered for name, entry in part.items()}  # type: ignore[misc]
+            every = {name: entry for _, part in gathered for name, entry in part.items()}
             try:
                 self._publish(staging, tag, every, state.step)
             except OSError as err:
@@ -204,9 +204,9 @@ class CheckpointManager:
                               f" ({integrity.describe_write_error(err, self.dir)})")
         if self.place.is_main and errors:
             shutil.rmtree(staging, ignore_errors=True)
-        error = broadcast_object(errors[0] if errors else None)
-        if error:
-            raise CheckpointError(str(error) + "; the previous checkpoints are unchanged")
+        failed = broadcast_object(errors[0] if errors else None)
+        if failed:
+            raise CheckpointError(f"{failed}; the previous checkpoints are unchanged")
         get_logger().info("saved checkpoint %s", self.dir / tag)
         return self.dir / tag
 
@@ -290,9 +290,9 @@ class CheckpointManager:
                 to_universal(tag_dir, out)
             except Exception as err:  # every rank must learn about it, not only rank 0
                 error = f"checkpoint {tag_dir}: universal conversion failed ({type(err).__name__}: {err})"
-        error = broadcast_object(error)
-        if error:
-            raise CheckpointError(str(error))
+        failed = broadcast_object(error)
+        if failed:
+            raise CheckpointError(str(failed))
         return out
 
 

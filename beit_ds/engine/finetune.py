@@ -40,7 +40,7 @@ from beit_ds.metrics import MetricWriter
 from beit_ds.models import BeitForImageClassification, build_classifier
 from beit_ds.recipe import ClassificationRecipe, FinetuneRecipe, LinearProbeRecipe, TrainingRecipe
 
-KINDS = {"finetune": FinetuneRecipe, "linear_probe": LinearProbeRecipe}
+KINDS: dict[str, type[ClassificationRecipe]] = {"finetune": FinetuneRecipe, "linear_probe": LinearProbeRecipe}
 NO_MIXING = AugmentConfig(rand_augment_ops=0, random_erasing=0.0, mixup=0.0, cutmix=0.0)
 
 
@@ -68,11 +68,6 @@ def check_recipe(r: ClassificationRecipe) -> None:
     if m.global_pool not in ("avg", "token"):
         raise ConfigError(
             f"model.global_pool={m.global_pool!r}: expected 'avg' (mean of patch tokens) or 'token'"
-        )
-    if r.data.transform.input_size != m.img_size:
-        raise ConfigError(
-            f"data.transform.input_size={r.data.transform.input_size}: expected model.img_size={m.img_size}"
-            " (set both to change the resolution; positions are interpolated from the weights)"
         )
     layer = probe_layer(r)
     if layer is not None and layer > m.depth:
@@ -191,13 +186,14 @@ class FinetuneTask(Task[ClassificationRecipe]):
         r = self.recipe
         augment = self.augment if isinstance(r, FinetuneRecipe) else None
         loader = build_finetune_loader(r.data, "train", loader_place(r, self.place), augment=augment)
-        if len(loader.classes) != r.model.num_classes:
-            more = ", …" if len(loader.classes) > 4 else ""
+        classes = loader.classes or ()  # labelled: build_finetune_loader requires it
+        if len(classes) != r.model.num_classes:
+            more = ", …" if len(classes) > 4 else ""
             raise ConfigError(
-                f"model.num_classes={r.model.num_classes}: the training set has {len(loader.classes)}"
-                f" classes ({', '.join(loader.classes[:4])}{more})"
+                f"model.num_classes={r.model.num_classes}: the training set has {len(classes)}"
+                f" classes ({', '.join(classes[:4])}{more})"
             )
-        self.classes = tuple(loader.classes)
+        self.classes = tuple(classes)
         return loader
 
     def attach(self, engine: Any, dtype: torch.dtype) -> None:

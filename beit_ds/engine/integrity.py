@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 CHUNK = 8 << 20
 _RANK_OF_FILE = re.compile(r"pp_rank_(\d+)_|rng_rank(\d+)\.")
@@ -56,7 +57,7 @@ def manifest(folder: Path, rank: int, world_size: int, skip: str) -> dict[str, d
     return out
 
 
-def damaged_file(folder: Path, files: dict[str, object], checksums: bool) -> str | None:
+def damaged_file(folder: Path, files: dict[str, Any], checksums: bool) -> str | None:
     """The first listed file that is missing, of another size or (``checksums``) another digest,
     with what is wrong; None when all match. Accepts old markers that list sizes only."""
     for name, entry in files.items():

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from torch import nn
 
 from beit_ds.config import ConfigError
-from beit_ds.config_io import save_yaml, to_dict
+from beit_ds.config_io import check_derived, save_yaml, to_dict
 from beit_ds.distributed import ProcessPlace
 from beit_ds.engine import elastic, integrity, resume_guard
 from beit_ds.engine.checkpoint import CheckpointManager, newest_complete, read_marker
@@ -54,7 +54,9 @@ def loader_place(recipe: TrainingRecipe, place: ProcessPlace) -> LoaderPlace:
 
 
 def preflight(recipe: TrainingRecipe, ds_path: str | Path, world_size: int) -> Preflight:
-    """Data path, DeepSpeed JSON and batch arithmetic, checked without a process group."""
+    """Derived values, data path, output folder, DeepSpeed JSON and batch arithmetic, checked
+    without a process group."""
+    check_derived(recipe)
     if recipe.data.source != "demo" and not Path(recipe.data.path).exists():
         raise ConfigError(f"data.path={recipe.data.path!r}: no such file or directory")
     unwritable = integrity.probe_writable(Path(recipe.checkpoint.output_dir) / "checkpoints", "checkpoint.output_dir")

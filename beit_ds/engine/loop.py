@@ -71,8 +71,8 @@ class LoopIO:
 def _loss_scale(engine: Any) -> float:
     scale = getattr(engine.optimizer, "cur_scale", None)
     if scale is None:
-        scale = getattr(engine.optimizer, "loss_scale", 1.0)
-    return float(scale)
+        scale = getattr(engine.optimizer, "loss_scale", None)
+    return 1.0 if scale is None else float(scale)
 
 
 class _Saver:

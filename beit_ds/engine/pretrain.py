@@ -24,32 +24,15 @@ from beit_ds.recipe import PretrainRecipe
 
 
 def check_views(r: PretrainRecipe) -> None:
-    """Patch view = model input; tokenizer view = tokenizer input (or pixels for the ablation)."""
-    t = r.data.transform
-    if t.input_size != r.model.img_size:
-        raise ConfigError(
-            f"data.transform.input_size={t.input_size}: expected model.img_size={r.model.img_size}"
-        )
+    """The tokenizer file exists and the masking fits the patch grid. The views' sizes, the
+    tokenizer view and the vocabulary are derived from the model and the tokenizer
+    (``PretrainRecipe.derived``; checked in ``job.preflight``)."""
     check_masking(r)
     if r.mim.target == "pixels":
-        if t.second_input_size != r.model.img_size or t.tokenizer_view != "raw":
-            raise ConfigError(
-                "mim.target='pixels': expected data.transform.second_input_size = model.img_size"
-                f" ({r.model.img_size}) and data.transform.tokenizer_view='raw'"
-            )
         return
     if not r.tokenizer.path or not resolve(r.tokenizer.path).is_file():
         raise ConfigError(
             f"tokenizer.path={r.tokenizer.path!r}: no such file (expected {r.tokenizer.name} weights)"
-        )
-    if r.tokenizer.image_size != t.second_input_size:
-        raise ConfigError(
-            f"tokenizer.image_size={r.tokenizer.image_size}: expected data.transform.second_input_size={t.second_input_size}"
-        )
-    view = "dalle" if r.tokenizer.name == "dalle" else "raw"
-    if t.tokenizer_view != view:
-        raise ConfigError(
-            f"data.transform.tokenizer_view={t.tokenizer_view!r}: tokenizer {r.tokenizer.name!r} expects {view!r}"
         )
 
 
@@ -100,10 +83,6 @@ def _tokenizer(recipe: PretrainRecipe, device: torch.device, dtype: torch.dtype)
         raise ConfigError(message.splitlines()[0]) from None
     if recipe.tokenizer.dtype == "auto":
         tokenizer.to(dtype)
-    if tokenizer.vocab_size != recipe.mim.vocab_size:
-        raise ConfigError(
-            f"mim.vocab_size={recipe.mim.vocab_size}: the tokenizer has {tokenizer.vocab_size} codes"
-        )
     return tokenizer
 
 

@@ -47,7 +47,9 @@ def _deepspeed_types() -> list[Any]:
 
 
 def _numpy_types() -> list[Any]:
-    reconstruct = np._core.multiarray._reconstruct if hasattr(np, "_core") else np.core.multiarray._reconstruct
+    from numpy._core.multiarray import _reconstruct  # numpy >= 2 (numpy.core before)
+
+    reconstruct = _reconstruct
     return [reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 

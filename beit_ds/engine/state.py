@@ -21,7 +21,6 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     samples_in_epoch: int = 0
-    skipped_steps: int = 0
     nonfinite_steps: int = 0
 
     def as_dict(self) -> dict[str, int]:

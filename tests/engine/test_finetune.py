@@ -15,7 +15,7 @@ from beit_ds.config import ConfigError
 from beit_ds.config_io import load_recipe
 from beit_ds.data.collate import ClassBatch
 from beit_ds.engine.ds_setup import resolve_ds_config
-from beit_ds.engine.finetune import build_finetune_model, check_recipe, evaluate, finetune
+from beit_ds.engine.finetune import build_finetune_model, evaluate, finetune
 from beit_ds.engine.pretrain import pretrain
 from beit_ds.engine.runtime import init_engine
 from beit_ds.engine.weights import read_weights
@@ -209,8 +209,9 @@ def test_bad_inputs_are_one_line_errors(pretrained, tmp_path):
         lambda: build_finetune_model(keep)
     )
     odd = _recipe(tmp_path, "", "model.img_size=48")
-    assert error(lambda: check_recipe(odd)).startswith(
-        "data.transform.input_size=32: expected model.img_size=48"
+    assert odd.data.transform.input_size == 48  # derived from the model (issue 13), not restated
+    assert error(lambda: _recipe(tmp_path, "", "model.img_size=48", "data.transform.input_size=32")).startswith(
+        "data.transform.input_size=32: is model.img_size = 48; leave data.transform.input_size out"
     )
     patch8 = _recipe(tmp_path, str(pretrained), "model.patch_size=8")
     assert "the weights have 4x4 patches: expected model.patch_size=8" in error(

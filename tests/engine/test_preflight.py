@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -63,8 +64,15 @@ def test_inconsistent_settings_are_named(tmp_path):
     flight = preflight(demo, FP32, 4)
     assert flight.global_batch == demo.schedule.micro_batch_size * 4
     assert flight.lr == pytest.approx(1.5e-3 * flight.global_batch / 256)
-    with pytest.raises(ConfigError, match="data.transform.input_size=32: expected model.img_size=64"):
-        preflight(load_recipe(PretrainRecipe, "pretrain_demo_cpu", ["model.img_size=64"]), FP32, 1)
+    # one fact stated once: the patch view follows model.img_size; stating it otherwise is refused
+    assert load_recipe(PretrainRecipe, "pretrain_demo_cpu", ["model.img_size=64"]).data.transform.input_size == 64
+    with pytest.raises(ConfigError, match=r"data.transform.input_size=32: is model.img_size = 64; leave .* out"):
+        load_recipe(PretrainRecipe, "pretrain_demo_cpu", ["model.img_size=64", "data.transform.input_size=32"])
+    with pytest.raises(ConfigError, match=r"mim.vocab_size=8192: is the vocabulary of tokenizer.path=.* = 512"):
+        load_recipe(PretrainRecipe, "pretrain_demo_cpu", ["mim.vocab_size=8192"])  # before any process group
+    in_code = dataclasses.replace(demo, model=dataclasses.replace(demo.model, img_size=64))
+    with pytest.raises(ConfigError, match="data.transform.input_size=32: is model.img_size = 64"):
+        preflight(in_code, FP32, 1)
     both = tmp_path / "both.json"
     both.write_text('{"fp16": {"enabled": true}, "bf16": {"enabled": true}}')
     with pytest.raises(ConfigError, match="fp16.enabled and bf16.enabled are both true"):

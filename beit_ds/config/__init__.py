@@ -1,0 +1,36 @@
+"""Typed configuration sections, one module per concept (house style rule 3; issue 13).
+
+``validate`` holds the one public set of validators; ``model`` the backbone, MIM head and
+masking; ``data`` the data pipeline; ``tokenizer`` the visual tokenizers; ``finetune`` the
+fine-tuning, augmentation and probe sections; ``train`` the sections every training recipe has
+(optimizer, schedule, checkpoints, logging). Each section is a dataclass validated in
+``__post_init__``: a bad value raises ``ConfigError`` with one line naming ``section.key``, the
+value and what is expected. The package imports no torch, so that recipes can be checked before
+any process group starts. Recipe roots are in ``beit_ds/recipe.py``.
+"""
+
+from beit_ds.config.data import DATA_SOURCES, INTERPOLATIONS, TOKENIZER_VIEWS, DataConfig, TransformConfig
+from beit_ds.config.finetune import HEAD_POLICIES, AugmentConfig, FinetuneConfig, ProbeConfig
+from beit_ds.config.model import MaskingConfig, MIMConfig, ModelConfig
+from beit_ds.config.tokenizer import TOKENIZER_DTYPES, TOKENIZER_NAMES, DVAEConfig, TokenizerConfig
+from beit_ds.config.validate import ConfigError
+
+__all__ = [
+    "DATA_SOURCES",
+    "HEAD_POLICIES",
+    "INTERPOLATIONS",
+    "TOKENIZER_DTYPES",
+    "TOKENIZER_NAMES",
+    "TOKENIZER_VIEWS",
+    "AugmentConfig",
+    "ConfigError",
+    "DVAEConfig",
+    "DataConfig",
+    "FinetuneConfig",
+    "MIMConfig",
+    "MaskingConfig",
+    "ModelConfig",
+    "ProbeConfig",
+    "TokenizerConfig",
+    "TransformConfig",
+]

@@ -1,0 +1,151 @@
+"""Model-side sections: the backbone, its MIM head, and blockwise masking (seed §2-§3, Alg. 1)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from beit_ds.config.validate import choice, expect, fraction, positive_int
+
+
+@dataclass
+class ModelConfig:
+    """Backbone hyper-parameters (seed §2.2, §3; App. B for BEiT+).
+
+    ``rel_pos_bias``: ``"shared"`` (one table for all layers, used for pre-training),
+    ``"per_layer"`` (one table per block, timm's fine-tuned layout) or ``"none"``.
+    ``layer_scale_init``: LayerScale gamma init; ``0`` disables LayerScale.
+    ``global_pool``: ``"none"`` (all tokens through the final norm: MIM), ``"avg"`` (mean of
+    patch tokens + ``fc_norm``: the seed's fine-tuning choice) or ``"token"`` ([CLS] + ``norm``).
+    ``init_trunc``: where the trunc-normal(``init_std``) init is cut: ``"auto"`` as unilm per model
+    (MIM model ±1σ, classifier/backbone timm's ±2 absolute), ``"1std"``, ``"2std"`` or ``"2abs"``.
+    ``rel_pos_resize``: how loaded relative-position tables are resized to another grid:
+    ``"geometric"`` (unilm / timm) or ``"bicubic"`` (``models/convert.py``).
+    ``wd_exempt``: which weight matrices ``no_weight_decay()`` exempts besides biases and 1-d
+    weights: ``"unilm"`` (``cls_token``, ``pos_embed``: unilm's pre-training and fine-tuning),
+    ``"unilm_rel_pos"`` (+ relative-position tables: unilm's ``--disable_weight_decay_on_rel_pos_bias``)
+    or ``"positional"`` (+ ``mask_token``: the earlier beit_ds rule).
+    """
+
+    img_size: int = 224
+    patch_size: int = 16
+    in_chans: int = 3
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_path_rate: float = 0.1
+    layer_scale_init: float = 0.1
+    use_abs_pos_emb: bool = False
+    rel_pos_bias: str = "per_layer"
+    global_pool: str = "none"
+    num_classes: int = 0
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+    init_trunc: str = "auto"
+    rel_pos_resize: str = "geometric"
+    wd_exempt: str = "unilm"
+    grad_checkpointing: bool = False
+    compile: bool = False
+    attn_impl: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        s = "model"
+        for key in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads"):
+            positive_int(s, key, getattr(self, key))
+        positive_int(s, "num_classes", self.num_classes + 1)  # 0 allowed: no head
+        expect(
+            self.img_size % self.patch_size == 0,
+            s,
+            "img_size",
+            self.img_size,
+            f"a multiple of model.patch_size={self.patch_size}",
+        )
+        expect(
+            self.embed_dim % self.num_heads == 0,
+            s,
+            "embed_dim",
+            self.embed_dim,
+            f"divisible by model.num_heads={self.num_heads}",
+        )
+        expect(self.mlp_ratio > 0, s, "mlp_ratio", self.mlp_ratio, "a positive number")
+        fraction(s, "drop_path_rate", self.drop_path_rate)
+        expect(self.layer_scale_init >= 0, s, "layer_scale_init", self.layer_scale_init, ">= 0")
+        choice(s, "rel_pos_bias", self.rel_pos_bias, ("shared", "per_layer", "none"))
+        choice(s, "global_pool", self.global_pool, ("none", "avg", "token"))
+        choice(s, "attn_impl", self.attn_impl, ("sdpa", "eager"))
+        choice(s, "init_trunc", self.init_trunc, ("auto", "1std", "2std", "2abs"))
+        choice(s, "rel_pos_resize", self.rel_pos_resize, ("geometric", "bicubic"))
+        choice(s, "wd_exempt", self.wd_exempt, ("unilm", "unilm_rel_pos", "positional"))
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        """Patch grid (H, W) = img_size / patch_size."""
+        n = self.img_size // self.patch_size
+        return (n, n)
+
+    @property
+    def num_patches(self) -> int:
+        h, w = self.grid_size
+        return h * w
+
+    def replace(self, **overrides: Any) -> ModelConfig:
+        """A copy with ``overrides`` applied; unknown names raise ``ConfigError``."""
+        known = {f.name for f in dataclasses.fields(self)}
+        for key in overrides:
+            expect(key in known, "model", key, overrides[key], "a known model key")
+        return dataclasses.replace(self, **overrides)
+
+
+@dataclass
+class MIMConfig:
+    """Masked-image-modeling head and target (seed §2.3; Table 4 ablations).
+
+    ``target``: ``"tokens"`` (visual tokens of the dVAE, cross-entropy) or ``"pixels"`` (MSE on
+    the pixels of the patches). ``pixel_target``: ``"raw"`` (the [0, 1] pixels: seed Table 4's
+    "recover the raw pixels of masked patches") or ``"normalized"`` (each patch standardised by
+    its own mean and variance, MAE's stronger target). ``predict_all``: compute the loss on every
+    position instead of only the masked ones (ablation).
+    """
+
+    vocab_size: int = 8192
+    target: str = "tokens"
+    predict_all: bool = False
+    pixel_target: str = "raw"
+    pixel_norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        positive_int("mim", "vocab_size", self.vocab_size)
+        choice("mim", "target", self.target, ("tokens", "pixels"))
+        choice("mim", "pixel_target", self.pixel_target, ("raw", "normalized"))
+
+
+@dataclass
+class MaskingConfig:
+    """Which patches are masked (seed §2.3, Algorithm 1).
+
+    ``num_masking_patches``: the target count (the seed's 75 of 196); ``None`` derives it as
+    ``round(mask_ratio * num_patches)``. Blocks have at least ``min_block_patches`` patches and a
+    log-uniform aspect ratio in ``[min_aspect, 1 / min_aspect]``.
+    """
+
+    strategy: str = "blockwise"
+    mask_ratio: float = 0.4
+    num_masking_patches: int | None = 75
+    min_block_patches: int = 16
+    max_block_patches: int | None = None
+    min_aspect: float = 0.3
+
+    def __post_init__(self) -> None:
+        s = "masking"
+        choice(s, "strategy", self.strategy, ("blockwise", "random"))
+        fraction(s, "mask_ratio", self.mask_ratio, lo_open=True)
+        if self.num_masking_patches is not None:
+            positive_int(s, "num_masking_patches", self.num_masking_patches)
+        positive_int(s, "min_block_patches", self.min_block_patches)
+        if self.max_block_patches is not None:
+            positive_int(s, "max_block_patches", self.max_block_patches)
+        ok = 0.0 < self.min_aspect <= 1.0
+        expect(ok, s, "min_aspect", self.min_aspect, "a number in (0, 1]")

@@ -1,0 +1,125 @@
+"""Visual tokenizer sections: which tokenizer and our dVAE's hyper-parameters (seed §2.2, App. C)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from beit_ds.config.validate import choice, expect, non_negative_number, positive_int
+
+TOKENIZER_NAMES = ("dalle", "dvae")
+TOKENIZER_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class DVAEConfig:
+    """Our trainable discrete VAE (seed App. C; DALL-E's recipe, Ramesh et al. 2021 §2.1).
+
+    Architecture: a conv encoder downsampling by ``downsample`` (a power of two; 8 turns a 112²
+    view into 14×14 tokens) with ``hidden_dim`` channels and ``num_res_blocks`` residual blocks
+    at the token resolution, logits over ``codebook_size`` codes, a ``codebook_dim``-wide
+    codebook, and a mirrored decoder. Training: Gumbel-softmax temperature annealed (cosine) from
+    ``temperature_start`` to ``temperature_end`` over ``temperature_steps``; the KL to the
+    uniform prior (weight ``kl_weight``) and the codebook-usage term against collapse (weight
+    ``diversity_weight``: 1 - entropy of the batch's mean code distribution / log K) are both
+    warmed up (cosine) from 0 over ``prior_warmup_steps``. The weights are relative to a
+    per-pixel MSE in [0, 1] units (DALL-E's β = 6.6 is not: its reconstruction term is a sum
+    over pixels). ``kl_weight`` defaults to 0: on the demo photographs (``bench/dvae_demo.py``,
+    600 steps) 0.001 and 0.01 only worsened the reconstruction (MSE 0.0062 -> 0.0067 -> 0.0136)
+    and the code perplexity (372 -> 308 -> 103 of 512 codes).
+    """
+
+    codebook_size: int = 8192
+    codebook_dim: int = 256
+    hidden_dim: int = 64
+    num_res_blocks: int = 1
+    downsample: int = 8
+    in_channels: int = 3
+    temperature_start: float = 1.0
+    temperature_end: float = 0.0625
+    temperature_steps: int = 150_000
+    kl_weight: float = 0.0
+    prior_warmup_steps: int = 5000
+    diversity_weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        s = "tokenizer.dvae"
+        for key in ("codebook_size", "codebook_dim", "hidden_dim", "in_channels", "downsample"):
+            positive_int(s, key, getattr(self, key))
+        expect(self.codebook_size >= 2, s, "codebook_size", self.codebook_size, "an integer >= 2")
+        d = self.downsample
+        expect(d & (d - 1) == 0, s, "downsample", d, "a power of two (1, 2, 4, 8, 16, ...)")
+        non_negative_number(s, "num_res_blocks", self.num_res_blocks, integer=True)
+        for key in ("temperature_start", "temperature_end"):
+            value = getattr(self, key)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+            expect(ok, s, key, value, "a positive number")
+        positive_int(s, "temperature_steps", self.temperature_steps)
+        non_negative_number(s, "kl_weight", self.kl_weight)
+        non_negative_number(s, "prior_warmup_steps", self.prior_warmup_steps, integer=True)  # 0: none
+        non_negative_number(s, "diversity_weight", self.diversity_weight)
+
+
+@dataclass
+class TokenizerConfig:
+    """Which visual tokenizer gives the pre-training targets (seed §2.1, App. C).
+
+    ``name``: ``"dalle"`` (OpenAI's dVAE: ``path`` is ``encoder.pkl`` or a state dict of it,
+    ``decoder_path`` optionally ``decoder.pkl`` for reconstructions) or ``"dvae"`` (ours:
+    ``path`` is a ``.safetensors`` file saved by ``beit_ds.tokenizers.save_dvae``, which holds
+    the decoder too; ``dvae`` configures training one). ``image_size``: the tokenizer view
+    (112 for 224² images with 16² patches and downsampling 8). ``dtype``: inference precision,
+    ``"float32"`` by default (unilm tokenizes outside autocast; the tokenizer view is never cast to
+    the run's precision); ``"auto"`` is the run's (bf16 / fp16 under DeepSpeed's half precision),
+    cheaper but it changes targets (``bench/tokenizer.py`` reports agreement and img/s). ``compile``:
+    ``torch.compile`` the DALL-E encoder with weight freezing (inference only; on the 2-core CPU
+    1.35× the reference's img/s against 1.19× eager, ``bench/tokenizer.py``).
+    """
+
+    name: str = "dalle"
+    path: str = ""
+    decoder_path: str = ""
+    image_size: int = 112
+    dtype: str = "float32"
+    compile: bool = False
+    dvae: DVAEConfig = dataclasses.field(default_factory=DVAEConfig)
+
+    def __post_init__(self) -> None:
+        s = "tokenizer"
+        choice(s, "name", self.name, TOKENIZER_NAMES)
+        expect(isinstance(self.path, str), s, "path", self.path, "a file path string")
+        ok = isinstance(self.decoder_path, str) and (self.name == "dalle" or not self.decoder_path)
+        expect(ok, s, "decoder_path", self.decoder_path, "empty unless tokenizer.name='dalle'")
+        positive_int(s, "image_size", self.image_size)
+        choice(s, "dtype", self.dtype, TOKENIZER_DTYPES)
+        expect(
+            self.compile in (False, self.name == "dalle"),
+            s,
+            "compile",
+            self.compile,
+            "false unless name='dalle'",
+        )
+        expect(isinstance(self.dvae, DVAEConfig), s, "dvae", self.dvae, "a mapping")
+
+
+DALLE_VOCAB = 8192  # OpenAI's DALL-E dVAE: 8192 codes
+
+
+def tokenizer_vocab(cfg: TokenizerConfig, path: str) -> int | None:
+    """The vocabulary of the tokenizer file ``path`` (``cfg.path`` resolved) without loading it:
+    8192 for DALL-E; for our dVAE its ``codebook_size`` from the safetensors header. None when the
+    file is missing or unreadable (the tokenizer check names it later)."""
+    import json
+    import struct
+
+    if cfg.name == "dalle":
+        return DALLE_VOCAB
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            if size > 100_000_000:
+                return None
+            header = json.loads(f.read(size))
+        return int(json.loads(header["__metadata__"]["dvae_config"])["codebook_size"])
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return None
