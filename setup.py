@@ -42,6 +42,7 @@ setup(
             "pytest-timeout>=2.2",
             "transformers>=5.0",  # interop tests: our export loads into BeitModel (5.x module names)
             "ruff>=0.6",
+            "mypy>=1.10",  # type check of beit_ds/ in .ci/run (pyproject.toml [tool.mypy])
             "DALL-E==0.1",  # parity tests of our DALL-E-compatible tokenizer (never imported by the product)
             "attrs>=23.1",  # dall_e imports `attr` but does not declare it
             "psutil>=5.9",  # tests watch the ranks of a launcher process tree

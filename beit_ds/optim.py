@@ -44,10 +44,10 @@ def _owner(name: str, layered: list[tuple[str, nn.Module]]) -> tuple[str, nn.Mod
 def no_weight_decay_names(model: nn.Module) -> set[str]:
     """Full names ``model`` and its layered submodules exempt from weight decay by name
     (``no_weight_decay()``, each relative to its own module)."""
-    names = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    names: set[str] = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()  # type: ignore[operator]
     for prefix, module in layered_submodules(model):
         if prefix and hasattr(module, "no_weight_decay"):
-            names |= {f"{prefix}.{n}" for n in module.no_weight_decay()}
+            names |= {f"{prefix}.{n}" for n in module.no_weight_decay()}  # type: ignore[operator]
     return names
 
 
@@ -74,9 +74,9 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0
         no_decay = p.ndim <= 1 or name in skip or name.endswith(".bias")
         prefix, owner, relative = _owner(name, layered)
         if owner is None and len(layered) == 1:  # beside the one backbone: its last layer
-            (prefix, owner), relative = layered[0], None
-        num_layers = owner.num_layers if owner is not None and layer_decay < 1.0 else 1
-        layer = num_layers - 1 if relative is None or num_layers == 1 else owner.layer_id(relative)
+            (prefix, owner), relative = layered[0], None  # type: ignore[assignment]
+        num_layers = int(owner.num_layers) if owner is not None and layer_decay < 1.0 else 1  # type: ignore[arg-type]
+        layer = num_layers - 1 if owner is None or relative is None or num_layers == 1 else int(owner.layer_id(relative))  # type: ignore[operator]
         key = f"layer_{layer}_{'no_decay' if no_decay else 'decay'}"
         if len(layered) > 1:
             key = f"{prefix if owner is not None else 'rest'}.{key}"

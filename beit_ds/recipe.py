@@ -27,6 +27,7 @@ from beit_ds.config import (
 )
 from beit_ds.config.tokenizer import tokenizer_vocab
 from beit_ds.config.train import CheckpointConfig, LogConfig, OptimConfig, ScheduleConfig
+from beit_ds.masking import masking_target
 
 __all__ = [
     "CheckpointConfig", "ClassificationRecipe", "FinetuneRecipe", "LinearProbeRecipe", "LogConfig", "OptimConfig",
@@ -60,6 +61,9 @@ class PretrainRecipe(TrainingRecipe):
         second view the tokenizer's (the model's, raw, for pixel targets), the MIM vocabulary the
         tokenizer's."""
         out: dict[str, tuple[Any, str]] = {"data.transform.input_size": (self.model.img_size, "model.img_size")}
+        if not self.mim.predict_all:
+            most = masking_target(self.masking, self.model.grid_size)
+            out["mim.max_masked"] = (most, "the masking target (masking.num_masking_patches / mask_ratio)")
         if self.mim.target == "pixels":
             out["data.transform.second_input_size"] = (self.model.img_size, "model.img_size (mim.target='pixels')")
             out["data.transform.tokenizer_view"] = ("raw", "mim.target='pixels'")

@@ -25,7 +25,8 @@ from harness import MIMBatch, emit, median, mim_batch, setup_threads, time_inter
 from roofline import matmul_probe, matmul_rate, train_step_flops
 from torch import nn
 
-from beit_ds.config import MIMConfig, ModelConfig
+from beit_ds.config import MaskingConfig, MIMConfig, ModelConfig
+from beit_ds.masking import masking_target
 from beit_ds.models import build_mim_model, model_config
 
 
@@ -90,9 +91,15 @@ def build_hf(cfg: ModelConfig, vocab: int) -> nn.Module:
     return BeitForMaskedImageModeling(hf_cfg)
 
 
+def ours_mim(cfg: ModelConfig, vocab: int) -> MIMConfig:
+    """Our MIM head as a pre-training recipe builds it: the LM head on ``max_masked`` rows per image
+    (the masking target the harness's masks use, 75 of 196 by default)."""
+    return MIMConfig(vocab_size=vocab, max_masked=masking_target(MaskingConfig(), cfg.grid_size))
+
+
 def loss_functions(cfg: ModelConfig, vocab: int) -> dict[str, tuple[nn.Module, Callable]]:
     """name -> (model, loss(model, batch)) for the three implementations."""
-    ours = build_mim_model(cfg, MIMConfig(vocab_size=vocab))
+    ours = build_mim_model(cfg, ours_mim(cfg, vocab))
     hf = build_hf(cfg, vocab)
     return {
         "ours": (ours, lambda m, b: m(b.images, b.mask, b.target).loss),
@@ -121,7 +128,7 @@ def train_step(model: nn.Module, loss_fn: Callable, batch: MIMBatch, **adamw: bo
 
 def compile_candidate(cfg: ModelConfig, vocab: int, batch: MIMBatch) -> tuple[Callable[[int], None], float]:
     """Our model with ``compile_blocks()`` and the seconds its first (compiling) step took."""
-    model = build_mim_model(cfg, MIMConfig(vocab_size=vocab))
+    model = build_mim_model(cfg, ours_mim(cfg, vocab))
     model.compile_blocks()
     step = train_step(model, lambda m, b: m(b.images, b.mask, b.target).loss, batch)
     start = time.perf_counter()

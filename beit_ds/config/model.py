@@ -107,7 +107,10 @@ class MIMConfig:
     the pixels of the patches). ``pixel_target``: ``"raw"`` (the [0, 1] pixels: seed Table 4's
     "recover the raw pixels of masked patches") or ``"normalized"`` (each patch standardised by
     its own mean and variance, MAE's stronger target). ``predict_all``: compute the loss on every
-    position instead of only the masked ones (ablation).
+    position instead of only the masked ones (ablation). ``max_masked``: the most patches an image
+    has masked (derived from ``masking`` in a pre-training recipe): the LM head then runs on that
+    many rows per image, masked patches first, padding rows weighted 0 — the fixed shape of the
+    masked-only computation; ``None`` runs it on every position (same loss, more FLOPs).
     """
 
     vocab_size: int = 8192
@@ -115,9 +118,12 @@ class MIMConfig:
     predict_all: bool = False
     pixel_target: str = "raw"
     pixel_norm_eps: float = 1e-6
+    max_masked: int | None = None
 
     def __post_init__(self) -> None:
         positive_int("mim", "vocab_size", self.vocab_size)
+        if self.max_masked is not None:
+            positive_int("mim", "max_masked", self.max_masked)
         choice("mim", "target", self.target, ("tokens", "pixels"))
         choice("mim", "pixel_target", self.pixel_target, ("raw", "normalized"))
 

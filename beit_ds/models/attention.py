@@ -8,6 +8,7 @@ and timm / Hugging Face kept, so tables load across the three.
 from __future__ import annotations
 
 import functools
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -67,10 +68,10 @@ def runtime_bias(module: nn.Module, grid: Grid | None) -> torch.Tensor:
     the built grid (or ``None``); at another grid the table resized as checkpoint conversion
     does (``resize_rel_pos_table`` by ``module.rel_pos_resize``, differentiable) with that
     grid's cached index."""
-    table = module.relative_position_bias_table
+    table = cast(torch.Tensor, module.relative_position_bias_table)
     if grid is None or tuple(grid) == module.grid:
-        return gather_bias(table, module.relative_position_index)
-    resized = resize_rel_pos_table(table, grid, module.rel_pos_resize)
+        return gather_bias(table, cast(torch.Tensor, module.relative_position_index))
+    resized = resize_rel_pos_table(table, grid, str(module.rel_pos_resize))
     return gather_bias(resized, cached_index(tuple(grid), table.device))
 
 
@@ -125,7 +126,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def _qkv_bias(self) -> torch.Tensor | None:
-        if self.q_bias is None:
+        if self.q_bias is None or self.v_bias is None:
             return None
         k_bias = torch.zeros_like(self.v_bias, requires_grad=False)
         return torch.cat((self.q_bias, k_bias, self.v_bias))

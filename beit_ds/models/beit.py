@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Sequence
 from functools import cache, partial
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -178,10 +178,14 @@ class Beit(nn.Module):
             token = getattr(self, name, None)
             if token is not None:
                 trunc_normal(token, std, trunc)
-        for layer_id, block in enumerate(self.blocks, start=1):
+        for layer_id, block in enumerate(self.block_list(), start=1):
             scale = 1.0 / math.sqrt(2.0 * layer_id)
             block.attn.proj.weight.data.mul_(scale)
             block.mlp.fc2.weight.data.mul_(scale)
+
+    def block_list(self) -> list[Block]:
+        """The blocks, typed (``nn.ModuleList`` items are plain ``nn.Module`` to a type checker)."""
+        return [cast(Block, block) for block in self.blocks]
 
     # --- metadata used by optim.py (house style rule 8) ----------------------------------
     def no_weight_decay(self) -> set[str]:
@@ -212,7 +216,7 @@ class Beit(nn.Module):
     def compile_blocks(self, enable: bool = True) -> None:
         """Run each block's two residual branches (norm, attention or MLP, LayerScale) through
         ``torch.compile``; the first step compiles (tens of seconds on CPU)."""
-        for block in self.blocks:
+        for block in self.block_list():
             block.compiled = enable
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -321,7 +325,7 @@ class Beit(nn.Module):
         if i > 0:
             tokens, _ = self._run_blocks(tokens, grid, stop=i - 1)
         shared = self.rel_pos_bias(grid) if self.rel_pos_bias is not None else None
-        target = self.blocks[i]
+        target = self.block_list()[i]
         return target.attn.probs(target.norm1(tokens), shared, grid)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ State-dict keys stay timm's / unilm's (``fc_norm``, ``head``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -70,10 +71,11 @@ class BeitForImageClassification(Beit):
         if probe_pool == "cls_mean":  # [CLS] ‖ mean: a head over 2·D features
             self.head = nn.Linear(2 * cfg.embed_dim, cfg.num_classes)
             init_module(self.head, cfg.init_std, self.init_trunc)
-        trunc_normal(self.head.weight, 0.02, self.init_trunc)
+        head = cast(nn.Linear, self.head)  # a classifier always has one (model.num_classes >= 1)
+        trunc_normal(head.weight, 0.02, self.init_trunc)
         with torch.no_grad():
-            self.head.weight.mul_(head_init_scale)
-            self.head.bias.mul_(head_init_scale)
+            head.weight.mul_(head_init_scale)
+            head.bias.mul_(head_init_scale)
         self.probe_layer = probe_layer
         if probe_layer is not None:
             self.prune_intermediate_layers([probe_layer - 1], prune_norm=True, prune_head=False)
@@ -87,7 +89,7 @@ class BeitForImageClassification(Beit):
         if self.probe_layer is None:
             return super().forward_features(x, bool_masked_pos)
         with torch.no_grad():
-            ((patches, cls),) = self.forward_intermediates(
+            ((patches, cls),) = self.forward_intermediates(  # type: ignore[misc]  # (patches, [CLS]) per block
                 x, [self.probe_layer - 1], True, stop_early=True, output_fmt="NLC", intermediates_only=True
             )
         return torch.cat((cls, patches), dim=1)
@@ -100,7 +102,7 @@ class BeitForImageClassification(Beit):
             return torch.cat((tokens[:, 0], mean), dim=-1) if self.probe_pool == "cls_mean" else mean
         return super().pool(tokens)
 
-    def forward(
+    def forward(  # type: ignore[override]  # the classifier's own optional targets
         self, x: torch.Tensor, targets: torch.Tensor | None = None
     ) -> torch.Tensor | ClassifierOutput:
         """Logits ``[B, C]``; with ``targets`` (``[B, C]`` soft targets) a ``ClassifierOutput``."""

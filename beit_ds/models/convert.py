@@ -167,7 +167,8 @@ def _group(sd: Tensors, sources: tuple[str, ...], who: str) -> _Parts:
     """Tensors of ``sd`` by (rule, block index) and part; a one-line ``ValueError`` names keys
     no rule knows and required keys that are absent (spelled in the layout ``sd`` mostly uses)."""
     parts: _Parts = {}
-    unexpected, seen = [], Counter()
+    unexpected: list[str] = []
+    seen: Counter[str] = Counter()
     for key, value in sd.items():
         if key.endswith(DERIVED_SUFFIXES):
             continue

@@ -3,10 +3,13 @@ embedding and predict the visual token of each masked patch.
 
 ``BeitForMaskedImageModeling`` is a ``Beit`` backbone plus ``mask_token`` and ``lm_head`` (the
 backbone's final ``norm`` is the head's LayerNorm), so its state dict is unilm's pre-training
-layout. The loss counts **only masked positions** unless ``predict_all`` (ablation): the LM head
-runs on every position and a mask-weighted mean (MAE's form) replaces gathering the masked
-tokens, so no shape depends on the mask and nothing waits for the device (house style rule 24;
-the step compiles with ``torch.compile(fullgraph=True)``).
+layout. The loss counts **only masked positions** unless ``predict_all`` (ablation). With
+``mim.max_masked = K`` (pre-training recipes derive it from the masking target) each image's
+positions are ordered masked-first by a stable sort and the first K rows go through the LM head,
+padding rows weighted 0; without it the head runs on every position. Either way a mask-weighted
+mean replaces gathering a data-dependent number of tokens, so no shape depends on the mask and
+nothing waits for the device (house style rule 24; the step compiles with
+``torch.compile(fullgraph=True)``).
 The pixel-regression ablation (Table 4) regresses the raw pixels of the patches with an MSE loss
 (``mim.pixel_target: raw``; ``normalized`` standardises each patch first, as MAE does).
 """
@@ -27,8 +30,9 @@ from beit_ds.models.beit import Beit, init_module, trunc_normal
 class MIMOutput:
     """Result of a MIM forward pass.
 
-    ``logits``: ``[B·N, V]`` for every patch (the loss reads the masked ones, select them with
-    ``bool_masked_pos.flatten()``), or the predicted pixels ``[B·N, p·p·C]``; ``accuracy``:
+    ``logits``: ``[B·R, V]`` token logits (or predicted pixels ``[B·R, p·p·C]``) of R rows per
+    image: every patch (R = N) or, with ``mim.max_masked``, the patches ``positions`` ``[B, R]``
+    names (masked ones first); ``predicted_tokens()`` maps them back to ``[B, N]``. ``accuracy``:
     fraction of masked patches whose token is predicted exactly (NaN for pixel targets);
     ``num_masked``: M, a 0-d tensor on the model's device (``int()`` it off the hot path).
     """
@@ -37,6 +41,15 @@ class MIMOutput:
     logits: torch.Tensor
     accuracy: torch.Tensor
     num_masked: torch.Tensor
+    positions: torch.Tensor | None = None
+
+    def predicted_tokens(self, num_patches: int) -> torch.Tensor:
+        """``[B, N]`` argmax tokens; -1 where no logits were computed."""
+        if self.positions is None:
+            return self.logits.argmax(-1).reshape(-1, num_patches)
+        rows = self.logits.argmax(-1).reshape(self.positions.shape)
+        out = torch.full((rows.shape[0], num_patches), -1, dtype=rows.dtype, device=rows.device)
+        return out.scatter(1, self.positions, rows)
 
 
 def patchify(images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -91,30 +104,56 @@ class BeitForMaskedImageModeling(Beit):
             )
         return mask.bool()
 
-    def forward(self, images: torch.Tensor, bool_masked_pos: torch.Tensor, target: torch.Tensor) -> MIMOutput:
+    def forward(  # type: ignore[override]  # the head's own inputs: masks and targets
+        self, images: torch.Tensor, bool_masked_pos: torch.Tensor, target: torch.Tensor
+    ) -> MIMOutput:
         tokens = self.forward_features(images, bool_masked_pos)[:, 1:]  # [B, N, D]
         mask = self._flat_mask(bool_masked_pos, images)
+        positions = self._masked_first(mask)
+        if positions is not None:  # K rows per image, masked first: a fixed shape
+            tokens = torch.gather(tokens, 1, positions.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
         if self.mim.target == "pixels":
-            return self._pixel_loss(tokens, mask, target)
-        return self._token_loss(tokens, mask, target)
+            return self._pixel_loss(tokens, mask, target, positions)
+        return self._token_loss(tokens, mask, target, positions)
 
-    def _token_loss(self, tokens: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> MIMOutput:
+    def _masked_first(self, mask: torch.Tensor) -> torch.Tensor | None:
+        """``[B, K]`` patch indices, each image's masked patches first (in order), K = ``max_masked``;
+        None when every position is computed (``predict_all``, no bound, or K >= N)."""
+        k = self.mim.max_masked
+        if self.mim.predict_all or k is None or k >= mask.shape[1]:
+            return None
+        order = torch.sort(mask.to(torch.int32), dim=1, descending=True, stable=True).indices
+        return order[:, :k]
+
+    @staticmethod
+    def _rows(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        """``x`` ``[B, N, ...]`` at ``positions`` (all of it when None), flattened to ``[B·R, ...]``."""
+        if positions is not None:
+            index = positions.reshape(*positions.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
+            x = torch.gather(x, 1, index)
+        return x.flatten(0, 1)
+
+    def _token_loss(
+        self, tokens: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, positions: torch.Tensor | None
+    ) -> MIMOutput:
         labels = target.reshape(target.shape[0], -1)
         if labels.shape != mask.shape:
             raise ValueError(f"token target has shape {tuple(target.shape)}: expected {tuple(mask.shape)}")
-        logits = self.lm_head(tokens).flatten(0, 1)  # [B·N, V]
-        weight = mask.flatten().float()
-        num_masked = weight.sum()
+        logits = self.lm_head(tokens).flatten(0, 1)  # [B·R, V]
+        labels, weight = self._rows(labels, positions), self._rows(mask, positions).float()
+        num_masked = mask.sum().float()
         if self.mim.predict_all:
-            loss = F.cross_entropy(logits.float(), labels.flatten())
-        else:  # the mean over masked positions, without gathering them (no data-dependent shape)
-            ce = F.cross_entropy(logits.float(), labels.flatten(), reduction="none")
+            loss = F.cross_entropy(logits.float(), labels)
+        else:  # the mean over masked positions, without gathering a data-dependent number of them
+            ce = F.cross_entropy(logits.float(), labels, reduction="none")
             loss = (ce * weight).sum() / num_masked
-        hit = (logits.detach().argmax(-1) == labels.flatten()).float()
+        hit = (logits.detach().argmax(-1) == labels).float()
         accuracy = (hit * weight).sum() / num_masked
-        return MIMOutput(loss, logits, accuracy, num_masked.long())
+        return MIMOutput(loss, logits, accuracy, num_masked.long(), positions)
 
-    def _pixel_loss(self, tokens: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> MIMOutput:
+    def _pixel_loss(
+        self, tokens: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, positions: torch.Tensor | None
+    ) -> MIMOutput:
         patches = patchify(target, self.cfg.grid_size).float()
         if patches.shape[-1] != self.lm_head.out_features:
             raise ValueError(
@@ -125,13 +164,13 @@ class BeitForMaskedImageModeling(Beit):
             mean = patches.mean(dim=-1, keepdim=True)
             var = patches.var(dim=-1, keepdim=True)
             patches = (patches - mean) / (var + self.mim.pixel_norm_eps).sqrt()
-        pred = self.lm_head(tokens).flatten(0, 1)  # [B·N, p·p·C]
-        patches = patches.flatten(0, 1)
-        weight = mask.flatten().float()
+        pred = self.lm_head(tokens).flatten(0, 1)  # [B·R, p·p·C]
+        patches, weight = self._rows(patches, positions), self._rows(mask, positions).float()
+        num_masked = mask.sum().float()
         if self.mim.predict_all:
             loss = F.mse_loss(pred.float(), patches)
         else:  # mean over the masked patches' values, as MSE on the gathered rows
             per_patch = (pred.float() - patches).square().mean(dim=-1)
-            loss = (per_patch * weight).sum() / weight.sum()
+            loss = (per_patch * weight).sum() / num_masked
         nan = torch.full((), float("nan"), device=pred.device)
-        return MIMOutput(loss, pred, nan, weight.sum().long())
+        return MIMOutput(loss, pred, nan, num_masked.long(), positions)

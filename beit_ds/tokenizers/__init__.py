@@ -60,6 +60,7 @@ def build_tokenizer(cfg: TokenizerConfig) -> DalleTokenizer | DiscreteVAE:
     if not cfg.path:
         raise ConfigError(f"tokenizer.path='': expected {_EXPECTED_FILE[cfg.name]}")
     path = resolve(cfg.path)  # "package:<file>" names a shipped asset
+    tokenizer: DalleTokenizer | DiscreteVAE
     if cfg.name == "dalle":
         tokenizer = load_dalle_tokenizer(path, cfg.decoder_path or None, cfg.image_size)
         if cfg.compile:

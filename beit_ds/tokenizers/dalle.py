@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -77,10 +78,11 @@ class ResBlock(nn.Module):
         for layer in inner:
             h = layer(h)
         g = self.post_gain
+        last = cast(Conv2d, last)
         return F.conv2d(h, last.w * g, last.b * g, padding=(last.kw - 1) // 2).add_(identity)
 
 
-def _group(blocks: list[nn.Module], tail: tuple[str, nn.Module] | None) -> nn.Sequential:
+def _group(blocks: Sequence[nn.Module], tail: tuple[str, nn.Module] | None) -> nn.Sequential:
     named = [(f"block_{i + 1}", b) for i, b in enumerate(blocks)]
     return nn.Sequential(OrderedDict(named + ([tail] if tail else [])))
 
@@ -172,7 +174,7 @@ class DalleDecoder(nn.Module):
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Ids ``[B, h, w] -> [B, 2·out, h·d, w·d]``; the 1×1 input conv of a one-hot code is a
         column lookup, so no ``[B, vocab, h, w]`` one-hot is built."""
-        conv = self.blocks.input
+        conv = cast(Conv2d, self.blocks.input)
         x = conv.w[:, :, 0, 0].t()[tokens] + conv.b  # [B, h, w, n_init]
         x = x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
         for name, module in self.blocks.named_children():
@@ -233,13 +235,13 @@ def load_dalle_encoder(path: str | Path) -> DalleEncoder:
     """OpenAI's ``encoder.pkl`` (a pickled ``dall_e`` module), or a state dict of one (``.pt`` /
     ``.safetensors``), as our ``DalleEncoder``; hyper-parameters are read off the weights."""
     state = load_weights(path, "dall_e.encoder.Encoder", required="blocks.output.conv.w")
-    return _from_state(DalleEncoder, state, path)
+    return cast(DalleEncoder, _from_state(DalleEncoder, state, path))
 
 
 def load_dalle_decoder(path: str | Path) -> DalleDecoder:
     """OpenAI's ``decoder.pkl`` or a state dict of one, as our ``DalleDecoder``."""
     state = load_weights(path, "dall_e.decoder.Decoder", required="blocks.output.conv.w")
-    return _from_state(DalleDecoder, state, path)
+    return cast(DalleDecoder, _from_state(DalleDecoder, state, path))
 
 
 class DalleTokenizer(nn.Module):
@@ -294,7 +296,7 @@ class DalleTokenizer(nn.Module):
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Images ``[B, 3, S, S]`` in [0.1, 0.9] -> logits ``[B, vocab, S/8, S/8]`` (fp32)."""
         check_images(images, self.input_size, self.in_channels, self.preprocess, "DALL-E tokenizer", self)
-        dtype = self.encoder.blocks.input.w.dtype
+        dtype = cast(Conv2d, self.encoder.blocks.input).w.dtype
         x = images.to(dtype=dtype).contiguous(memory_format=torch.channels_last)
         return (self.encoder if self._compiled is None else self._compiled)(x).float()
 

@@ -28,7 +28,8 @@ class PickledObject:
     pickled_class = "?"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args, self.kwargs, self.state = args, kwargs, {}
+        self.args, self.kwargs = args, kwargs
+        self.state: dict[str, Any] = {}
 
     def __setstate__(self, state: Any) -> None:
         # Objects with __slots__ pickle (dict_state, slot_state); modules only have the former.

@@ -32,9 +32,10 @@ def test_counted_model_flops_match_the_analytic_count():
 
     s = gpu_pretrain.Setting(model_config("beit_debug_patch4_32", patch_size=8, embed_dim=64), 16, 32, 4)
     batch = gpu_pretrain.synthetic_batch(s)
-    model_flops, tokenizer_flops = gpu_pretrain.count_flops(s, MIMConfig(vocab_size=512), batch)
+    k = gpu_pretrain.mask_target(s)  # the LM head runs on K rows per image, masked first
+    model_flops, tokenizer_flops = gpu_pretrain.count_flops(s, MIMConfig(vocab_size=512, max_masked=k), batch)
     cfg = s.model
-    analytic = train_step_flops(cfg, 4, int(batch.bool_masked_pos.sum()), 512)
+    analytic = train_step_flops(cfg, 4, 4 * k, 512)
     # the analytic count includes the images' gradient through the patch embedding, never computed
     patch_input_grad = 4 * 2 * cfg.num_patches * cfg.in_chans * cfg.patch_size**2 * cfg.embed_dim
     assert model_flops == analytic - patch_input_grad, (model_flops, analytic)

@@ -164,3 +164,36 @@ def test_bad_inputs_are_clear():
         model(images, mask, tokens[:, :4])
     with pytest.raises(ValueError, match="global_pool='none'"):
         build_mim_model(CFG.replace(global_pool="avg"))
+
+
+def test_max_masked_runs_the_head_on_k_rows_with_the_same_loss():
+    """``mim.max_masked = K`` (a pre-training recipe derives it from the masking target): K rows per
+    image, masked first; loss and accuracy equal the gathered ones, and the shape is fixed."""
+    torch.manual_seed(0)
+    full = build_mim_model(CFG, MIMConfig(vocab_size=VOCAB))
+    fast = build_mim_model(CFG, MIMConfig(vocab_size=VOCAB, max_masked=26))
+    fast.load_state_dict(full.state_dict())
+    images, mask, tokens = _batch()
+    out = fast(images, mask, tokens)
+    assert out.logits.shape == (3 * 26, VOCAB) and out.positions.shape == (3, 26)
+    logits, loss, acc = _gathered_loss(full, images, mask, tokens)
+    torch.testing.assert_close(out.loss, loss, atol=1e-6, rtol=0)
+    assert out.accuracy.item() == acc.item()
+    predicted = out.predicted_tokens(64)
+    assert torch.equal(predicted[mask.flatten(1)], logits.argmax(-1))
+    compiled = torch.compile(lambda *a: fast(*a).loss, fullgraph=True)
+    torch.testing.assert_close(compiled(images, mask, tokens), out.loss, atol=1e-6, rtol=0)
+    pixels = MIMConfig(vocab_size=VOCAB, target="pixels")
+    p_full, p_fast = build_mim_model(CFG, pixels), build_mim_model(CFG, MIMConfig(**{**vars(pixels), "max_masked": 26}))
+    p_fast.load_state_dict(p_full.state_dict())
+    target = torch.rand(3, 3, 32, 32)
+    torch.testing.assert_close(p_fast(images, mask, target).loss, p_full(images, mask, target).loss, atol=1e-6, rtol=0)
+
+
+def test_pretraining_recipes_derive_max_masked_from_the_masking_target():
+    from beit_ds.config_io import load_recipe
+    from beit_ds.recipe import PretrainRecipe
+
+    assert load_recipe(PretrainRecipe, "pretrain_demo_cpu").mim.max_masked == 26
+    assert load_recipe(PretrainRecipe, "pretrain_base_in22k").mim.max_masked == 75
+    assert load_recipe(PretrainRecipe, "ablation_predict_all").mim.max_masked is None
