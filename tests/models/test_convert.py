@@ -20,6 +20,7 @@ from beit_ds.models.convert import (
     to_timm,
 )
 from tests.conftest import require_module
+from tests.models.conftest import randomise as _randomise
 
 transformers = require_module("transformers")  # a dev extra, not a dependency
 from safetensors.torch import load_file, save_file  # noqa: E402
@@ -44,13 +45,6 @@ VARIANTS = {
 ROUND_TRIP = [v for v in VARIANTS if v != "no_qkv_bias_eps1e-5"]
 
 
-def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Every parameter ~ N(0, 0.5²): LayerScale, bias tables and norms all matter, features are O(1)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    return model.eval()
 
 
 def _ours(variant: str) -> nn.Module:

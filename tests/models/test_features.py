@@ -12,6 +12,7 @@ from beit_ds.models import build_mim_model, build_model, model_config
 from beit_ds.models.attention import cached_index, gather_bias
 from beit_ds.models.convert import adapt_positions, to_timm
 from beit_ds.models.resize import resize_pos_embed, resize_rel_pos_table
+from tests.models.conftest import randomise as _randomise
 
 DEBUG = "beit_debug_patch4_32"
 VARIANTS = {
@@ -21,13 +22,6 @@ VARIANTS = {
 }
 
 
-def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Every parameter ~ N(0, 0.5²) so bias tables, LayerScale and norms all matter."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    return model.eval()
 
 
 def _ours(variant: str) -> nn.Module:

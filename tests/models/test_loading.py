@@ -23,16 +23,11 @@ from beit_ds.models import (
     load_export,
     model_config,
 )
+from tests.models.conftest import randomise as _randomise
 
 DEBUG = "beit_debug_patch4_32"
 
 
-def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    return model.eval()
 
 
 def _x(h: int = 32, w: int = 32) -> torch.Tensor:
