@@ -35,6 +35,7 @@ setup(
         "scikit-image>=0.22",  # ships the CC0 demo photographs (skimage.data)
     ],
     extras_require={
+        "viz": ["matplotlib>=3.7"],  # launch/visualize.py curves (attention / MIM pictures need Pillow only)
         # NVIDIA apex is optional and never required: torch / DeepSpeed fused kernels are the default.
         # It is not on PyPI (the PyPI "apex" is an unrelated package); build it from NVIDIA's sources.
         "dev": [
@@ -46,6 +47,7 @@ setup(
             "DALL-E==0.1",  # parity tests of our DALL-E-compatible tokenizer (never imported by the product)
             "attrs>=23.1",  # dall_e imports `attr` but does not declare it
             "psutil>=5.9",  # tests watch the ranks of a launcher process tree
+            "matplotlib>=3.7",  # = the viz extra: tests/visualize draws curves
         ],
     },
 )

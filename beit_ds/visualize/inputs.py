@@ -1,0 +1,107 @@
+"""What the pictures are made of: the weights to look inside and the images to look at.
+
+Weights: an export folder (``models.load_export``), anything ``finetune.init`` accepts
+(``engine.weights.read_weights``: DeepSpeed checkpoints, timm / unilm / Hugging Face files) built
+on the recipe's ``model`` section, or nothing (the same network at random initialisation).
+Images: ``demo`` (the bundled scikit-image photographs), a folder, a text file list, or one file,
+resized to the size asked for and kept in [0, 1].
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from beit_ds.config import ConfigError, MIMConfig, ModelConfig
+from beit_ds.models.beit import Beit
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def is_export(path: str | Path) -> bool:
+    """An export folder of beit_ds: ``model.safetensors`` next to ``recipe.json``."""
+    p = Path(path)
+    return (p / "model.safetensors").is_file() and (p / "recipe.json").is_file()
+
+
+def load_model(weights: str, model_cfg: ModelConfig, mim: MIMConfig | None = None) -> Beit:
+    """The model to look inside, in eval mode on the CPU.
+
+    ``weights``: an export folder (its own architecture), a ``finetune.init`` source loaded into
+    the ``model_cfg`` backbone (or, given ``mim`` and MIM weights, the whole MIM model), or ``""``
+    for random initialisation (``torch.manual_seed`` decides it)."""
+    from beit_ds.models import build_mim_model, build_model, load_backbone, load_export
+
+    if weights and is_export(weights):
+        model = load_export(weights)
+        if not isinstance(model, Beit):
+            raise ConfigError(f"{weights}: not a BEiT export")
+        return model
+    if not weights:
+        return (build_mim_model(model_cfg, mim) if mim else build_model(_backbone_cfg(model_cfg, {}))).eval()
+    from beit_ds.engine.weights import read_weights
+
+    sd, source = read_weights(weights)
+    if mim is not None and "lm_head.weight" in sd:
+        model = build_mim_model(model_cfg, mim)
+        model.load_state_dict(sd, strict=True)
+        return model.eval()
+    backbone = build_model(_backbone_cfg(model_cfg, sd))
+    try:
+        load_backbone(backbone, sd, "reset", source)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return backbone.eval()
+
+
+def _backbone_cfg(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> ModelConfig:
+    """The backbone of ``cfg`` without a classifier, with the final norm ``sd`` has (fine-tuned
+    weights carry ``fc_norm``, pre-trained ones ``norm``)."""
+    return cfg.replace(num_classes=0, global_pool="avg" if "fc_norm.weight" in sd else "none")
+
+
+def image_paths(source: str | Path) -> list[Path]:
+    """The image files ``source`` names: ``demo``, a folder (sorted, recursive), a ``.txt`` file
+    list (``image[,label]`` lines relative to the list's folder) or one image file."""
+    if str(source) == "demo":
+        from beit_ds.data.demo import DEMO_PHOTOS, demo_folder
+
+        folder = demo_folder()
+        return [folder / f for _, f in DEMO_PHOTOS if (folder / f).is_file()]
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    elif path.suffix == ".txt" and path.is_file():
+        lines = [ln.split(",")[0].strip() for ln in path.read_text().splitlines() if ln.strip()]
+        files = [path.parent / ln for ln in lines]
+    else:
+        files = [path]
+    missing = [p for p in files if not p.is_file()]
+    if not files or missing:
+        raise FileNotFoundError(
+            f"images {source}: {'no image files' if not files else f'no such file {missing[0]}'}"
+        )
+    return files
+
+
+def read_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
+    """The image at ``path`` as RGB ``[3, H, W]`` in [0, 1], resized (bicubic) to ``size = (H, W)``."""
+    with Image.open(path) as img:
+        rgb = img.convert("RGB").resize((size[1], size[0]), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float() / 255.0
+
+
+def read_images(source: str | Path, size: tuple[int, int], limit: int = 0) -> tuple[list[str], torch.Tensor]:
+    """(names, images ``[B, 3, H, W]`` in [0, 1]) of the first ``limit`` (0: all) of ``source``."""
+    paths = image_paths(source)[: limit or None]
+    return [p.stem for p in paths], torch.stack([read_image(p, size) for p in paths])
+
+
+def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """[0, 1] images ``[B, 3, H, W]`` as the model's patch view: ``(x - mean) / std`` per channel."""
+    m = torch.tensor(mean, dtype=images.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=images.dtype).view(1, 3, 1, 1)
+    return (images - m) / s
