@@ -20,6 +20,7 @@ from beit_ds.engine.job import Preflight, loader_place, run_job
 from beit_ds.engine.job import preflight as job_preflight
 from beit_ds.engine.state import TrainState
 from beit_ds.engine.task import StepOutput, Task, register
+from beit_ds.metrics import MetricWriter
 from beit_ds.recipe import PretrainRecipe
 
 
@@ -92,11 +93,15 @@ class PretrainTask(Task[PretrainRecipe]):
 
     kind = "pretrain"
     recipe_type = PretrainRecipe
+    has_samples = True  # attention maps + MIM reconstructions at each checkpoint (issue 16)
+    SAMPLES = 4
 
     def __init__(self, recipe: PretrainRecipe, place: ProcessPlace) -> None:
         super().__init__(recipe, place)
         self.tokenizer: Any = None
         self.dtype = torch.float32
+        self.loader: Any = None
+        self.fixed: Any = None
 
     def check(self) -> None:
         check_views(self.recipe)
@@ -112,13 +117,23 @@ class PretrainTask(Task[PretrainRecipe]):
         from beit_ds.data import build_pretrain_loader
 
         r = self.recipe
-        return build_pretrain_loader(r.data, r.masking, r.model.grid_size, loader_place(r, self.place))
+        self.loader = build_pretrain_loader(r.data, r.masking, r.model.grid_size, loader_place(r, self.place))
+        return self.loader
 
     def attach(self, engine: Any, dtype: torch.dtype) -> None:
         self.tokenizer, self.dtype = _tokenizer(self.recipe, engine.device, dtype), dtype
 
     def forward(self, model: Any, batch: Any, step: int) -> StepOutput:
         return mim_forward(model, batch, self.tokenizer, self.dtype)
+
+    def samples(self, model: torch.nn.Module, writer: MetricWriter, step: int) -> None:
+        """TensorBoard ``pretrain/attention`` and ``pretrain/mim`` of fixed images (RNG untouched)."""
+        from beit_ds.visualize.samples import fixed_batch, pretrain_samples
+
+        if self.fixed is None:
+            self.fixed = fixed_batch(self.loader, self.SAMPLES)
+        t = self.recipe.data.transform
+        pretrain_samples(model, self.tokenizer, self.fixed, writer, step, (t.mean, t.std))
 
     @classmethod
     def export(cls, tag_dir: Path, out_dir: Path, client: dict[str, Any]) -> list[Path]:
