@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from beit_ds.config_io import build_dataclass
 from beit_ds.engine import safe_load
 from beit_ds.engine.checkpoint import CheckpointError, verify
+from beit_ds.engine.task import task_type
 from beit_ds.models import Beit, BeitForMaskedImageModeling, build_mim_model, build_model
 from beit_ds.models.convert import backbone_state_dict, to_hf, to_timm
 from beit_ds.recipe import PretrainRecipe
@@ -93,8 +94,6 @@ def write_timm_and_hf(model: Beit, out_dir: Path) -> list[Path]:
 def export_any(tag_dir: Path, out_dir: Path) -> list[Path]:
     """Export ``tag_dir`` by the ``kind`` its client state stores (pre-training, fine-tuning,
     linear probe, tokenizer), through that task's ``export``."""
-    from beit_ds.engine.task import task_type
-
     client = checkpoint_client_state(tag_dir)
     kind = client.get("kind", "pretrain")  # checkpoints before kinds were stored are pre-training ones
     return task_type(str(kind), f"checkpoint {tag_dir}").export(tag_dir, out_dir, client)

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from beit_ds.config import AugmentConfig, ConfigError
-from beit_ds.config_io import build_dataclass, to_dict
+from beit_ds.config_io import build_dataclass, load_recipe, read_recipe, to_dict
+from beit_ds.data import build_finetune_loader
 from beit_ds.data.mixup import Mixup, mix_rng
 from beit_ds.distributed import ProcessPlace, all_reduce_sum, place_from_env
 from beit_ds.engine.ema import WeightEMA
@@ -32,9 +33,10 @@ from beit_ds.engine.export import (
     write_timm_and_hf,
 )
 from beit_ds.engine.job import loader_place, run_job
+from beit_ds.engine.runtime import init_distributed
 from beit_ds.engine.state import TrainState
-from beit_ds.engine.task import StepOutput, Task, register
-from beit_ds.engine.weights import read_weights
+from beit_ds.engine.task import StepOutput, Task, register, task_type
+from beit_ds.engine.weights import checkpoint_dir, read_weights
 from beit_ds.logger import get_logger, init_logging
 from beit_ds.metrics import MetricWriter
 from beit_ds.models import BeitForImageClassification, build_classifier
@@ -181,8 +183,6 @@ class FinetuneTask(Task[ClassificationRecipe]):
         return build_finetune_model(self.recipe)
 
     def build_loader(self) -> Any:
-        from beit_ds.data import build_finetune_loader
-
         r = self.recipe
         augment = self.augment if isinstance(r, FinetuneRecipe) else None
         loader = build_finetune_loader(r.data, "train", loader_place(r, self.place), augment=augment)
@@ -210,8 +210,6 @@ class FinetuneTask(Task[ClassificationRecipe]):
 
     def evaluate(self, model: torch.nn.Module, writer: MetricWriter, step: int) -> None:
         """Validation of the weights (``val/``) and of their EMA (``val_ema/``)."""
-        from beit_ds.data import build_finetune_loader
-
         if self.eval_loader is None:
             where = loader_place(self.recipe, self.place)
             self.eval_loader = build_finetune_loader(self.recipe.data, "eval", where, classes=self.classes)
@@ -261,8 +259,6 @@ def finetune(
 
 def load_class_recipe(name_or_path: str, overrides: list[str]) -> ClassificationRecipe:
     """A ``LinearProbeRecipe`` when the recipe has a ``probe`` section, else a ``FinetuneRecipe``."""
-    from beit_ds.config_io import load_recipe, read_recipe
-
     cls = LinearProbeRecipe if "probe" in read_recipe(name_or_path) else FinetuneRecipe
     return load_recipe(cls, name_or_path, overrides)
 
@@ -273,9 +269,6 @@ def evaluate_recipe(recipe: ClassificationRecipe, out_json: Path | None = None) 
     (every rank of a ``deepspeed`` launch takes a share; class numbers follow the evaluation set's
     class names), a pre-training checkpoint by MIM loss / masked-token accuracy and a tokenizer by
     reconstruction error, each on its own recipe's data. Other weights use this recipe's architecture."""
-    from beit_ds.engine.task import task_type
-    from beit_ds.engine.weights import checkpoint_dir
-
     if not recipe.finetune.init:
         raise ConfigError("finetune.init='': expected the weights to evaluate")
     init = recipe.finetune.init
@@ -302,9 +295,6 @@ def _write_json(path: Path | None, data: dict[str, Any]) -> None:
 
 
 def _evaluate_classifier(recipe: ClassificationRecipe, out_json: Path | None) -> dict[str, float]:
-    from beit_ds.data import build_finetune_loader
-    from beit_ds.engine.runtime import init_distributed
-
     check_recipe(recipe)
     init_distributed()
     place = place_from_env()

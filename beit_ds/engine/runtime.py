@@ -5,9 +5,11 @@ parameter groups. A plain ``python`` process becomes rank 0 of 1 through the sam
 from __future__ import annotations
 
 import os
+import random
 import socket
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,17 +30,18 @@ def _single_process_env() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(port)}.items():
+    for key, value in {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }.items():
         os.environ.setdefault(key, value)
 
 
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA), numpy's and Python's global generators."""
-    import random
-
-    import numpy as np
-
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from beit_ds.config import ConfigError, DVAEConfig, MaskingConfig
+from beit_ds.config_io import build_dataclass
+from beit_ds.data import build_pretrain_loader
 from beit_ds.distributed import ProcessPlace, place_from_env
 from beit_ds.engine.export import consolidated_state_dict
 from beit_ds.engine.job import loader_place, run_job
@@ -24,6 +26,7 @@ from beit_ds.engine.state import TrainState
 from beit_ds.engine.task import StepOutput, Task, register
 from beit_ds.metrics import MetricWriter
 from beit_ds.recipe import TokenizerRecipe
+from beit_ds.tokenizers import DiscreteVAE, code_usage, dvae_schedule, save_dvae
 
 
 def check_recipe(r: TokenizerRecipe) -> None:
@@ -34,8 +37,6 @@ def check_recipe(r: TokenizerRecipe) -> None:
 
 def dvae_forward(model: Any, batch: Any, step: int, cfg: DVAEConfig, dtype: torch.dtype) -> StepOutput:
     """One micro-batch of dVAE training at optimizer step ``step``'s temperature and KL weight."""
-    from beit_ds.tokenizers import dvae_schedule
-
     images = batch.tokenizer_images.to(model.device, dtype)
     out = model(images, **dvae_schedule(step, cfg))
     metrics = {k: v for k, v in out.metrics().items() if k != "loss"}
@@ -45,15 +46,18 @@ def dvae_forward(model: Any, batch: Any, step: int, cfg: DVAEConfig, dtype: torc
 @torch.no_grad()
 def reconstruction_report(model: Any, loader: Any, batches: int = 8) -> dict[str, float]:
     """Hard-token reconstruction MSE vs the mean-image MSE, and code usage, on ``batches`` batches."""
-    from beit_ds.tokenizers import code_usage
-
     images = torch.cat([b.tokenizer_images for b, _ in zip(loader.at(10**6), range(batches))])
     tokens = model.encode(images)
     recon = model.decode(tokens)
     perplexity, usage = code_usage(tokens, model.vocab_size)
     mean_image = images.mean(0, keepdim=True).expand_as(images)
-    return {"recon_mse": F.mse_loss(recon, images).item(), "mean_image_mse": F.mse_loss(mean_image, images).item(),
-            "perplexity": perplexity.item(), "codes_used": usage.item(), "images": int(images.shape[0])}
+    return {
+        "recon_mse": F.mse_loss(recon, images).item(),
+        "mean_image_mse": F.mse_loss(mean_image, images).item(),
+        "perplexity": perplexity.item(),
+        "codes_used": usage.item(),
+        "images": int(images.shape[0]),
+    }
 
 
 @torch.no_grad()
@@ -71,8 +75,6 @@ def reconstruction_samples(model: nn.Module, images: torch.Tensor, writer: Metri
 
 def _loader(recipe: TokenizerRecipe, place: ProcessPlace) -> Any:
     """The pre-training loader supplies the tokenizer view; its masks are not used here."""
-    from beit_ds.data import build_pretrain_loader
-
     grid = (recipe.tokenizer.image_size // recipe.tokenizer.dvae.downsample,) * 2
     no_masks = MaskingConfig(num_masking_patches=1, min_block_patches=1)
     return build_pretrain_loader(recipe.data, no_masks, grid, loader_place(recipe, place))
@@ -97,8 +99,6 @@ class TokenizerTask(Task[TokenizerRecipe]):
         check_recipe(self.recipe)
 
     def build_model(self) -> nn.Module:
-        from beit_ds.tokenizers import DiscreteVAE
-
         return DiscreteVAE(self.recipe.tokenizer.dvae, self.recipe.tokenizer.image_size)
 
     def build_loader(self) -> Any:
@@ -119,9 +119,6 @@ class TokenizerTask(Task[TokenizerRecipe]):
     @classmethod
     def export(cls, tag_dir: Path, out_dir: Path, client: dict[str, Any]) -> list[Path]:
         """``tokenizer.safetensors`` and, when the recipe's data is readable here, ``report.json``."""
-        from beit_ds.config_io import build_dataclass
-        from beit_ds.tokenizers import DiscreteVAE, save_dvae
-
         recipe = build_dataclass(TokenizerRecipe, client["recipe"])
         model = DiscreteVAE(recipe.tokenizer.dvae, recipe.tokenizer.image_size)
         model.load_state_dict(consolidated_state_dict(tag_dir), strict=True)
@@ -137,8 +134,6 @@ class TokenizerTask(Task[TokenizerRecipe]):
     @classmethod
     def evaluate_checkpoint(cls, tag_dir: Path, client: dict[str, Any]) -> dict[str, float]:
         """Hard-token reconstruction MSE vs the mean image, and code usage, of the checkpoint."""
-        from beit_ds.config_io import build_dataclass
-
         task = cls(build_dataclass(TokenizerRecipe, client["recipe"]), ProcessPlace())
         model = task.build_model()
         model.load_state_dict(consolidated_state_dict(tag_dir), strict=True)

@@ -22,6 +22,7 @@ import torch
 from beit_ds.config import ConfigError
 from beit_ds.engine import safe_load
 from beit_ds.engine.checkpoint import CheckpointError, is_checkpoint_path, resolve
+from beit_ds.engine.export import consolidated_state_dict
 from beit_ds.models.convert import from_hf_state_dict, from_timm_state_dict
 
 Tensors = dict[str, torch.Tensor]
@@ -89,8 +90,6 @@ def read_weights(spec: str) -> tuple[Tensors, str]:
             f"finetune.init={spec!r}: no such file or directory (train or download it first, or set"
             " finetune.init='' to start from random weights)"
         )
-    from beit_ds.engine.export import consolidated_state_dict
-
     try:
         tag_dir = checkpoint_dir(path) if path.is_dir() else None
         if tag_dir is not None:
