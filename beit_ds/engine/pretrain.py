@@ -14,14 +14,19 @@ import torch
 
 from beit_ds.assets import resolve
 from beit_ds.config import ConfigError
+from beit_ds.config_io import build_dataclass
+from beit_ds.data import build_pretrain_loader
 from beit_ds.distributed import ProcessPlace, place_from_env
 from beit_ds.engine.export import consolidated_state_dict, export_checkpoint
 from beit_ds.engine.job import Preflight, loader_place, run_job
 from beit_ds.engine.job import preflight as job_preflight
 from beit_ds.engine.state import TrainState
 from beit_ds.engine.task import StepOutput, Task, register
+from beit_ds.masking import build_mask_generator
 from beit_ds.metrics import MetricWriter
+from beit_ds.models import build_mim_model
 from beit_ds.recipe import PretrainRecipe
+from beit_ds.tokenizers import build_tokenizer
 
 
 def check_views(r: PretrainRecipe) -> None:
@@ -39,8 +44,6 @@ def check_views(r: PretrainRecipe) -> None:
 
 def check_masking(r: PretrainRecipe) -> None:
     """The masking section fits the model's patch grid (it needs nothing else)."""
-    from beit_ds.masking import build_mask_generator
-
     try:
         build_mask_generator(r.masking, r.model.grid_size)
     except ValueError as err:
@@ -75,8 +78,6 @@ def _tokenizer(recipe: PretrainRecipe, device: torch.device, dtype: torch.dtype)
     ``auto`` runs it in the run's precision (bf16 / fp16 / fp32)."""
     if recipe.mim.target != "tokens":
         return None
-    from beit_ds.tokenizers import build_tokenizer
-
     try:
         tokenizer = build_tokenizer(recipe.tokenizer).to(device)
     except (ValueError, OSError) as err:  # a file that exists but holds no tokenizer of that kind
@@ -107,15 +108,11 @@ class PretrainTask(Task[PretrainRecipe]):
         check_views(self.recipe)
 
     def build_model(self) -> torch.nn.Module:
-        from beit_ds.models import build_mim_model
-
         model = build_mim_model(self.recipe.model, self.recipe.mim)
         model.set_grad_checkpointing(self.recipe.model.grad_checkpointing)
         return model
 
     def build_loader(self) -> Any:
-        from beit_ds.data import build_pretrain_loader
-
         r = self.recipe
         self.loader = build_pretrain_loader(r.data, r.masking, r.model.grid_size, loader_place(r, self.place))
         return self.loader
@@ -143,8 +140,6 @@ class PretrainTask(Task[PretrainRecipe]):
     @torch.no_grad()
     def evaluate_checkpoint(cls, tag_dir: Path, client: dict[str, Any], batches: int = 8) -> dict[str, float]:
         """MIM loss and masked-token accuracy of the checkpoint on ``batches`` batches of its data."""
-        from beit_ds.config_io import build_dataclass
-
         task = cls(build_dataclass(PretrainRecipe, client["recipe"]), ProcessPlace())
         task.check()
         model = task.build_model()
