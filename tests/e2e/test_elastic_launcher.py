@@ -42,8 +42,12 @@ def test_resume_on_another_world_size_continues_the_curve(tmp_path, saved_on, re
     assert (f"elastic resume: {saved_on} -> {resumed_on} ranks; schedule.grad_accum {accum} -> {2 // resumed_on}"
             " keeps the global batch 8 (micro batch 4 per rank)") in log
     assert "resumed from" in log and "at step 4 (epoch 0, sample 32)" in log
-    universal = json.loads((ref / "checkpoints/step_00000004_universal/COMPLETE.json").read_text())
+    # another run's checkpoint: converted into this run's checkpoints/imported/, never into ref/
+    assert not (ref / "checkpoints/step_00000004_universal").exists()
+    (imported,) = (out / "checkpoints/imported").glob("step_00000004_*_universal")
+    universal = json.loads((imported / "COMPLETE.json").read_text())
     assert (universal["universal"], universal["world_size"], universal["global_batch"]) == (True, saved_on, 8)
+    assert universal["source_path"] == str(source.resolve())
 
     after = _losses(out)
     assert sorted(after) == [5, 6, 7, 8]

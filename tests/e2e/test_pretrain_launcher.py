@@ -52,7 +52,7 @@ if os.environ.get("TEST_STALL_SAVE"):  # this tag's shards are written, then the
     _save = DeepSpeedEngine.save_checkpoint
     def save_checkpoint(self, save_dir, tag=None, *args, **kwargs):
         out = _save(self, save_dir, tag, *args, **kwargs)
-        if tag == os.environ["TEST_STALL_SAVE"]:
+        if os.environ["TEST_STALL_SAVE"] in str(tag):  # the staging tag: .step_X.saving
             Path(save_dir).parent.joinpath("STALLED").touch()
             time.sleep(600)
         return out
@@ -147,8 +147,9 @@ def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path):
     proc.wait()
     first = _losses(run)
     assert max(first) == 8
-    half_written = run / "checkpoints/step_00000008"
+    half_written = run / "checkpoints/.step_00000008.saving"  # the hidden staging folder, never published
     assert half_written.is_dir() and not (half_written / "COMPLETE.json").exists()
+    assert not (run / "checkpoints/step_00000008").exists()
     assert json.loads((run / "checkpoints/latest.json").read_text())["latest"] == "step_00000004"
 
     _wait(_launch(run, "fp32", ["schedule.max_steps=12"]), run)
@@ -159,7 +160,7 @@ def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path):
     assert sorted(resumed) == list(range(5, 13))
     for step in range(5, 9):  # the steps redone after the lost save are the same steps
         assert resumed[step] == first[step], (step, resumed[step], first[step])
-    assert (run / "checkpoints/step_00000008/COMPLETE.json").exists()
+    assert (run / "checkpoints/step_00000008/COMPLETE.json").exists() and not half_written.exists()
 
 
 def test_two_ranks_fp16_skips_an_overflow_and_halves_the_scale(tmp_path):
