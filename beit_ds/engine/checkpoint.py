@@ -132,12 +132,17 @@ def newest_complete(ckpt_dir: Path, checksums: bool = True) -> Path | None:
     return None
 
 
+def _names_a_tag(path: Path) -> bool:
+    """Whether the folder ``path`` is one checkpoint (complete or not, universal or not)."""
+    return (path / MARKER).exists() or bool(TAG.match(path.name)) or path.name.endswith(elastic.SUFFIX)
+
+
 def is_checkpoint_path(path: Path) -> bool:
     """Whether ``path`` is meant as a checkpoint: a ``step_*`` folder (complete or not), a
     ``checkpoints/`` folder or a run folder holding checkpoints."""
     if not path.is_dir():
         return False
-    if (path / MARKER).exists() or TAG.match(path.name) or path.name.endswith(elastic.SUFFIX):
+    if _names_a_tag(path):
         return True
     return any((d / POINTER).exists() or scan_tags(d) for d in (path, path / "checkpoints"))
 
@@ -151,7 +156,7 @@ def resolve(source: Path, checksums: bool = True) -> Path:
         raise CheckpointError(f"{source}: no such file or directory")
     if not source.is_dir():
         raise CheckpointError(f"{source}: a file, expected a checkpoint folder (step_*), checkpoints/ or a run folder")
-    if (source / MARKER).exists() or TAG.match(source.name) or source.name.endswith(elastic.SUFFIX):
+    if _names_a_tag(source):
         verify(source, checksums)
         return source
     for ckpt_dir in (source, source / "checkpoints"):
@@ -287,7 +292,7 @@ class CheckpointManager:
         error = None
         if self.place.is_main:
             try:
-                to_universal(tag_dir, out)
+                to_universal(tag_dir, out, checksums=False)  # find() verified it before the load
             except Exception as err:  # every rank must learn about it, not only rank 0
                 error = f"checkpoint {tag_dir}: universal conversion failed ({type(err).__name__}: {err})"
         failed = broadcast_object(error)
@@ -296,10 +301,11 @@ class CheckpointManager:
         return out
 
 
-def to_universal(tag_dir: Path, out: Path | None = None, workers: int = 1) -> Path:
+def to_universal(tag_dir: Path, out: Path | None = None, workers: int = 1, checksums: bool = True) -> Path:
     """The universal form of the complete checkpoint ``tag_dir`` in ``out`` (default: its
-    ``<tag>_universal`` sibling), converted unless already there; published atomically."""
-    info = verify(tag_dir)
+    ``<tag>_universal`` sibling), converted unless already there; published atomically.
+    ``checksums=False``: sizes only, for a caller that has just verified ``tag_dir``."""
+    info = verify(tag_dir, checksums)
     if info.get("universal"):
         return tag_dir
     out = Path(out) if out is not None else elastic.universal_dir(tag_dir)
