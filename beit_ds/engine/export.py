@@ -11,11 +11,13 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from beit_ds.config_io import build_dataclass
+from beit_ds.distributed import ProcessPlace
 from beit_ds.engine import safe_load
 from beit_ds.engine.checkpoint import CheckpointError, verify
-from beit_ds.engine.task import task_type
+from beit_ds.engine.task import Task, task_type
 from beit_ds.models import Beit, BeitForMaskedImageModeling, build_mim_model, build_model
 from beit_ds.models.convert import backbone_state_dict, to_hf, to_timm
 from beit_ds.recipe import PretrainRecipe
@@ -89,6 +91,16 @@ def write_timm_and_hf(model: Beit, out_dir: Path) -> list[Path]:
     config = {"model_type": "beit", "architectures": [architecture], **hf.config}
     (out_dir / "hf" / "config.json").write_text(json.dumps(config, indent=1))
     return [out_dir / "timm", out_dir / "hf"]
+
+
+def checkpoint_task(task_cls: type[Task[Any]], tag_dir: Path, client: dict[str, Any]) -> tuple[Task[Any], nn.Module]:
+    """A ``task_cls`` of the recipe stored in ``client`` (checked, on one process) and its model with
+    the consolidated weights of ``tag_dir``: what a task's export or evaluation of a checkpoint starts from."""
+    task = task_cls(build_dataclass(task_cls.recipe_type, client["recipe"]), ProcessPlace())
+    task.check()
+    model = task.build_model()
+    model.load_state_dict(consolidated_state_dict(tag_dir), strict=True)
+    return task, model
 
 
 def export_any(tag_dir: Path, out_dir: Path) -> list[Path]:

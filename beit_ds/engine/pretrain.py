@@ -14,10 +14,9 @@ import torch
 
 from beit_ds.assets import resolve
 from beit_ds.config import ConfigError
-from beit_ds.config_io import build_dataclass
 from beit_ds.data import build_pretrain_loader
 from beit_ds.distributed import ProcessPlace, place_from_env
-from beit_ds.engine.export import consolidated_state_dict, export_checkpoint
+from beit_ds.engine.export import checkpoint_task, export_checkpoint
 from beit_ds.engine.job import Preflight, loader_place, run_job
 from beit_ds.engine.job import preflight as job_preflight
 from beit_ds.engine.state import TrainState
@@ -140,10 +139,7 @@ class PretrainTask(Task[PretrainRecipe]):
     @torch.no_grad()
     def evaluate_checkpoint(cls, tag_dir: Path, client: dict[str, Any], batches: int = 8) -> dict[str, float]:
         """MIM loss and masked-token accuracy of the checkpoint on ``batches`` batches of its data."""
-        task = cls(build_dataclass(PretrainRecipe, client["recipe"]), ProcessPlace())
-        task.check()
-        model = task.build_model()
-        model.load_state_dict(consolidated_state_dict(tag_dir), strict=True)
+        task, model = checkpoint_task(cls, tag_dir, client)
         model.eval()
         tokenizer = _tokenizer(task.recipe, torch.device("cpu"), torch.float32)
         totals, n = torch.zeros(2, dtype=torch.float64), 0

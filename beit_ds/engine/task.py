@@ -63,16 +63,16 @@ class Task(Generic[R]):
         """Every check of the recipe that needs no process group (one-line ``ConfigError``)."""
 
     def build_model(self) -> nn.Module:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}: a task defines build_model()")
 
     def build_loader(self) -> Any:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}: a task defines build_loader()")
 
     def attach(self, engine: Any, dtype: torch.dtype) -> None:
         """Called once the engine exists, before a resume restores the RNG state."""
 
     def forward(self, model: Any, batch: Any, step: int) -> StepOutput:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}: a task defines forward()")
 
     def after_optimizer_step(self, engine: Any) -> None:
         """Called after each optimizer step (e.g. an EMA update)."""
@@ -92,7 +92,7 @@ class Task(Generic[R]):
     @classmethod
     def export(cls, tag_dir: Path, out_dir: Path, client: dict[str, Any]) -> list[Path]:
         """Export the checkpoint ``tag_dir`` (its client state ``client``) into ``out_dir``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{cls.__name__}: a task defines export()")
 
     @classmethod
     def evaluate_checkpoint(cls, tag_dir: Path, client: dict[str, Any]) -> dict[str, float]:

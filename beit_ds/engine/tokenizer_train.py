@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from beit_ds.config import ConfigError, DVAEConfig, MaskingConfig
-from beit_ds.config_io import build_dataclass
 from beit_ds.data import build_pretrain_loader
 from beit_ds.distributed import ProcessPlace, place_from_env
-from beit_ds.engine.export import consolidated_state_dict
+from beit_ds.engine.export import checkpoint_task
 from beit_ds.engine.job import loader_place, run_job
 from beit_ds.engine.state import TrainState
 from beit_ds.engine.task import StepOutput, Task, register
@@ -119,14 +118,13 @@ class TokenizerTask(Task[TokenizerRecipe]):
     @classmethod
     def export(cls, tag_dir: Path, out_dir: Path, client: dict[str, Any]) -> list[Path]:
         """``tokenizer.safetensors`` and, when the recipe's data is readable here, ``report.json``."""
-        recipe = build_dataclass(TokenizerRecipe, client["recipe"])
-        model = DiscreteVAE(recipe.tokenizer.dvae, recipe.tokenizer.image_size)
-        model.load_state_dict(consolidated_state_dict(tag_dir), strict=True)
+        task, model = checkpoint_task(cls, tag_dir, client)
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_dvae(model.eval(), out_dir / "tokenizer.safetensors")
+        save_dvae(cast(DiscreteVAE, model).eval(), out_dir / "tokenizer.safetensors")
         paths = [out_dir / "tokenizer.safetensors"]
-        if recipe.data.source == "demo" or Path(recipe.data.path).exists():  # readable here
-            report = reconstruction_report(model, _loader(recipe, ProcessPlace()))
+        data = task.recipe.data
+        if data.source == "demo" or Path(data.path).exists():  # readable here
+            report = reconstruction_report(model, task.build_loader())
             (out_dir / "report.json").write_text(json.dumps(report, indent=1))
             paths.append(out_dir / "report.json")
         return paths
@@ -134,9 +132,7 @@ class TokenizerTask(Task[TokenizerRecipe]):
     @classmethod
     def evaluate_checkpoint(cls, tag_dir: Path, client: dict[str, Any]) -> dict[str, float]:
         """Hard-token reconstruction MSE vs the mean image, and code usage, of the checkpoint."""
-        task = cls(build_dataclass(TokenizerRecipe, client["recipe"]), ProcessPlace())
-        model = task.build_model()
-        model.load_state_dict(consolidated_state_dict(tag_dir), strict=True)
+        task, model = checkpoint_task(cls, tag_dir, client)
         return {k: float(v) for k, v in reconstruction_report(model.eval(), task.build_loader()).items()}
 
 
