@@ -212,6 +212,7 @@ def load_recipe(cls: type[T], name_or_path: str | Path | None, overrides: Sequen
     """The recipe ``cls`` from a YAML file (or defaults when None) plus CLI overrides."""
     data = read_recipe(name_or_path) if name_or_path is not None else {}
     data = _resolve_preset(apply_overrides(data, list(overrides)))
+    cls = getattr(cls, "root_for", lambda _: cls)(data)  # a root may pick a subclass by sections (dino)
     try:
         recipe = build_dataclass(cls, data)
         derived = recipe.derived() if hasattr(recipe, "derived") else {}

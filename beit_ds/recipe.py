@@ -25,12 +25,13 @@ from beit_ds.config import (
     ProbeConfig,
     TokenizerConfig,
 )
+from beit_ds.config.dino import DinoConfig
 from beit_ds.config.tokenizer import tokenizer_vocab
 from beit_ds.config.train import CheckpointConfig, LogConfig, OptimConfig, ScheduleConfig
 from beit_ds.masking import masking_target
 
 __all__ = [
-    "CheckpointConfig", "ClassificationRecipe", "FinetuneRecipe", "LinearProbeRecipe", "LogConfig", "OptimConfig",
+    "CheckpointConfig", "ClassificationRecipe", "DinoPretrainRecipe", "FinetuneRecipe", "LinearProbeRecipe", "LogConfig", "OptimConfig",
     "PretrainRecipe", "ScheduleConfig", "TokenizerRecipe", "TrainingRecipe",
 ]
 
@@ -56,6 +57,12 @@ class PretrainRecipe(TrainingRecipe):
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
+    @classmethod
+    def root_for(cls, data: dict[str, Any]) -> type[PretrainRecipe]:
+        """The root a recipe's sections ask for (``load_recipe``): with a ``dino`` section,
+        multi-task MIM + DINO (``DinoPretrainRecipe``)."""
+        return DinoPretrainRecipe if cls is PretrainRecipe and "dino" in data else cls
+
     def derived(self) -> dict[str, tuple[Any, str]]:
         """``{key: (value, the key or fact it is)}``: the patch view is the model's input, the
         second view the tokenizer's (the model's, raw, for pixel targets), the MIM vocabulary the
@@ -75,6 +82,14 @@ class PretrainRecipe(TrainingRecipe):
         if vocab is not None:
             out["mim.vocab_size"] = (vocab, f"the vocabulary of tokenizer.path={self.tokenizer.path!r}")
         return out
+
+
+@dataclass
+class DinoPretrainRecipe(PretrainRecipe):
+    """Root of a multi-task pre-training recipe (seed App. E): MIM + DINO self-distillation
+    (``dino``); the two global crops are the MIM views of ``data.transform``."""
+
+    dino: DinoConfig = field(default_factory=DinoConfig)
 
 
 @dataclass

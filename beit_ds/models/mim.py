@@ -107,8 +107,13 @@ class BeitForMaskedImageModeling(Beit):
     def forward(  # type: ignore[override]  # the head's own inputs: masks and targets
         self, images: torch.Tensor, bool_masked_pos: torch.Tensor, target: torch.Tensor
     ) -> MIMOutput:
-        tokens = self.forward_features(images, bool_masked_pos)[:, 1:]  # [B, N, D]
-        mask = self._flat_mask(bool_masked_pos, images)
+        features = self.forward_features(images, bool_masked_pos)
+        return self.forward_loss(features, self._flat_mask(bool_masked_pos, images), target)
+
+    def forward_loss(self, features: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> MIMOutput:
+        """The MIM loss of ``features`` ``[B, 1 + N, D]`` (``forward_features`` of the masked
+        images; the [CLS] row is left to other heads, e.g. DINO's) with ``mask`` ``[B, N]`` bool."""
+        tokens = features[:, 1:]  # [B, N, D]
         positions = self._masked_first(mask)
         if positions is not None:  # K rows per image, masked first: a fixed shape
             tokens = torch.gather(tokens, 1, positions.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))

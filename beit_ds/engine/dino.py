@@ -1,0 +1,202 @@
+"""Multi-task pre-training, MIM + DINO self-distillation (seed App. E, Table 10), as a ``Task``.
+
+The student (``BeitDinoStudent``: the MIM model + DINO's head) is the one model DeepSpeed trains;
+the EMA teacher is a full copy kept by the task — not optimised, not handed to DeepSpeed (so ZeRO
+never partitions it), in fp32 (run under autocast in a bf16 / fp16 run, as DINO's AMP does) and
+updated after each optimizer step from the student's fp32 master weights with a momentum that
+follows a cosine 0.996 → 1 (a pure function of the step). The teacher's weights and the loss's
+centre travel in every checkpoint's client state (``extra_state``), so a resumed run continues
+bit for bit. The loss is MIM (both masked global views) + ``dino.loss_weight`` · DINO; the step
+logs both, the MIM accuracy, the teacher's momentum, temperature and entropy and the centre's
+norm (collapse monitors), all as device tensors (no host synchronisation).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from beit_ds.config import ConfigError
+from beit_ds.config_io import build_dataclass
+from beit_ds.data.multicrop import MultiCrop, build_dino_loader
+from beit_ds.distributed import ProcessPlace, all_reduce_sum, place_from_env
+from beit_ds.engine.checkpoint import CheckpointError, verify
+from beit_ds.engine.ema import fp32_master
+from beit_ds.engine.export import consolidated_state_dict, save_weights, write_timm_and_hf
+from beit_ds.engine.job import loader_place, run_job
+from beit_ds.engine.pretrain import _tokenizer, check_views
+from beit_ds.engine.state import TrainState
+from beit_ds.engine.task import StepOutput, Task, register
+from beit_ds.models import build_mim_model, build_model
+from beit_ds.models.convert import backbone_state_dict
+from beit_ds.models.dino import BeitDinoStudent, DinoLoss, teacher_temperature
+from beit_ds.recipe import DinoPretrainRecipe
+from beit_ds.schedules import cosine
+
+
+def build_student(recipe: DinoPretrainRecipe) -> BeitDinoStudent:
+    """The MIM model of ``recipe`` with DINO's head on its [CLS] token."""
+    mim = build_mim_model(recipe.model, recipe.mim)
+    mim.set_grad_checkpointing(recipe.model.grad_checkpointing)
+    return BeitDinoStudent(mim, recipe.dino.head)
+
+
+@torch.no_grad()
+def update_teacher(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """``θ_t ← m · θ_t + (1 - m) · θ_s`` per parameter, ``θ_s`` the fp32 master where there is one."""
+    source = dict(student.named_parameters())
+    for name, param in teacher.named_parameters():
+        s = source[name]
+        high = fp32_master(s)
+        value = high.view(s.shape) if high is not None else s.detach()
+        param.mul_(momentum).add_(value.float(), alpha=1.0 - momentum)
+
+
+def check_dino(r: DinoPretrainRecipe) -> None:
+    """The MIM views (``check_views``) and local crops that fit the patch size."""
+    check_views(r)
+    p = r.model.patch_size
+    if r.dino.local_crops and r.dino.local_crop_size % p:
+        raise ConfigError(f"dino.local_crop_size={r.dino.local_crop_size}: expected a multiple of model.patch_size={p}")
+
+
+@register
+class DinoPretrainTask(Task[DinoPretrainRecipe]):
+    """MIM + DINO: the student, the multi-crop loader with per-view masks, the tokenizer, the EMA teacher."""
+
+    kind = "dino"
+    recipe_type = DinoPretrainRecipe
+
+    def __init__(self, recipe: DinoPretrainRecipe, place: ProcessPlace) -> None:
+        super().__init__(recipe, place)
+        self.tokenizer: Any = None
+        self.dtype = torch.float32
+        self.teacher: BeitDinoStudent | None = None
+        self.loss = DinoLoss(recipe.dino.head.out_dim, recipe.dino.student_temp, recipe.dino.center_momentum)
+        self.steps_per_epoch = 1
+        self.step = 0  # the step of the last forward: the teacher update after it reads its momentum
+
+    def check(self) -> None:
+        check_dino(self.recipe)
+
+    def build_model(self) -> nn.Module:
+        student = build_student(self.recipe)
+        self.teacher = copy.deepcopy(student).requires_grad_(False).eval()  # teacher = student at step 0 (DINO)
+        return student
+
+    def build_loader(self) -> Any:
+        r, d = self.recipe, self.recipe.dino
+        crops = MultiCrop(d.local_crops, d.local_crop_size, (float(d.local_scale[0]), float(d.local_scale[1])))
+        loader = build_dino_loader(r.data, r.masking, r.model.grid_size, crops, loader_place(r, self.place))
+        self.steps_per_epoch = max(1, len(loader) // r.schedule.grad_accum)
+        return loader
+
+    def attach(self, engine: Any, dtype: torch.dtype) -> None:
+        self.tokenizer, self.dtype = _tokenizer(self.recipe, engine.device, dtype), dtype
+        assert self.teacher is not None, "build_model() runs before attach()"
+        self.teacher.to(engine.device)
+        self.loss.to(engine.device)
+
+    # --- schedules: pure functions of the step ---------------------------------------------
+    def momentum_at(self, step: int) -> float:
+        """Teacher momentum after optimizer step ``step`` (0-based): cosine ``teacher_momentum`` → 1."""
+        total = self.recipe.schedule.epochs * self.steps_per_epoch
+        return cosine(step, total, self.recipe.dino.teacher_momentum, 1.0)
+
+    def temperature_at(self, step: int) -> float:
+        d = self.recipe.dino
+        warmup = int(round(d.warmup_teacher_temp_epochs * self.steps_per_epoch))
+        return teacher_temperature(step, warmup, d.warmup_teacher_temp, d.teacher_temp)
+
+    def last_layer_frozen(self, step: int) -> bool:
+        return step < self.recipe.dino.freeze_last_layer_epochs * self.steps_per_epoch
+
+    # --- one micro-batch ---------------------------------------------------------------------
+    def _teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
+        assert self.teacher is not None
+        mixed = self.dtype != torch.float32
+        with torch.no_grad(), torch.autocast(images.device.type, self.dtype, enabled=mixed):
+            return self.teacher.teacher_logits(images)
+
+    def forward(self, model: Any, batch: Any, step: int) -> StepOutput:
+        self.step = step
+        batch = batch.to(model.device)
+        if self.tokenizer is None:
+            target = batch.tokenizer_images
+        else:
+            with torch.no_grad():
+                target = self.tokenizer.encode(batch.tokenizer_images)
+        local = batch.local_images.to(self.dtype) if batch.local_images.shape[0] else None
+        out = model(batch.global_images.to(self.dtype), batch.bool_masked_pos, target, local,
+                    self.last_layer_frozen(step))
+        temp = self.temperature_at(step)
+        center_norm = self.loss.center.norm()
+        dino = self.loss(out.logits, self._teacher_logits(batch.global_images), temp)
+        self.loss.update_center(all_reduce_sum(dino.batch_center) / self.place.world_size)
+        loss = out.mim.loss + self.recipe.dino.loss_weight * dino.loss
+        device = dino.loss.device
+        metrics = {
+            "mim_loss": out.mim.loss.detach(), "dino_loss": dino.loss.detach(), "mim_accuracy": out.mim.accuracy,
+            "teacher_momentum": torch.full((), self.momentum_at(step), device=device),
+            "teacher_temp": torch.full((), temp, device=device),
+            "teacher_entropy": dino.teacher_entropy, "center_norm": center_norm,
+        }
+        return StepOutput(loss, metrics)
+
+    def after_optimizer_step(self, engine: Any) -> None:
+        assert self.teacher is not None
+        update_teacher(self.teacher, engine.module, self.momentum_at(self.step))
+
+    # --- checkpoint state ------------------------------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        assert self.teacher is not None
+        return {"dino_teacher": self.teacher.state_dict(), "dino_center": self.loss.center}
+
+    def restore(self, client: dict[str, Any], tag_dir: Path) -> None:
+        if "dino_teacher" not in client or "dino_center" not in client:
+            raise CheckpointError(f"checkpoint {tag_dir}: no DINO teacher / centre in its client state")
+        assert self.teacher is not None
+        self.teacher.load_state_dict(client["dino_teacher"], strict=True)
+        self.loss.center.copy_(client["dino_center"])
+
+    @classmethod
+    def export(cls, tag_dir: Path, out_dir: Path, client: dict[str, Any]) -> list[Path]:
+        """The student as pre-training exports it (``model.safetensors`` = the MIM model, ``timm/``,
+        ``hf/``) + ``dino_head.safetensors``; with ``dino.export_teacher`` the same under ``teacher/``."""
+        tag_dir, out_dir = Path(tag_dir), Path(out_dir)
+        verify(tag_dir, checksums=False)
+        recipe = build_dataclass(DinoPretrainRecipe, client["recipe"])
+        paths = export_student(recipe, consolidated_state_dict(tag_dir), out_dir, client["recipe"], str(tag_dir))
+        if recipe.dino.export_teacher:
+            paths += export_student(recipe, client["dino_teacher"], out_dir / "teacher", client["recipe"], str(tag_dir))
+        return paths
+
+
+def export_student(
+    recipe: DinoPretrainRecipe, sd: dict[str, torch.Tensor], out_dir: Path, recipe_dict: dict[str, Any], source: str
+) -> list[Path]:
+    """``sd`` (a ``BeitDinoStudent``'s) as ``model.safetensors`` (the MIM model: pre-training's
+    layout, so ``finetune.init`` and ``load_export`` read it), ``dino_head.safetensors``,
+    ``recipe.json``, ``timm/`` and ``hf/`` in ``out_dir``."""
+    import json
+
+    student = build_student(recipe)
+    student.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ours = save_weights(student.mim.state_dict(), out_dir / "model.safetensors", source=source)
+    head = save_weights(student.dino_head.state_dict(), out_dir / "dino_head.safetensors", source=source)
+    (out_dir / "recipe.json").write_text(json.dumps(recipe_dict, indent=1))
+    backbone = build_model(recipe.model)
+    backbone.load_state_dict(backbone_state_dict(student.mim.state_dict()), strict=True)
+    return [ours, head, *write_timm_and_hf(backbone, out_dir)]
+
+
+def dino_pretrain(
+    recipe: DinoPretrainRecipe, ds_path: str | Path, resume: str = "auto", overwrite: bool = False
+) -> TrainState:
+    """Run (or resume) MIM + DINO pre-training; returns the final ``TrainState``."""
+    return run_job(DinoPretrainTask(recipe, place_from_env()), ds_path, resume, overwrite)

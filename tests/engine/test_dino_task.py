@@ -1,0 +1,93 @@
+"""The MIM + DINO task (seed App. E) on a real single-rank DeepSpeed engine: the teacher is outside
+DeepSpeed and gets no gradient, it follows the student with the scheduled momentum, a few steps
+on a fixed batch lower the MIM loss and the student-teacher KL, and the checkpoint state restores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from beit_ds.config_io import load_recipe
+from beit_ds.distributed import ProcessPlace
+from beit_ds.engine.dino import DinoPretrainTask
+from beit_ds.engine.job import preflight
+from beit_ds.engine.runtime import init_engine
+from beit_ds.engine.task import task_type
+from beit_ds.recipe import DinoPretrainRecipe, PretrainRecipe
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = ["model.depth=2", "data.num_workers=0", "schedule.micro_batch_size=4", "optim.lr=2e-3",
+         "optim.weight_decay=0.0", "model.drop_path_rate=0.0"]
+
+
+def _setup(ds_single_rank, tmp_path, *extra: str):
+    recipe = load_recipe(PretrainRecipe, "pretrain_dino_demo_cpu", [*SMALL, f"checkpoint.output_dir={tmp_path}", *extra])
+    assert isinstance(recipe, DinoPretrainRecipe)
+    task = DinoPretrainTask(recipe, ProcessPlace())
+    task.check()
+    flight = preflight(recipe, ROOT / "ds_configs/zero2_fp32_cpu.json", 1)
+    torch.manual_seed(0)
+    engine = init_engine(task.build_model(), recipe.optim, flight.ds_config)
+    loader = task.build_loader()
+    task.attach(engine, torch.float32)
+    return task, engine, loader
+
+
+def _train_step(task, engine, batch, step):
+    out = task.forward(engine, batch, step)
+    engine.backward(out.loss)
+    engine.step()
+    task.after_optimizer_step(engine)
+    return {k: float(v) for k, v in {"loss": out.loss, **out.metrics}.items()}
+
+
+def test_kind_dino_is_registered():
+    assert task_type("dino") is DinoPretrainTask
+
+
+def test_teacher_is_outside_deepspeed_and_follows_with_the_momentum(ds_single_rank, tmp_path):
+    task, engine, loader = _setup(ds_single_rank, tmp_path)
+    teacher = task.teacher
+    student_ids = {id(p) for p in engine.module.parameters()}
+    assert not any(id(p) in student_ids for p in teacher.parameters())
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    batch = next(iter(loader.at(0)))
+    _train_step(task, engine, batch, step=0)
+    assert all(p.grad is None for p in teacher.parameters())  # never back-propagated into
+    m = task.momentum_at(0)
+    assert m == 0.996
+    student = dict(engine.module.named_parameters())
+    for name, value in teacher.named_parameters():
+        torch.testing.assert_close(value, m * before[name] + (1 - m) * student[name].detach())
+    total = task.recipe.schedule.epochs * task.steps_per_epoch
+    assert task.momentum_at(total // 2) == pytest.approx(0.998, abs=1e-5) and task.momentum_at(total) == 1.0
+    warm = int(task.recipe.dino.warmup_teacher_temp_epochs * task.steps_per_epoch)
+    assert task.temperature_at(0) == 0.04 and task.temperature_at(warm) == 0.07
+    assert task.last_layer_frozen(0) and not task.last_layer_frozen(task.steps_per_epoch)
+
+
+def test_a_few_steps_lower_the_mim_loss_and_the_kl(ds_single_rank, tmp_path):
+    task, engine, loader = _setup(ds_single_rank, tmp_path, "dino.freeze_last_layer_epochs=0")
+    batch = next(iter(loader.at(0)))
+    rows = [_train_step(task, engine, batch, step) for step in range(12)]
+    kl = [r["dino_loss"] - r["teacher_entropy"] for r in rows]  # H(q, p) = H(q) + KL(q || p)
+    assert rows[-1]["mim_loss"] < rows[0]["mim_loss"] - 0.1, [r["mim_loss"] for r in rows]
+    assert kl[-1] < kl[0], kl
+    assert rows[0]["center_norm"] == 0.0 and rows[-1]["center_norm"] > 0
+    assert {"mim_accuracy", "teacher_temp", "teacher_momentum"} <= rows[0].keys()
+    assert all(r["loss"] == pytest.approx(r["mim_loss"] + r["dino_loss"], rel=1e-5) for r in rows)  # weight 1
+
+
+def test_extra_state_restores_teacher_and_centre(ds_single_rank, tmp_path):
+    task, engine, loader = _setup(ds_single_rank, tmp_path)
+    batch = next(iter(loader.at(0)))
+    _train_step(task, engine, batch, 0)
+    saved = {k: v.clone() for k, v in task.extra_state()["dino_teacher"].items()}
+    client = {"dino_teacher": saved, "dino_center": task.loss.center.clone()}
+    other, *_ = _setup(ds_single_rank, tmp_path / "other")
+    other.restore(client, tmp_path)
+    assert all(torch.equal(v, saved[k]) for k, v in other.teacher.state_dict().items())
+    assert torch.equal(other.loss.center, client["dino_center"]) and other.loss.center.abs().sum() > 0
