@@ -1,0 +1,291 @@
+"""The small-model regime (issue 17): the job's real pre-training step against a minimal plain
+eager PyTorch loop and against the FLOP roofline, in one run, on the CIFAR-10 recipe.
+
+    python bench/small_pretrain.py                          # CIFAR-10 archive when present, else demo images
+    python bench/small_pretrain.py --data demo --threads 1  # bundled photographs, one torch thread
+    python bench/small_pretrain.py --set model.compile=model   # the job with a recipe override
+    python bench/small_pretrain.py --profile 4              # + torch.profiler table of 4 job steps
+
+Candidates, timed in interleaved rounds on the same pre-loaded batches (``harness.py``), each
+call running ``--steps-per-call`` steps:
+
+* ``job``: ``run_loop`` (``engine/loop.py``) of a ``PretrainTask`` on the DeepSpeed engine, built
+  as ``run_job`` builds it, single rank, fp32, ``--ds-config`` (checkpoint saves stubbed out:
+  they are per-run costs, not per-step ones);
+* ``engine``: the same engine's ``mim_forward`` + ``engine.backward`` + ``engine.step``, no loop;
+* ``eager``: the same model (same init) and tokenizer, encode + forward + backward +
+  gradient clipping + ``torch.optim.AdamW`` with the recipe's groups and settings;
+* parts: ``loader`` (the recipe's dataset and collate in this process: img/s per worker),
+  ``tokenizer`` (encode), ``model`` (forward + backward + AdamW on pre-computed targets);
+* ``matmul``: the fp32 matmul probe of ``roofline.py``, the machine's rate in this run.
+
+FLOPs per image are counted by ``FlopCounterMode`` (model forward + backward, tokenizer
+encode). The last line is one JSON object: ``ratio`` = job img/s ÷ eager img/s, img/s and
+roofline share of each part, the engine and loop overheads in ms per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from harness import emit, median, setup_threads, time_interleaved, timing_parser
+from roofline import matmul_probe, matmul_rate
+from torch.utils.flop_counter import FlopCounterMode
+
+from beit_ds.config_io import load_recipe
+from beit_ds.data import build_pretrain_loader
+from beit_ds.distributed import ProcessPlace
+from beit_ds.engine.job import Preflight, loader_place, loop_plan
+from beit_ds.engine.loop import LoopIO, run_loop
+from beit_ds.engine.pretrain import PretrainTask, mim_forward, preflight
+from beit_ds.engine.runtime import init_engine, seed_everything, torch_dtype
+from beit_ds.engine.state import TrainState
+from beit_ds.metrics import MetricWriter
+from beit_ds.models import build_mim_model
+from beit_ds.optim import param_groups
+from beit_ds.recipe import PretrainRecipe
+from beit_ds.tokenizers import build_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR = ROOT / "../shared/datasets/cifar10/cifar10_jpeg.tar.gz"
+Step = Callable[[int], None]
+
+
+class _NoCheckpoints:
+    """Stands in for ``CheckpointManager``: a benchmark call saves nothing."""
+
+    def save(self, engine: Any, state: TrainState, extra: dict[str, Any]) -> None:
+        pass
+
+
+def recipe_for(args: argparse.Namespace, out_dir: Path) -> PretrainRecipe:
+    """The CIFAR-10 recipe with the shipped demo dVAE; ``--data`` picks the images."""
+    data = args.data if args.data != "auto" else ("archive" if CIFAR.exists() else "demo")
+    sets = ["tokenizer.path=package:demo_dvae.safetensors", f"checkpoint.output_dir={out_dir}",
+            "log.progress_bar=false", "log.tensorboard=false"]
+    sets += [f"data.path={CIFAR.resolve()}"] if data == "archive" else ["data.source=demo", "data.repeats=64"]
+    return load_recipe(PretrainRecipe, args.recipe, [*sets, *args.set])
+
+
+def job_parts(recipe: PretrainRecipe, flight: Preflight) -> tuple[PretrainTask, Any, Any]:
+    """(task, engine, loader) built as ``run_job`` builds them (one rank)."""
+    task = PretrainTask(recipe, ProcessPlace())
+    task.check()
+    seed_everything(recipe.schedule.seed)
+    engine = init_engine(task.build_model(), recipe.optim, flight.ds_config)
+    seed_everything(recipe.schedule.seed + 1000)
+    loader = task.build_loader()
+    task.attach(engine, torch_dtype(flight.precision))
+    return task, engine, loader
+
+
+def job_candidate(recipe: PretrainRecipe, flight: Preflight, batches: list[Any], k: int,
+                  out_dir: Path) -> tuple[Step, PretrainTask, Any]:
+    """``run_loop`` over ``k`` of ``batches`` per call, the step clock carried across calls."""
+    task, engine, loader = job_parts(recipe, flight)
+    plan = loop_plan(recipe, flight, 10**9, 1)
+    state = TrainState()
+    chunk: list[Any] = []
+    io = LoopIO(make_loader=lambda epoch, start: iter(chunk), writer=MetricWriter(out_dir, True, False),
+                checkpoints=_NoCheckpoints(), extra_state=dict)  # type: ignore[arg-type]
+
+    def call(seed: int) -> None:
+        chunk[:] = [batches[(abs(seed) * k + j) % len(batches)] for j in range(k)]
+        plan.total_steps = state.step + k
+        plan.save_every_steps = plan.save_every_epochs = 10**9
+        run_loop(engine, task, state, plan, io, ProcessPlace())
+
+    return call, task, engine
+
+
+def engine_candidate(task: PretrainTask, engine: Any, batches: list[Any], k: int) -> Step:
+    """The engine's step without the loop: ``mim_forward`` + backward + step."""
+    def call(seed: int) -> None:
+        for j in range(k):
+            out = mim_forward(engine, batches[(abs(seed) * k + j) % len(batches)], task.tokenizer, task.dtype)
+            engine.backward(out.loss)
+            engine.step()
+
+    return call
+
+
+def eager_parts(recipe: PretrainRecipe, lr: float) -> tuple[torch.nn.Module, Any, torch.optim.Optimizer]:
+    """The same model (same seed, so the same init), its own tokenizer and a plain AdamW."""
+    seed_everything(recipe.schedule.seed)
+    model = build_mim_model(replace(recipe.model, compile=False), recipe.mim).train()
+    o = recipe.optim
+    groups = param_groups(model, o.weight_decay, o.layer_decay)
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
+    return model, build_tokenizer(recipe.tokenizer), optimizer
+
+
+def eager_candidate(recipe: PretrainRecipe, lr: float, batches: list[Any], k: int,
+                    targets: list[torch.Tensor] | None = None) -> Step:
+    """The naive loop: tokenize (unless ``targets`` are given) + forward + backward + clip + AdamW."""
+    model, tokenizer, optimizer = eager_parts(recipe, lr)
+    clip = recipe.optim.clip_grad
+
+    def call(seed: int) -> None:
+        for j in range(k):
+            i = (abs(seed) * k + j) % len(batches)
+            b = batches[i]
+            target = targets[i] if targets is not None else tokenizer.encode(b.tokenizer_images)
+            loss = model(b.images, b.bool_masked_pos, target).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+
+    return call
+
+
+def tokenizer_candidate(tokenizer: Any, batches: list[Any], k: int) -> Step:
+    def call(seed: int) -> None:
+        for j in range(k):
+            tokenizer.encode(batches[(abs(seed) * k + j) % len(batches)].tokenizer_images)
+
+    return call
+
+
+def loader_candidate(recipe: PretrainRecipe, k: int) -> Step:
+    """``k`` batches per call from the recipe's dataset and collate in this process (no workers)."""
+    r = recipe
+    data = replace(r.data, num_workers=0)
+    loader = build_pretrain_loader(data, r.masking, r.model.grid_size, loader_place(r, ProcessPlace()))
+    batches: Iterator[Any] = itertools.chain.from_iterable(loader.at(e) for e in itertools.count())
+
+    def call(seed: int) -> None:
+        for _ in range(k):
+            next(batches)
+
+    return call
+
+
+def count_flops(recipe: PretrainRecipe, batch: Any) -> tuple[float, float]:
+    """(model forward + backward, tokenizer encode) FLOPs per image."""
+    model, tokenizer, _ = eager_parts(recipe, 1e-3)
+    with FlopCounterMode(display=False) as tok:
+        target = tokenizer.encode(batch.tokenizer_images)
+    with FlopCounterMode(display=False) as mod:
+        model(batch.images, batch.bool_masked_pos, target).loss.backward()
+    n = len(batch.images)
+    return mod.get_total_flops() / n, tok.get_total_flops() / n
+
+
+def profile_job(job: Step, steps: int, path: Path) -> str:
+    """torch.profiler of ``steps`` job calls: the top operators by self CPU time, also in ``path``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+        for i in range(steps):
+            job(10_000 + i)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
+    path.write_text(table)
+    return table
+
+
+def parse_args() -> argparse.Namespace:
+    p = timing_parser(__doc__.split("\n\n")[0], warmup=1, repeats=5)
+    p.add_argument("--recipe", default=str(ROOT / "experiments/cifar10/pretrain.yaml"))
+    p.add_argument("--data", default="auto", choices=("auto", "archive", "demo"),
+                   help="archive: the CIFAR-10 JPEG archive; demo: the bundled photographs")
+    p.add_argument("--ds-config", default=str(ROOT / "ds_configs/zero2_fp32_cpu.json"))
+    p.add_argument("--set", action="append", default=[], help="recipe override key=value (repeatable)")
+    p.add_argument("--steps-per-call", type=int, default=2)
+    p.add_argument("--batches", type=int, default=4, help="distinct pre-loaded batches")
+    p.add_argument("--profile", type=int, default=0, help="job calls to profile after timing (0: none)")
+    p.add_argument("--only", default="", help="comma-separated candidates (default: all)")
+    return p.parse_args()
+
+
+def build_candidates(args: argparse.Namespace, recipe: PretrainRecipe, flight: Preflight,
+                     out_dir: Path) -> tuple[dict[str, Step], list[Any], Step]:
+    k = args.steps_per_call
+    batches: list[Any] = []  # filled from the job's own loader once it exists
+    job, task, engine = job_candidate(recipe, flight, batches, k, out_dir / "job")
+    batches += itertools.islice(task.loader.at(0), args.batches)
+    targets = [task.tokenizer.encode(b.tokenizer_images) for b in batches]
+    candidates = {
+        "job": job,
+        "engine": engine_candidate(task, engine, batches, k),
+        "eager": eager_candidate(recipe, flight.lr, batches, k),
+        "model": eager_candidate(recipe, flight.lr, batches, k, targets),
+        "tokenizer": tokenizer_candidate(build_tokenizer(recipe.tokenizer), batches, k),
+        "loader": loader_candidate(recipe, k),
+        "matmul": matmul_probe(),
+    }
+    if args.only:
+        keep = set(args.only.split(",")) | {"job", "eager", "matmul"}
+        candidates = {n: c for n, c in candidates.items() if n in keep}
+    return candidates, batches, job
+
+
+def first_calls(candidates: dict[str, Step]) -> dict[str, float]:
+    """Seconds of each candidate's first call (compilation, allocator warm-up), untimed later."""
+    out = {}
+    for name, call in candidates.items():
+        start = time.perf_counter()
+        call(-1)
+        out[name] = round(time.perf_counter() - start, 2)
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    setup_threads(args)
+    out_dir = Path(tempfile.mkdtemp(prefix="small_pretrain_"))
+    recipe = recipe_for(args, out_dir)
+    flight = preflight(recipe, args.ds_config, 1)
+    candidates, batches, job = build_candidates(args, recipe, flight, out_dir)
+    model_flops, tok_flops = count_flops(recipe, batches[0])
+    first = first_calls(candidates)
+    times = time_interleaved(candidates, args.warmup, args.repeats, args.clock)
+    result = report(times, recipe, args, model_flops, tok_flops)
+    result["first_call_s"] = first
+    result["data"] = recipe.data.source
+    result["ds_config"] = Path(args.ds_config).name
+    result["overrides"] = args.set
+    if args.profile:
+        print(profile_job(job, args.profile, out_dir / "profile.txt"))
+        result["profile"] = str(out_dir / "profile.txt")
+    emit(result)
+
+
+def report(times: dict[str, list[float]], recipe: PretrainRecipe, args: argparse.Namespace,
+           model_flops: float, tok_flops: float) -> dict[str, Any]:
+    """img/s, roofline share and overheads of every candidate; ``ratio`` = job ÷ eager."""
+    rate = matmul_rate(median(times.pop("matmul")))
+    k, b = args.steps_per_call, recipe.schedule.micro_batch_size
+    flops = {"job": model_flops + tok_flops, "engine": model_flops + tok_flops, "eager": model_flops + tok_flops,
+             "model": model_flops, "tokenizer": tok_flops, "loader": 0.0}
+    result: dict[str, Any] = {}
+    for name, values in times.items():
+        secs = median(values)
+        result[f"{name}_img_s"] = round(k * b / secs, 1)
+        if flops[name]:
+            result[f"{name}_roofline"] = round(flops[name] * k * b / secs / rate, 3)
+        print(f"{name:10s} {k * b / secs:8.1f} img/s  calls {[round(t, 2) for t in values]}")
+    ms = {name: 1000 * median(v) / k for name, v in times.items()}
+    result["ratio"] = round(ms["eager"] / ms["job"], 3)
+    paired = [e / j for e, j in zip(times["eager"], times["job"])]
+    result["ratio_paired"] = round(median(paired), 3)  # round by round, under the same load
+    if "engine" in ms:
+        result["engine_overhead_ms_per_step"] = round(ms["engine"] - ms["eager"], 1)
+        result["loop_overhead_ms_per_step"] = round(ms["job"] - ms["engine"], 1)
+    result.update(model_mflop_per_image=round(model_flops / 1e6, 1), tokenizer_mflop_per_image=round(tok_flops / 1e6, 1),
+                  matmul_gflops=round(rate / 1e9, 1), batch=b, threads=torch.get_num_threads(), clock=args.clock,
+                  repeats=args.repeats, steps_per_call=k)
+    return result
+
+
+if __name__ == "__main__":
+    main()
