@@ -67,5 +67,7 @@ def build_tokenizer(cfg: TokenizerConfig) -> DalleTokenizer | DiscreteVAE:
             tokenizer.compile_encoder()
     else:
         tokenizer = load_dvae(path, cfg.image_size)
+        if cfg.compile:
+            tokenizer.compile_encoder()
     tokenizer.to(torch.float32 if cfg.dtype == "auto" else getattr(torch, cfg.dtype))
     return tokenizer.eval().requires_grad_(False)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from beit_ds.tokenizers.inference import compile_frozen
 from beit_ds.tokenizers.openai_pickle import load_weights
 from beit_ds.tokenizers.protocol import check_images, check_tokens, unmap_pixels
 
@@ -274,18 +275,8 @@ class DalleTokenizer(nn.Module):
     def compile_encoder(self) -> None:
         """Run the encoder through ``torch.compile`` with its weights frozen as constants (conv +
         ReLU fusion, pre-packed weights); compiled on first use, recompiled on a dtype change."""
-        import torch._inductor.config as inductor
-
-        compiled = torch.compile(self.encoder)
-
-        def run(x: torch.Tensor) -> torch.Tensor:
-            # Inductor's documented CPU-inference switch, scoped to our graphs; in torch 2.14
-            # ``torch.compile(options={"freezing": True})`` compiles without freezing (measured).
-            with inductor.patch(freezing=True):
-                return compiled(x)
-
         # a plain attribute, not a submodule: the state dict keeps OpenAI's key names
-        object.__setattr__(self, "_compiled", run)
+        object.__setattr__(self, "_compiled", compile_frozen(self.encoder))
 
     @property
     def grid_size(self) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from torch import nn
 
 from beit_ds.config import DVAEConfig
 from beit_ds.schedules import cosine
+from beit_ds.tokenizers.inference import compile_frozen
 from beit_ds.tokenizers.protocol import check_images, check_tokens
 
 
@@ -158,6 +160,12 @@ class DiscreteVAE(nn.Module):
         self.encoder = DVAEEncoder(cfg)
         self.codebook = nn.Embedding(cfg.codebook_size, cfg.codebook_dim)
         self.decoder = DVAEDecoder(cfg)
+        self._compiled: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def compile_encoder(self) -> None:
+        """Encode through ``torch.compile`` with the weights frozen (``tokenizer.compile``;
+        inference only: ``forward``, the training pass, stays eager)."""
+        object.__setattr__(self, "_compiled", compile_frozen(self.encoder))  # not a submodule
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -188,10 +196,13 @@ class DiscreteVAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """[0, 1] images ``[B, C, S, S]`` -> token ids ``LongTensor[B, S/d, S/d]``."""
+        """[0, 1] images ``[B, C, S, S]`` -> token ids ``LongTensor[B, S/d, S/d]``.
+
+        The convolutions run channels-last (as the DALL-E encoder's): on the 2-core CPU the demo
+        dVAE encodes 1.6x as many images per second as in NCHW (``bench/small_pretrain.py``)."""
         check_images(images, self.input_size, self.in_channels, self.preprocess, "dVAE tokenizer", self)
-        dtype = self.codebook.weight.dtype
-        return self.encoder(images.to(dtype)).argmax(dim=1)
+        x = images.to(self.codebook.weight.dtype).contiguous(memory_format=torch.channels_last)
+        return (self.encoder if self._compiled is None else self._compiled)(x).argmax(dim=1)
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -257,4 +268,4 @@ def load_dvae(path: str | Path, input_size: int) -> DiscreteVAE:
     except RuntimeError as err:
         detail = " ".join(str(err).split())
         raise ValueError(f"{path}: weights do not fit its dvae_config: {detail}") from None
-    return model.eval().requires_grad_(False)
+    return model.eval().requires_grad_(False).to(memory_format=torch.channels_last)

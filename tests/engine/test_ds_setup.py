@@ -14,10 +14,13 @@ from beit_ds.recipe import OptimConfig, ScheduleConfig
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name, precision", [("zero2_fp16", "fp16"), ("zero2_bf16", "bf16"), ("zero2_fp32_cpu", "fp32")])
-def test_shipped_configs_resolve(name, precision):
+@pytest.mark.parametrize("name, precision, stage", [
+    ("zero2_fp16", "fp16", 2), ("zero2_bf16", "bf16", 2), ("zero2_fp32_cpu", "fp32", 2),
+    ("zero1_bf16", "bf16", 1), ("zero0_bf16", "bf16", 0), ("zero1_fp32_cpu", "fp32", 1), ("zero0_fp32_cpu", "fp32", 0),
+])
+def test_shipped_configs_resolve(name, precision, stage):
     ds = read_ds_config(ROOT / "ds_configs" / f"{name}.json")
-    assert precision_of(ds) == precision and ds["zero_optimization"]["stage"] == 2
+    assert precision_of(ds) == precision and ds["zero_optimization"]["stage"] == stage
     out = resolve_ds_config(ds, ScheduleConfig(micro_batch_size=16, grad_accum=4), OptimConfig(clip_grad=3.0), 8, 1e-3)
     assert out["train_batch_size"] == 16 * 4 * 8 and out["gradient_accumulation_steps"] == 4
     assert out["gradient_clipping"] == 3.0 and out["optimizer"]["params"]["lr"] == 1e-3

@@ -73,7 +73,7 @@ def test_missing_or_wrong_files(dalle_state, dvae_file, tmp_path) -> None:
         ({"name": "vqgan"}, r"tokenizer.name='vqgan': expected one of 'dalle', 'dvae'"),
         ({"name": "dvae", "decoder_path": "d.pkl"}, r"tokenizer.decoder_path='d.pkl': expected empty unless"),
         ({"dtype": "half"}, r"tokenizer.dtype='half': expected one of 'auto', 'float32', 'bfloat16', 'float16'"),
-        ({"name": "dvae", "compile": True}, r"tokenizer.compile=True: expected false unless name='dalle'"),
+        ({"name": "dvae", "compile": "yes"}, r"tokenizer.compile='yes': expected true or false"),
         ({"image_size": 0}, r"tokenizer.image_size=0: expected a positive integer"),
     ],
 )

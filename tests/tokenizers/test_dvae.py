@@ -94,6 +94,25 @@ def test_save_load_round_trip(photos, tmp_path) -> None:
     assert load_dvae(path, input_size=64).encode(photos(1, 64)).shape == (1, 16, 16)
 
 
+def test_channels_last_and_compiled_encode_match_the_nchw_logits(photos) -> None:
+    """The shipped demo dVAE: channels-last (the default) and compiled encoders give the NCHW
+    encoder's logits to float rounding, and its tokens on photographs."""
+    from beit_ds.assets import resolve
+
+    tokenizer = load_dvae(resolve("package:demo_dvae.safetensors"), input_size=32)
+    assert tokenizer.encoder.layers[0].weight.is_contiguous(memory_format=torch.channels_last)
+    images = photos(4, 32)
+    nchw = DiscreteVAE(tokenizer.cfg, 32)
+    nchw.load_state_dict({k: v.contiguous() for k, v in tokenizer.state_dict().items()})
+    with torch.no_grad():
+        reference = nchw.encoder(images.contiguous())
+    tokens = tokenizer.encode(images)
+    assert torch.equal(tokens, reference.argmax(1))
+    tokenizer.compile_encoder()
+    assert set(tokenizer.state_dict()) == set(nchw.state_dict())
+    assert torch.equal(tokenizer.encode(images), tokens)
+
+
 def test_load_errors(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match=r"missing.safetensors: no such file"):
         load_dvae(tmp_path / "missing.safetensors", 32)
