@@ -97,6 +97,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             except ConfigError as err:
                 errors.append(err)
         raise errors[0]
+    if origin is tuple and typing.get_args(annotation)[-1:] == (Ellipsis,):  # tuple[X, ...]: any length
+        (arg, _) = typing.get_args(annotation)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}={value!r}: expected a list")
+        return tuple(_coerce(v, arg, where) for v in value)
     if origin is tuple:
         args = typing.get_args(annotation)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):

@@ -19,6 +19,19 @@ def cosine_with_warmup(step: int, total_steps: int, warmup_steps: int, peak: flo
     return final + 0.5 * (peak - final) * (1.0 + math.cos(math.pi * progress))
 
 
+def linear_with_warmup(step: int, total_steps: int, warmup_steps: int, peak: float, final: float,
+                       warmup_ratio: float = 1e-6) -> float:
+    """mmseg's ``poly`` policy with ``power=1`` and ``warmup='linear'`` (unilm's segmentation
+    ``lr_config``): the rate falls linearly from ``peak`` at step 0 to ``final`` at
+    ``total_steps``; during the first ``warmup_steps`` it is scaled by a factor rising linearly
+    from ``warmup_ratio`` to 1 (``1 - (1 - step / warmup) · (1 - warmup_ratio)``)."""
+    progress = min(1.0, step / max(1, total_steps))
+    value = (peak - final) * (1.0 - progress) + final
+    if step < warmup_steps:
+        value *= 1.0 - (1.0 - step / warmup_steps) * (1.0 - warmup_ratio)
+    return value
+
+
 def cosine(step: int, total_steps: int, start: float, end: float) -> float:
     """Cosine from ``start`` to ``end`` over ``total_steps`` (the optional weight-decay schedule)."""
     return cosine_with_warmup(step, total_steps, 0, start, end)

@@ -21,3 +21,17 @@ def test_warmup_then_cosine():
 def test_linear_scaling_rule_and_wd_schedule():
     assert scaled_lr(1.5e-3, 2048, 1024) == pytest.approx(7.5e-4)
     assert cosine(0, 100, 0.04, 0.4) == pytest.approx(0.04) and cosine(100, 100, 0.04, 0.4) == pytest.approx(0.4)
+
+
+def test_linear_with_warmup_is_mmseg_poly_with_linear_warmup() -> None:
+    from beit_ds.schedules import linear_with_warmup
+
+    # unilm's ADE20K lr_config: poly, power 1, min 0, 1500 linear warm-up iterations from 1e-6 x lr
+    peak, total, warm = 1e-3, 160_000, 1500
+    assert linear_with_warmup(0, total, warm, peak, 0.0) == pytest.approx(1e-9)
+    regular = peak * (1 - 750 / total)  # the poly rate at 750, scaled by 1 - 0.5 (1 - 1e-6)
+    assert linear_with_warmup(750, total, warm, peak, 0.0) == pytest.approx(regular * (1 - 0.5 * (1 - 1e-6)))
+    assert linear_with_warmup(1500, total, warm, peak, 0.0) == pytest.approx(peak * (1 - 1500 / total))
+    assert linear_with_warmup(80_000, total, warm, peak, 0.0) == pytest.approx(5e-4)
+    assert linear_with_warmup(total, total, warm, peak, 0.0) == 0.0
+    assert linear_with_warmup(total + 10, total, warm, peak, 0.0) == 0.0

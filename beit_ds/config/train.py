@@ -44,6 +44,12 @@ class OptimConfig:
 class ScheduleConfig:
     """Length and shape of training: warm-up then cosine decay, in epochs (or ``max_steps``).
 
+    Iteration-based recipes (segmentation: 160k steps, warm-up 1500) set ``steps`` (the schedule's
+    length in optimizer steps, instead of ``epochs``) and ``warmup_steps`` (instead of
+    ``warmup_epochs``). ``decay``: ``"cosine"`` (seed §5) or ``"linear"`` (mmseg's ``poly``
+    policy with power 1 and its linear warm-up from 1e-6 × the scheduled rate: unilm's
+    segmentation ``lr_config``).
+
     ``micro_batch_size`` is per rank; ``grad_accum`` micro-batches make one optimizer step; the
     global batch is ``micro_batch_size · grad_accum · world_size``.
     """
@@ -53,6 +59,9 @@ class ScheduleConfig:
     micro_batch_size: int = 128
     grad_accum: int = 1
     max_steps: int | None = None
+    steps: int | None = None
+    warmup_steps: int | None = None
+    decay: str = "cosine"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -64,6 +73,12 @@ class ScheduleConfig:
         positive_int(s, "grad_accum", self.grad_accum)
         if self.max_steps is not None:
             positive_int(s, "max_steps", self.max_steps)
+        if self.steps is not None:
+            positive_int(s, "steps", self.steps)
+        if self.warmup_steps is not None:
+            ok = isinstance(self.warmup_steps, int) and 0 <= self.warmup_steps <= (self.steps or self.warmup_steps)
+            expect(ok, s, "warmup_steps", self.warmup_steps, "an integer in [0, schedule.steps]")
+        choice(s, "decay", self.decay, ("cosine", "linear"))
 
 
 @dataclass

@@ -28,7 +28,7 @@ from beit_ds.engine.task import Task, hooks_after_save
 from beit_ds.logger import get_logger, init_logging
 from beit_ds.metrics import MetricWriter
 from beit_ds.recipe import TrainingRecipe
-from beit_ds.schedules import cosine, cosine_with_warmup, scaled_lr
+from beit_ds.schedules import cosine, cosine_with_warmup, linear_with_warmup, scaled_lr
 
 if TYPE_CHECKING:
     from beit_ds.data import LoaderPlace
@@ -80,15 +80,16 @@ def loop_plan(recipe: TrainingRecipe, flight: Preflight, batches_per_rank: int, 
             f"schedule.micro_batch_size={s.micro_batch_size}: an epoch has fewer samples than one global batch"
             f" ({flight.global_batch}); lower the batch or raise data.repeats"
         )
-    total = s.epochs * steps_per_epoch
-    warmup = int(round(s.warmup_epochs * steps_per_epoch))
+    total = s.steps if s.steps is not None else s.epochs * steps_per_epoch
+    warmup = s.warmup_steps if s.warmup_steps is not None else int(round(s.warmup_epochs * steps_per_epoch))
     wd_end = o.weight_decay if o.weight_decay_end is None else o.weight_decay_end
+    shape = linear_with_warmup if s.decay == "linear" else cosine_with_warmup
     return LoopPlan(
         total_steps=min(total, s.max_steps or total),
         steps_per_epoch=steps_per_epoch,
         micro_per_step=s.grad_accum,
         samples_per_micro=s.micro_batch_size * world,
-        lr_at=lambda step: cosine_with_warmup(step, total, warmup, flight.lr, o.min_lr),
+        lr_at=lambda step: shape(step, total, warmup, flight.lr, o.min_lr),
         wd_at=lambda step: cosine(step, total, o.weight_decay, wd_end),
         log_every=recipe.log.every_steps,
         save_every_steps=recipe.checkpoint.save_every_steps,

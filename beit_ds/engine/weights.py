@@ -84,6 +84,13 @@ def to_our_layout(sd: Tensors, source: str) -> Tensors:
 
 def read_weights(spec: str) -> tuple[Tensors, str]:
     """(state dict in our layout, a description of where it came from) for ``finetune.init``."""
+    sd, source = read_raw_weights(spec)
+    return to_our_layout(sd, spec), source
+
+
+def read_raw_weights(spec: str) -> tuple[Tensors, str]:
+    """``read_weights`` before the layout conversion: the state dict as the file (or the
+    consolidated checkpoint) holds it, unwrapped, for tasks whose models have more than a backbone."""
     path = Path(spec).expanduser()
     if not path.exists():
         raise ConfigError(
@@ -93,8 +100,8 @@ def read_weights(spec: str) -> tuple[Tensors, str]:
     try:
         tag_dir = checkpoint_dir(path) if path.is_dir() else None
         if tag_dir is not None:
-            return to_our_layout(consolidated_state_dict(tag_dir), spec), f"DeepSpeed checkpoint {tag_dir}"
+            return consolidated_state_dict(tag_dir), f"DeepSpeed checkpoint {tag_dir}"
     except CheckpointError as err:
         raise ConfigError(f"finetune.init={spec!r}: {err}") from None
     file = _weights_file(path)
-    return to_our_layout(_load_file(file), spec), str(file)
+    return _load_file(file), str(file)
