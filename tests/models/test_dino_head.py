@@ -126,3 +126,19 @@ def test_optimizer_groups_compose_backbone_and_head():
     assert "mim.cls_token" not in decayed and "dino_head.mlp.0.bias" not in decayed
     listed = {named[id(p)] for g in groups for p in g["params"]}
     assert "dino_head.last_layer.weight_g" not in listed  # frozen norm: not optimised
+
+
+@pytest.mark.slow  # compiling takes minutes on a shared 2-core CPU
+def test_loss_and_student_compile_without_graph_breaks():
+    """House style rule 24: no host synchronisation, so the loss and the student's forward
+    compile as one graph each (``fullgraph=True``)."""
+    torch.manual_seed(0)
+    loss_fn = DinoLoss(16)
+    student, teacher = torch.randn(4 * 2, 16), torch.randn(2 * 2, 16)
+    out = torch.compile(loss_fn, fullgraph=True)(student, teacher, 0.04)
+    torch.testing.assert_close(out.loss, loss_fn(student, teacher, 0.04).loss)
+    model = _student().eval()
+    images, local = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 16, 16)
+    mask, target = torch.rand(4, 64) < 0.4, torch.randint(0, 32, (4, 64))
+    compiled = torch.compile(model, fullgraph=True)(images, mask, target, local)
+    torch.testing.assert_close(compiled.logits, model(images, mask, target, local).logits, rtol=1e-4, atol=1e-5)
