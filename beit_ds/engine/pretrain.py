@@ -19,6 +19,7 @@ from beit_ds.distributed import ProcessPlace, place_from_env
 from beit_ds.engine.export import checkpoint_task, export_checkpoint
 from beit_ds.engine.job import Preflight, loader_place, run_job
 from beit_ds.engine.job import preflight as job_preflight
+from beit_ds.engine.runtime import warn_if_oversubscribed
 from beit_ds.engine.state import TrainState
 from beit_ds.engine.task import StepOutput, Task, register
 from beit_ds.masking import build_mask_generator
@@ -114,6 +115,7 @@ class PretrainTask(Task[PretrainRecipe]):
     def build_loader(self) -> Any:
         r = self.recipe
         self.loader = build_pretrain_loader(r.data, r.masking, r.model.grid_size, loader_place(r, self.place))
+        warn_if_oversubscribed(r.data.num_workers)
         return self.loader
 
     def attach(self, engine: Any, dtype: torch.dtype) -> None:

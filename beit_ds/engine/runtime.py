@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from beit_ds.logger import get_logger
 from beit_ds.optim import param_groups
 from beit_ds.recipe import OptimConfig
 
@@ -73,6 +74,36 @@ def _skip_shm_comm_build() -> None:
     compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
     if isinstance(compatible, dict):
         compatible["deepspeed_shm_comm"] = False
+
+
+def local_processes() -> int:
+    """Training processes on this node: the launcher's ``LOCAL_WORLD_SIZE`` / ``LOCAL_SIZE``
+    (torchrun / DeepSpeed), SLURM's tasks per node, else the world size."""
+    for name in ("LOCAL_WORLD_SIZE", "LOCAL_SIZE", "SLURM_NTASKS_PER_NODE", "WORLD_SIZE"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
+
+
+def oversubscription(workers: int, processes: int, threads: int, cores: int, cpu: bool) -> str | None:
+    """Why this node's cores are oversubscribed, or None: each of ``processes`` training processes
+    runs ``threads`` torch threads (when training on the CPU) and ``workers`` loader processes.
+    Two busy thread pools on one core slow each other 3-4x (issue 17), more than a smaller pool."""
+    busy = processes * ((threads if cpu else 1) + workers)
+    if busy <= cores:
+        return None
+    fit = max(1, cores // processes - workers)
+    return (f"{processes} process(es) x ({threads if cpu else 1} torch threads + {workers} loader workers) = {busy}"
+            f" busy threads on {cores} cores: set OMP_NUM_THREADS={fit}" + (" or fewer data.num_workers" if workers else ""))
+
+
+def warn_if_oversubscribed(workers: int) -> None:
+    """Log ``oversubscription`` for this process's threads, loader workers and node (once per build)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    reason = oversubscription(workers, local_processes(), torch.get_num_threads(), cores, not torch.cuda.is_available())
+    if reason:
+        get_logger().warning("oversubscribed: %s", reason)
 
 
 def init_engine(model: nn.Module, optim: OptimConfig, ds_config: dict[str, Any]) -> Any:
