@@ -11,17 +11,31 @@ peak for the precision. FLOPs are counted once, outside the timed steps, by
 is 2 FLOPs) on the plain modules without activation checkpointing, so recomputation does not
 count as useful work. Peaks are datasheet dense tensor-core figures looked up by device name
 (``--peak-tflops`` overrides; on CPU the peak is the fp32 matmul rate measured in the same run).
-Weights are random: speed does not depend on them. The last line is a JSON object with the
-figures per precision and ``mfu`` of the first precision.
+Weights are random: speed does not depend on them.
+
+``--runs`` lists configurations ``precision:stage:eager|compiled:source`` (``bench/gpu_suite.sh``
+runs the set the issue asks for): ZeRO ``stage`` 0 / 1 / 2 (``ds_configs/zero{stage}_*.json``),
+compiled block branches (``model.compile``), and the batches' ``source``: ``synthetic`` (one batch
+already on the device: the model-only step), ``loader`` (the job's JPEG loader on ``--data``,
+repeated, ``--workers`` workers, pinned memory; the step waits for its batch) or ``gpu_decode``
+(``torchvision.io.decode_jpeg`` on the device, ``gpu_input.py``). Each run reports img/s, MFU and
+peak device memory. The last line is a JSON object: ``runs`` by name, the first run of each
+precision under its name (``bf16``, ...), ``mfu`` of the first run, what was ``skipped`` and why,
+and whether SDPA's memory-efficient kernel takes the relative-position bias.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import itertools
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from gpu_input import DeviceDecoder, loader_batches
 from harness import emit
 from roofline import matmul_probe, matmul_rate
 from torch.utils.flop_counter import FlopCounterMode
@@ -81,9 +95,10 @@ def build_tokenizer(s: Setting, vocab: int) -> DalleTokenizer:
     return DalleTokenizer(DalleEncoder(n_hid=s.tokenizer_hidden, vocab_size=vocab), input_size=s.tokenizer_size)
 
 
-def count_flops(s: Setting, mim: MIMConfig, batch: MIMBatch) -> tuple[float, float]:
-    """(model forward+backward FLOPs, tokenizer forward FLOPs) of one batch, in fp32 on CPU."""
-    model, tokenizer = build_mim_model(s.model, mim), build_tokenizer(s, mim.vocab_size)
+def count_flops(s: Setting, mim: MIMConfig, batch: MIMBatch, device: str = "cpu") -> tuple[float, float]:
+    """(model forward+backward FLOPs, tokenizer forward FLOPs) of one batch, in fp32 on ``device``."""
+    model, tokenizer = build_mim_model(s.model, mim).to(device), build_tokenizer(s, mim.vocab_size).to(device)
+    batch = batch.to(torch.device(device))
     with FlopCounterMode(display=False) as tok_count:
         target = tokenizer.encode(batch.tokenizer_images)
     with FlopCounterMode(display=False) as model_count:
@@ -91,27 +106,76 @@ def count_flops(s: Setting, mim: MIMConfig, batch: MIMBatch) -> tuple[float, flo
     return float(model_count.get_total_flops()), float(tok_count.get_total_flops())
 
 
-def run_precision(s: Setting, mim: MIMConfig, precision: str, args: argparse.Namespace) -> dict[str, float]:
-    """Seconds per step (median of ``args.steps`` after ``args.warmup``) through the engine."""
-    ds = read_ds_config(f"{args.ds_dir}/zero2_{precision}.json")
+@dataclass(frozen=True)
+class Run:
+    """One measured configuration: ``precision`` (bf16 / fp16 / fp32), ZeRO ``stage``, ``compiled``
+    block branches, ``source`` of the batches (``synthetic``: one pre-made batch; ``loader``: the
+    job's JPEG loader; ``gpu_decode``: JPEGs decoded on the device, ``gpu_input.py``)."""
+
+    precision: str
+    stage: int = 2
+    compiled: bool = False
+    source: str = "synthetic"
+
+    @property
+    def name(self) -> str:
+        return f"{self.precision}_zero{self.stage}_{'compiled' if self.compiled else 'eager'}_{self.source}"
+
+
+def parse_runs(text: str) -> list[Run]:
+    """``precision:stage:eager|compiled:source`` items, comma-separated (missing fields: defaults)."""
+    runs = []
+    for item in filter(None, text.split(",")):
+        p, *rest = item.split(":")
+        stage, mode, source = (rest + ["2", "eager", "synthetic"][len(rest):])[:3]
+        runs.append(Run(p, int(stage), mode == "compiled", source))
+    return runs
+
+
+def ds_file(run: Run, ds_dir: str) -> str:
+    suffix = "fp32_cpu" if run.precision == "fp32" else run.precision
+    return f"{ds_dir}/zero{run.stage}_{suffix}.json"
+
+
+def batches(run: Run, s: Setting, args: argparse.Namespace, device: torch.device) -> Iterator[MIMBatch]:
+    """The batches ``run`` trains on (on ``device`` for ``synthetic`` and ``gpu_decode``)."""
+    if run.source == "synthetic":
+        return itertools.repeat(synthetic_batch(s).to(device))
+    if not args.data:
+        raise SystemExit(f"{run.name}: needs --data (a JPEG tar archive)")
+    if run.source == "loader":
+        return loader_batches(Path(args.data), s.model, s.tokenizer_size, s.batch, args.workers, args.data_repeats)
+    return DeviceDecoder(Path(args.data), s.model.img_size, s.tokenizer_size, synthetic_batch(s), device)
+
+
+def run_one(s: Setting, mim: MIMConfig, run: Run, args: argparse.Namespace) -> dict[str, float | None]:
+    """Seconds per step (median of ``args.steps`` after ``args.warmup``) through the engine,
+    the batch included (for ``loader``, waiting for it); peak device memory in GiB (None on CPU)."""
+    ds = read_ds_config(ds_file(run, args.ds_dir))
     ds = resolve_ds_config(ds, ScheduleConfig(micro_batch_size=s.batch), OptimConfig(), 1, 1.5e-3)
     torch.manual_seed(0)
-    engine = init_engine(build_mim_model(s.model.replace(compile=args.compile), mim), OptimConfig(), ds)
-    dtype = torch_dtype(precision)
+    engine = init_engine(build_mim_model(s.model.replace(compile=run.compiled), mim), OptimConfig(), ds)
+    dtype = torch_dtype(run.precision)
     tokenizer = build_tokenizer(s, mim.vocab_size).to(engine.device, dtype)
-    batch = synthetic_batch(s).to(engine.device)
+    source = batches(run, s, args, engine.device)
+    if engine.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(engine.device)
     times = []
     for i in range(args.warmup + args.steps):
         sync(engine.device)
         t0 = time.perf_counter()
-        out = mim_forward(engine, batch, tokenizer, dtype)  # what the loop runs: forward, backward, step
+        out = mim_forward(engine, next(source), tokenizer, dtype)  # what the loop runs: forward, backward, step
         engine.backward(out.loss)
         engine.step()
         sync(engine.device)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
     times.sort()
-    return {"seconds_per_step": times[len(times) // 2], "skipped_steps": float(engine.skipped_steps)}
+    peak = torch.cuda.max_memory_allocated(engine.device) / 2**30 if engine.device.type == "cuda" else None
+    skipped = float(engine.skipped_steps)
+    del engine, source
+    gc.collect()
+    return {"seconds_per_step": times[len(times) // 2], "skipped_steps": skipped, "peak_memory_gib": peak}
 
 
 def sync(device: torch.device) -> None:
@@ -136,14 +200,41 @@ def peak_flops(args: argparse.Namespace) -> tuple[float, str]:
     raise SystemExit(f"unknown GPU {name!r}: pass --peak-tflops (dense bf16/fp16 TFLOP/s of the datasheet)")
 
 
+def efficient_sdpa_with_bias(s: Setting) -> str:
+    """Whether SDPA's memory-efficient kernel runs BEiT's attention (a learnable relative-position
+    bias as ``attn_mask``, its gradient included) on this GPU in bf16: "yes", or why not."""
+    if not torch.cuda.is_available():
+        return "no GPU"
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from beit_ds.models.attention import Attention
+
+    t, d = s.model.num_patches + 1, s.model.embed_dim
+    attn = Attention(d, s.model.num_heads, grid=s.model.grid_size).cuda().bfloat16()
+    x = torch.randn(2, t, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    try:
+        with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
+            attn(x).sum().backward()
+    except RuntimeError as err:
+        return f"no: {str(err).splitlines()[0][:200]}"
+    table = attn.relative_position_bias_table
+    ok = table is not None and table.grad is not None
+    return "yes" if ok else "no: no gradient for the bias table"
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="beit_base_patch16_224")
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--precisions", default="bf16,fp16", help="comma-separated: bf16, fp16, fp32")
+    p.add_argument("--precisions", default="bf16,fp16", help="comma-separated: bf16, fp16, fp32 (ZeRO-2, synthetic)")
+    p.add_argument("--runs", default="", help="precision:stage:eager|compiled:synthetic|loader|gpu_decode, ... "
+                   "(replaces --precisions)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--compile", action="store_true", help="compile the block branches (model.compile)")
+    p.add_argument("--compile", action="store_true", help="--precisions runs with compiled block branches")
+    p.add_argument("--data", default="", help="JPEG tar archive for the loader / gpu_decode runs")
+    p.add_argument("--data-repeats", type=int, default=20, help="data.repeats of the archive")
+    p.add_argument("--workers", type=int, default=8, help="loader workers of the loader runs")
     p.add_argument("--peak-tflops", type=float, default=0.0)
     p.add_argument("--ds-dir", default="ds_configs")
     p.add_argument("--smoke", action="store_true", help="tiny model and tokenizer (CPU, CI)")
@@ -151,25 +242,44 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
+def runs_of(args: argparse.Namespace) -> tuple[list[Run], dict[str, str]]:
+    """The runs to measure and those left out (name -> why): DeepSpeed refuses fp16 on a CPU,
+    and compiling takes minutes on one (a smoke run)."""
+    mode = "compiled" if args.compile else "eager"
+    runs = parse_runs(args.runs or ",".join(f"{p}:2:{mode}" for p in args.precisions.split(",")))
+    skipped: dict[str, str] = {}
+    if not torch.cuda.is_available():
+        for r in runs:
+            if r.precision == "fp16":
+                skipped[r.name] = "DeepSpeed refuses fp16 on a CPU"
+            elif r.compiled and args.smoke:
+                skipped[r.name] = "smoke on a CPU: compiling takes minutes"
+    kept = [r for r in runs if r.name not in skipped]
+    return kept or [Run("fp32")], skipped
+
+
 def main() -> None:
     args = parse_args()
     s = setting(args)
-    precisions = args.precisions.split(",")
-    if args.smoke and not torch.cuda.is_available():
-        precisions = [p for p in precisions if p != "fp16"] or ["fp32"]  # DeepSpeed refuses fp16 on CPU
+    runs, skipped = runs_of(args)
     mim = MIMConfig(vocab_size=512 if args.smoke else 8192, max_masked=mask_target(s))
-    model_flops, tok_flops = count_flops(s, mim, synthetic_batch(s))
+    model_flops, tok_flops = count_flops(s, mim, synthetic_batch(s), "cuda" if torch.cuda.is_available() else "cpu")
     peak, device = peak_flops(args)
     figures: dict[str, object] = {"device": device, "model": "smoke" if args.smoke else args.model, "batch": s.batch,
                                   "model_gflop_per_image": model_flops / s.batch / 1e9,
-                                  "tokenizer_gflop_per_image": tok_flops / s.batch / 1e9, "peak_tflops": peak / 1e12}
-    for precision in precisions:
-        run = run_precision(s, mim, precision, args)
-        step = run["seconds_per_step"]
+                                  "tokenizer_gflop_per_image": tok_flops / s.batch / 1e9, "peak_tflops": peak / 1e12,
+                                  "sdpa_efficient_with_bias": efficient_sdpa_with_bias(s), "skipped": skipped}
+    results: dict[str, dict[str, float | None]] = {}
+    for run in runs:
+        figures_of_run = run_one(s, mim, run, args)
+        step = float(figures_of_run["seconds_per_step"] or 0.0)
         mfu = (model_flops + tok_flops) / step / peak
-        figures[precision] = {"images_per_s": s.batch / step, "mfu": mfu, **run}
-        print(f"{precision}: {s.batch / step:.1f} img/s, MFU {100 * mfu:.1f} % of {peak / 1e12:.3g} TFLOP/s ({device})")
-    figures["mfu"] = figures[precisions[0]]["mfu"]
+        results[run.name] = {"images_per_s": s.batch / step, "mfu": mfu, **figures_of_run}
+        figures.setdefault(run.precision, results[run.name])  # the first run of each precision
+        print(f"{run.name}: {s.batch / step:.1f} img/s, MFU {100 * mfu:.1f} % of {peak / 1e12:.3g} TFLOP/s ({device})",
+              flush=True)
+    figures["runs"] = results
+    figures["mfu"] = results[runs[0].name]["mfu"]
     emit(figures)
 
 
