@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from beit_ds.config_io import load_recipe
+from beit_ds.config import ConfigError
+from beit_ds.config_io import load_recipe, to_dict
 from beit_ds.distributed import ProcessPlace
 from beit_ds.engine.dino import DinoPretrainTask
 from beit_ds.engine.job import preflight
+from beit_ds.engine.resume_guard import architecture_diff
 from beit_ds.engine.runtime import init_engine
 from beit_ds.engine.task import task_type
 from beit_ds.recipe import DinoPretrainRecipe, PretrainRecipe
@@ -45,6 +47,20 @@ def _train_step(task, engine, batch, step):
 
 def test_kind_dino_is_registered():
     assert task_type("dino") is DinoPretrainTask
+
+
+def test_a_dino_section_picks_the_root_and_the_head_is_architecture():
+    dino = load_recipe(PretrainRecipe, "pretrain_dino_demo_cpu")
+    assert isinstance(dino, DinoPretrainRecipe) and type(load_recipe(PretrainRecipe, "pretrain_demo_cpu")) is PretrainRecipe
+    paper = load_recipe(PretrainRecipe, "pretrain_base_in1k_dino")
+    assert (paper.schedule.epochs, paper.dino.head.out_dim, paper.dino.local_crops, paper.mim.max_masked) == (300, 65536, 8, 75)
+    changed = load_recipe(PretrainRecipe, "pretrain_dino_demo_cpu", ["dino.head.out_dim=2048", "dino.loss_weight=0.5"])
+    assert architecture_diff(to_dict(dino), to_dict(changed), "dino") == ["dino.head.out_dim: checkpoint 1024, recipe 2048"]
+    bad = load_recipe(PretrainRecipe, "pretrain_dino_demo_cpu", ["dino.local_crop_size=18"])
+    with pytest.raises(ConfigError, match=r"dino.local_crop_size=18: expected a multiple of model.patch_size=4"):
+        DinoPretrainTask(bad, ProcessPlace()).check()
+    with pytest.raises(ConfigError, match=r"dino.center_momentum=1.5: expected a number in \[0, 1\)"):
+        load_recipe(PretrainRecipe, "pretrain_dino_demo_cpu", ["dino.center_momentum=1.5"])
 
 
 def test_teacher_is_outside_deepspeed_and_follows_with_the_momentum(ds_single_rank, tmp_path):
