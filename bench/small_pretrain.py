@@ -13,10 +13,12 @@ call running ``--steps-per-call`` steps:
   as ``run_job`` builds it, single rank, fp32, ``--ds-config`` (checkpoint saves stubbed out:
   they are per-run costs, not per-step ones);
 * ``engine``: the same engine's ``mim_forward`` + ``engine.backward`` + ``engine.step``, no loop;
-* ``eager``: the same model (same init) and tokenizer, encode + forward + backward +
-  gradient clipping + ``torch.optim.AdamW`` with the recipe's groups and settings;
+* ``eager``: the same model (same init) and tokenizer weights, encode (the encoder module as
+  it is, NCHW, eager) + forward + backward + gradient clipping + ``torch.optim.AdamW`` with the
+  recipe's groups and settings;
 * parts: ``loader`` (the recipe's dataset and collate in this process: img/s per worker),
-  ``tokenizer`` (encode), ``model`` (forward + backward + AdamW on pre-computed targets);
+  ``tokenizer`` (the job's encode), ``plain_tokenizer`` (the eager loop's), ``model`` (forward + backward + AdamW on pre-computed targets);
+* ``model_compiled`` (``--compiled-model``): that step with the whole model under ``torch.compile``;
 * ``matmul``: the fp32 matmul probe of ``roofline.py``, the machine's rate in this run.
 
 FLOPs per image are counted by ``FlopCounterMode`` (model forward + backward, tokenizer
@@ -117,14 +119,26 @@ def engine_candidate(task: PretrainTask, engine: Any, batches: list[Any], k: int
     return call
 
 
+def plain_encoder(recipe: PretrainRecipe) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The tokenizer as a plain PyTorch user runs it: its encoder module in the default NCHW
+    layout, eager, argmax over the codes: ``[B, 3, S, S] -> [B, S/d, S/d]``."""
+    tokenizer = build_tokenizer(replace(recipe.tokenizer, compile=False)).to(memory_format=torch.contiguous_format)
+
+    @torch.no_grad()
+    def encode(images: torch.Tensor) -> torch.Tensor:
+        return tokenizer.encoder(images.contiguous()).argmax(dim=1)
+
+    return encode
+
+
 def eager_parts(recipe: PretrainRecipe, lr: float) -> tuple[torch.nn.Module, Any, torch.optim.Optimizer]:
-    """The same model (same seed, so the same init), its own tokenizer and a plain AdamW."""
+    """The same model (same seed, so the same init), a plain tokenizer and a plain AdamW."""
     seed_everything(recipe.schedule.seed)
     model = build_mim_model(replace(recipe.model, compile=False), recipe.mim).train()
     o = recipe.optim
     groups = param_groups(model, o.weight_decay, o.layer_decay)
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-    return model, build_tokenizer(recipe.tokenizer), optimizer
+    return model, plain_encoder(recipe), optimizer
 
 
 def eager_candidate(recipe: PretrainRecipe, lr: float, batches: list[Any], k: int,
@@ -137,7 +151,7 @@ def eager_candidate(recipe: PretrainRecipe, lr: float, batches: list[Any], k: in
         for j in range(k):
             i = (abs(seed) * k + j) % len(batches)
             b = batches[i]
-            target = targets[i] if targets is not None else tokenizer.encode(b.tokenizer_images)
+            target = targets[i] if targets is not None else tokenizer(b.tokenizer_images)
             loss = model(b.images, b.bool_masked_pos, target).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -148,10 +162,31 @@ def eager_candidate(recipe: PretrainRecipe, lr: float, batches: list[Any], k: in
     return call
 
 
-def tokenizer_candidate(tokenizer: Any, batches: list[Any], k: int) -> Step:
+def compiled_model_candidate(recipe: PretrainRecipe, lr: float, batches: list[Any], k: int,
+                             targets: list[torch.Tensor]) -> Step:
+    """The ``model`` candidate with the whole model under ``torch.compile`` (forward + loss and,
+    through AOTAutograd, backward; drop path as a mask in the graph)."""
+    model, _, optimizer = eager_parts(recipe, lr)
+    compiled = torch.compile(model)
+    clip = recipe.optim.clip_grad
+
     def call(seed: int) -> None:
         for j in range(k):
-            tokenizer.encode(batches[(abs(seed) * k + j) % len(batches)].tokenizer_images)
+            i = (abs(seed) * k + j) % len(batches)
+            loss = compiled(batches[i].images, batches[i].bool_masked_pos, targets[i]).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+
+    return call
+
+
+def tokenizer_candidate(encode: Callable[[torch.Tensor], torch.Tensor], batches: list[Any], k: int) -> Step:
+    def call(seed: int) -> None:
+        for j in range(k):
+            encode(batches[(abs(seed) * k + j) % len(batches)].tokenizer_images)
 
     return call
 
@@ -174,7 +209,7 @@ def count_flops(recipe: PretrainRecipe, batch: Any) -> tuple[float, float]:
     """(model forward + backward, tokenizer encode) FLOPs per image."""
     model, tokenizer, _ = eager_parts(recipe, 1e-3)
     with FlopCounterMode(display=False) as tok:
-        target = tokenizer.encode(batch.tokenizer_images)
+        target = tokenizer(batch.tokenizer_images)
     with FlopCounterMode(display=False) as mod:
         model(batch.images, batch.bool_masked_pos, target).loss.backward()
     n = len(batch.images)
@@ -203,6 +238,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps-per-call", type=int, default=2)
     p.add_argument("--batches", type=int, default=4, help="distinct pre-loaded batches")
     p.add_argument("--profile", type=int, default=0, help="job calls to profile after timing (0: none)")
+    p.add_argument("--compiled-model", action="store_true", help="also time the model step under torch.compile")
     p.add_argument("--only", default="", help="comma-separated candidates (default: all)")
     return p.parse_args()
 
@@ -219,10 +255,13 @@ def build_candidates(args: argparse.Namespace, recipe: PretrainRecipe, flight: P
         "engine": engine_candidate(task, engine, batches, k),
         "eager": eager_candidate(recipe, flight.lr, batches, k),
         "model": eager_candidate(recipe, flight.lr, batches, k, targets),
-        "tokenizer": tokenizer_candidate(build_tokenizer(recipe.tokenizer), batches, k),
+        "tokenizer": tokenizer_candidate(task.tokenizer.encode, batches, k),
+        "plain_tokenizer": tokenizer_candidate(plain_encoder(recipe), batches, k),
         "loader": loader_candidate(recipe, k),
         "matmul": matmul_probe(),
     }
+    if args.compiled_model:
+        candidates["model_compiled"] = compiled_model_candidate(recipe, flight.lr, batches, k, targets)
     if args.only:
         keep = set(args.only.split(",")) | {"job", "eager", "matmul"}
         candidates = {n: c for n, c in candidates.items() if n in keep}
@@ -266,7 +305,7 @@ def report(times: dict[str, list[float]], recipe: PretrainRecipe, args: argparse
     rate = matmul_rate(median(times.pop("matmul")))
     k, b = args.steps_per_call, recipe.schedule.micro_batch_size
     flops = {"job": model_flops + tok_flops, "engine": model_flops + tok_flops, "eager": model_flops + tok_flops,
-             "model": model_flops, "tokenizer": tok_flops, "loader": 0.0}
+             "model": model_flops, "model_compiled": model_flops, "tokenizer": tok_flops, "plain_tokenizer": tok_flops, "loader": 0.0}
     result: dict[str, Any] = {}
     for name, values in times.items():
         secs = median(values)

@@ -84,12 +84,13 @@ class DropPath(nn.Module):
         On CPU the branch sees only the kept samples ``x[kept]`` (so a step with drop-path rate
         p saves about p of the branch FLOPs) and its output is added back with ``index_add``;
         an all-dropped batch still runs the branch on zero samples, so every parameter gets a
-        (zero) gradient. Elsewhere the mask multiplies the branch output: no host sync.
+        (zero) gradient. Elsewhere, and under ``torch.compile`` (no data-dependent shape in the
+        graph), the mask multiplies the branch output: no host sync.
         """
         mask = self.keep_mask(x)
         if mask is None:
             return x + branch(x)
-        if x.device.type != "cpu":
+        if x.device.type != "cpu" or torch.compiler.is_compiling():
             return x + branch(x) * mask.div_(1.0 - self.p)
         scale = 1.0 / (1.0 - self.p)
         kept = mask.flatten().nonzero().flatten()
