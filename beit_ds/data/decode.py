@@ -91,6 +91,12 @@ def decode(enc: EncodedImage, reduce: float = 1.0) -> tuple[Image.Image, float]:
         drafted = image.draft(None, (math.ceil(w / reduce), math.ceil(h / reduce)))
         if drafted is not None:
             scale = drafted[1][2] / w
+    return to_rgb(load_upright(enc), enc.path), scale
+
+
+def load_upright(enc: EncodedImage) -> Image.Image:
+    """Decode ``enc.image`` (at the draft scale chosen, if any) upright, in its own pixel mode."""
+    image = enc.image
     try:
         image.load()
     except Image.DecompressionBombError as err:
@@ -102,7 +108,7 @@ def decode(enc: EncodedImage, reduce: float = 1.0) -> tuple[Image.Image, float]:
         raise SkipSample("corrupt", f"{enc.path}: {type(err).__name__}: {err}") from err
     if enc.orientation in _TRANSPOSE:
         image = image.transpose(_TRANSPOSE[enc.orientation])
-    return to_rgb(image, enc.path), scale
+    return image
 
 
 def to_rgb(image: Image.Image, path: str = "") -> Image.Image:
@@ -126,3 +132,19 @@ def to_rgb(image: Image.Image, path: str = "") -> Image.Image:
         return image.convert("RGB")
     except (ValueError, OSError) as err:
         raise SkipSample("unsupported_mode", f"{path}: mode {mode}") from err
+
+
+LABEL_MODES = ("L", "P", "1", *_SIXTEEN_BIT)
+
+
+def decode_label(enc: EncodedImage) -> np.ndarray:
+    """A label map's class indices: [H, W] uint8 (``L``, ``P``: the palette index, ``1``) or int32
+    (16-/32-bit); a multi-channel label file is ``unsupported_mode``."""
+    if enc.image.mode not in LABEL_MODES:
+        detail = (
+            f"{enc.path}: label map mode {enc.image.mode}, expected one channel of class indices (L, P, I;16)"
+        )
+        raise SkipSample("unsupported_mode", detail)
+    image = load_upright(enc)
+    dtype = np.uint8 if image.mode in ("L", "P", "1") else np.int32
+    return np.asarray(image, dtype=dtype)

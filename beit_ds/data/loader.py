@@ -17,18 +17,40 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from beit_ds.config import DataConfig
-from beit_ds.data.datasets import ImageDataset
+from beit_ds.data.records import Records
 from beit_ds.data.sampler import ResumableDistributedSampler
 from beit_ds.data.skips import DataError, SkipReport
 from beit_ds.data.workers import WorkerGroup, signals_blocked, worker_data_error
 
 SKIP_CHECK_AFTER = 64  # distinct files before data.max_skip_fraction is enforced (one bad file is no trend)
+
+
+class LoaderDataset(Protocol):
+    """What the loader needs of a dataset (``ImageDataset``, ``SegDataset``): a length, samples
+    by ``(epoch, index)`` key, the table ``records`` and the files its listing skipped."""
+
+    records: Records
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, key: tuple[int, int]) -> Any: ...
+
+    def listing_skips(self) -> list[tuple[str, str]]: ...
+
+
+class LoaderSettings(Protocol):
+    """The loader keys of a data section (``DataConfig``, ``SegDataConfig``)."""
+
+    num_workers: int
+    pin_memory: bool
+    prefetch_factor: int
+    max_skip_fraction: float
+    timeout: float
 
 
 @dataclass(frozen=True)
@@ -44,22 +66,25 @@ class LoaderPlace:
 
 
 class ResumableLoader:
-    """Batches of ``dataset`` for ``place``; ``train`` = shuffled, equal batch counts on every rank."""
+    """Batches of ``dataset`` for ``place``; ``train`` = shuffled, equal batch counts on every rank.
+
+    ``collate`` stacks a list of samples into (batch, ``Reads``); ``cfg`` is the data section.
+    """
 
     def __init__(
         self,
-        dataset: ImageDataset,
+        dataset: LoaderDataset,
         collate: Callable[[Sequence[Any]], tuple[Any, Any]],
         place: LoaderPlace,
-        cfg: DataConfig,
+        cfg: LoaderSettings,
         train: bool,
         report: SkipReport | None = None,
     ) -> None:
         self.dataset, self.collate, self.place, self.cfg, self.train = dataset, collate, place, cfg, train
         if report is None:
             report = SkipReport()
-            for path in dataset.records.ignored:
-                report.add("ignored", path)
+            for reason, path in dataset.listing_skips():
+                report.add(reason, path)
         self.report = report
         self.sampler = ResumableDistributedSampler(
             num_samples=len(dataset),
@@ -104,7 +129,7 @@ class ResumableLoader:
     def _data_loader(self, group: WorkerGroup | None) -> DataLoader:
         workers = self.cfg.num_workers
         return DataLoader(
-            self.dataset,
+            cast(Dataset, self.dataset),  # any LoaderDataset is a map-style dataset
             batch_size=self.place.batch_size,
             sampler=self.sampler,
             num_workers=workers,

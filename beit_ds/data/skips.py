@@ -27,6 +27,8 @@ REASONS = (
     "too_large",  # more pixels than data.max_image_pixels (decompression bombs)
     "unsupported_mode",  # a pixel format we cannot turn into RGB
     "ignored",  # found while listing but not an image file (extension, hidden, FIFO, socket); never read
+    "no_label",  # segmentation: an image whose label map the listing did not find; never read
+    "label_size",  # segmentation: a label map whose size differs from its image's
 )
 
 EXAMPLES_PER_REASON = 5
@@ -37,12 +39,14 @@ class DataError(ValueError):
 
 
 class SkipSample(Exception):
-    """Raised while reading or decoding one image: ``reason`` (one of ``REASONS``) and a detail."""
+    """Raised while reading or decoding one image: ``reason`` (one of ``REASONS``) and a detail;
+    ``path``: the file to report when it is not the sample's image (a segmentation label map)."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    def __init__(self, reason: str, detail: str = "", path: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.path = path
 
 
 @dataclass
