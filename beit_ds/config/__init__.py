@@ -12,6 +12,7 @@ any process group starts. Recipe roots are in ``beit_ds/recipe.py``.
 from beit_ds.config.data import DATA_SOURCES, INTERPOLATIONS, TOKENIZER_VIEWS, DataConfig, TransformConfig
 from beit_ds.config.finetune import HEAD_POLICIES, AugmentConfig, FinetuneConfig, ProbeConfig
 from beit_ds.config.model import MaskingConfig, MIMConfig, ModelConfig
+from beit_ds.config.seg_data import SEG_SOURCES, SegDataConfig, SegTransformConfig, reduces_zero_label
 from beit_ds.config.tokenizer import TOKENIZER_DTYPES, TOKENIZER_NAMES, DVAEConfig, TokenizerConfig
 from beit_ds.config.validate import ConfigError
 
@@ -19,6 +20,7 @@ __all__ = [
     "DATA_SOURCES",
     "HEAD_POLICIES",
     "INTERPOLATIONS",
+    "SEG_SOURCES",
     "TOKENIZER_DTYPES",
     "TOKENIZER_NAMES",
     "TOKENIZER_VIEWS",
@@ -31,6 +33,9 @@ __all__ = [
     "MaskingConfig",
     "ModelConfig",
     "ProbeConfig",
+    "SegDataConfig",
+    "SegTransformConfig",
     "TokenizerConfig",
     "TransformConfig",
+    "reduces_zero_label",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from beit_ds.config.validate import (
     choice,
@@ -14,6 +15,9 @@ from beit_ds.config.validate import (
     pair,
     positive_int,
 )
+
+if TYPE_CHECKING:
+    from beit_ds.config.seg_data import SegDataConfig
 
 DATA_SOURCES = ("demo", "folder", "filelist", "shards", "archive")
 INTERPOLATIONS = ("bilinear", "bicubic", "lanczos")
@@ -107,12 +111,17 @@ class DataConfig:
         choice(s, "source", self.source, DATA_SOURCES)
         expected = f"a path for data.source={self.source!r}"
         expect(bool(self.path) or self.source == "demo", s, "path", self.path, expected)
-        positive_int(s, "repeats", self.repeats)
-        non_negative_int(s, "num_workers", self.num_workers)  # 0: load in the training process
-        positive_int(s, "prefetch_factor", self.prefetch_factor)
-        positive_int(s, "max_image_pixels", self.max_image_pixels)
-        ok = isinstance(self.max_skip_fraction, (int, float)) and 0 <= self.max_skip_fraction <= 1
-        expect(ok, s, "max_skip_fraction", self.max_skip_fraction, "a number in [0, 1]")
-        non_negative_int(s, "check_files", self.check_files)  # 0: no up-front check
-        non_negative_number(s, "timeout", self.timeout)  # 0: wait for the workers forever
+        check_loader_keys(s, self)
         expect(isinstance(self.transform, TransformConfig), s, "transform", self.transform, "a mapping")
+
+
+def check_loader_keys(s: str, cfg: DataConfig | SegDataConfig) -> None:
+    """The loader keys every data section has (``repeats`` … ``timeout``; see ``DataConfig``)."""
+    positive_int(s, "repeats", cfg.repeats)
+    non_negative_int(s, "num_workers", cfg.num_workers)  # 0: load in the training process
+    positive_int(s, "prefetch_factor", cfg.prefetch_factor)
+    positive_int(s, "max_image_pixels", cfg.max_image_pixels)
+    ok = isinstance(cfg.max_skip_fraction, (int, float)) and 0 <= cfg.max_skip_fraction <= 1
+    expect(ok, s, "max_skip_fraction", cfg.max_skip_fraction, "a number in [0, 1]")
+    non_negative_int(s, "check_files", cfg.check_files)  # 0: no up-front check
+    non_negative_number(s, "timeout", cfg.timeout)  # 0: wait for the workers forever

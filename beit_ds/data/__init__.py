@@ -11,7 +11,9 @@ and plain tar archives in ``shards``, compressed archives in ``archive``, the bu
 in ``demo``), ``decode`` (bytes → RGB, robustly), ``transforms`` (crop, views, jitter), ``datasets``
 (seeded per-sample loading with substitutes for bad images), ``collate`` (batches), ``sampler``
 (resumable distributed order) and ``loader``; for fine-tuning ``augment`` (RandAugment, random
-erasing) and ``mixup`` (Mixup / CutMix targets, applied to a batch by the training step).
+erasing) and ``mixup`` (Mixup / CutMix targets, applied to a batch by the training step). Semantic
+segmentation (issue 15): ``build_segmentation_loader`` yields ``SegBatch`` objects (``segmentation``;
+pairs of images and label maps from ``seg_sources``, joint transforms in ``seg_transforms``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from beit_ds.data.collate import ClassBatch, MIMBatch, collate_classes, collate_
 from beit_ds.data.datasets import ImageDataset
 from beit_ds.data.loader import LoaderPlace, ResumableLoader
 from beit_ds.data.records import Records
+from beit_ds.data.segmentation import SegBatch, build_segmentation_loader
 from beit_ds.data.skips import DataError, SkipReport
 from beit_ds.data.sources import build_records
 from beit_ds.data.transforms import EvalTransform, TrainTransform, TwoViewTransform
@@ -36,10 +39,12 @@ __all__ = [
     "MIMBatch",
     "Records",
     "ResumableLoader",
+    "SegBatch",
     "SkipReport",
     "build_finetune_loader",
     "build_pretrain_loader",
     "build_records",
+    "build_segmentation_loader",
 ]
 
 
