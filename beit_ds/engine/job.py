@@ -22,6 +22,7 @@ from beit_ds.engine.checkpoint import CheckpointManager, newest_complete, read_m
 from beit_ds.engine.ds_setup import global_batch, precision_of, read_ds_config, resolve_ds_config
 from beit_ds.engine.export import checkpoint_client_state
 from beit_ds.engine.loop import LoopIO, LoopPlan, run_loop
+from beit_ds.engine.run_lock import RunLock
 from beit_ds.engine.runtime import init_engine, seed_everything, torch_dtype
 from beit_ds.engine.state import TrainState
 from beit_ds.engine.task import Task, hooks_after_save
@@ -106,6 +107,7 @@ def run_job(task: Task[Any], ds_path: str | Path, resume: str, overwrite: bool =
     task.check()
     flight = preflight(recipe, ds_path, place.world_size)
     run_dir = Path(recipe.checkpoint.output_dir)
+    lock = RunLock(run_dir).acquire() if place.is_main else None  # one job per folder (released at exit)
     log = init_logging(place.rank, run_dir)
     checkpoints = CheckpointManager(run_dir, recipe.checkpoint.keep_last, place,
                                     checksums=recipe.checkpoint.verify == "checksum")
@@ -150,6 +152,8 @@ def run_job(task: Task[Any], ds_path: str | Path, resume: str, overwrite: bool =
     if recipe.checkpoint.export_at_end and place.is_main and latest is not None:
         paths = type(task).export(latest, run_dir / "export", checkpoint_client_state(latest))
         log.info("exported %s", ", ".join(str(p) for p in paths))
+    if lock is not None:
+        lock.release()
     return state
 
 

@@ -1,0 +1,56 @@
+"""One job per run folder: an exclusive lock on ``<checkpoint.output_dir>/.run.lock``.
+
+Two jobs started on the same output folder (a command run twice, a second ``sbatch`` of the same
+script) would both write ``step_*`` folders, ``latest.json`` and the logs, each moving the other's
+checkpoints aside: a silent loss of work. Rank 0 of a job holds an ``flock`` on the lock file for
+the job's lifetime; a second job's rank 0 finds it held and stops with one line naming the holder
+(pid and host written in the file). The kernel releases the lock when the holder exits in any way
+(``kill -9`` and node failures of a local file system included), so a preempted or crashed job
+never blocks its own resume. On network file systems without ``flock`` support the lock is
+advisory only; the checkpoint lineage check still applies.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from pathlib import Path
+
+from beit_ds.config import ConfigError
+
+LOCK_NAME = ".run.lock"
+
+
+class RunLock:
+    """``acquire()`` or a one-line ``ConfigError``; ``release()`` (also on garbage collection)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK_NAME
+        self.fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(
+                f"checkpoint.output_dir={str(self.path.parent)!r}: another job is running there ({holder});"
+                " wait for it to end or choose another output_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def __del__(self) -> None:
+        self.release()
