@@ -26,13 +26,15 @@ from beit_ds.config import (
     TokenizerConfig,
 )
 from beit_ds.config.dino import DinoConfig
+from beit_ds.config.seg_data import SegDataConfig
+from beit_ds.config.segmentation import DecoderConfig, InferenceConfig
 from beit_ds.config.tokenizer import tokenizer_vocab
 from beit_ds.config.train import CheckpointConfig, LogConfig, OptimConfig, ScheduleConfig
 from beit_ds.masking import masking_target
 
 __all__ = [
     "CheckpointConfig", "ClassificationRecipe", "DinoPretrainRecipe", "FinetuneRecipe", "LinearProbeRecipe", "LogConfig", "OptimConfig",
-    "PretrainRecipe", "ScheduleConfig", "TokenizerRecipe", "TrainingRecipe",
+    "PretrainRecipe", "ScheduleConfig", "SegmentationRecipe", "TokenizerRecipe", "TrainingRecipe",
 ]
 
 
@@ -132,3 +134,22 @@ class LinearProbeRecipe(ClassificationRecipe):
 
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(head="reset", label_smoothing=0.0))
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+
+@dataclass
+class SegmentationRecipe(TrainingRecipe):
+    """Root of a semantic-segmentation recipe (seed §3.2, App. A, B, I): the backbone (``model``,
+    ``model.img_size`` = the training crop), its task layer (``decode``), labelled images with
+    joint transforms (``data``: ``SegDataConfig``), the starting weights (``finetune.init``; the
+    classification keys ``head`` / ``head_init_scale`` / ``ema_decay`` do not apply) and how
+    validation images are predicted (``inference``)."""
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(img_size=512))
+    data: SegDataConfig = field(default_factory=SegDataConfig)  # type: ignore[assignment]  # its own data section
+    decode: DecoderConfig = field(default_factory=DecoderConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(head="reset", label_smoothing=0.0))
+
+    def derived(self) -> dict[str, tuple[Any, str]]:
+        """The training crop is the model's resolution (positions and bias tables are resized to it)."""
+        return {"data.transform.crop_size": (self.model.img_size, "model.img_size")}

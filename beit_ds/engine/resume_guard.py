@@ -24,7 +24,8 @@ from beit_ds.logger import get_logger
 # model.* keys that change how a run computes, not the shapes or meaning of its weights
 RUNTIME_MODEL_KEYS = {"drop_path_rate", "grad_checkpointing", "compile", "attn_impl", "init_std", "init_trunc"}
 ARCH_SECTIONS = {"pretrain": ("model", "mim"), "finetune": ("model",), "linear_probe": ("model", "probe"),
-                 "tokenizer": ("tokenizer.dvae",), "dino": ("model", "mim", "dino.head")}
+                 "tokenizer": ("tokenizer.dvae",), "dino": ("model", "mim", "dino.head"),
+                 "segmentation": ("model", "decode")}
 
 
 def lineage_of(info: dict[str, Any], tag_dir: Path) -> str:

@@ -107,6 +107,7 @@ MODULES = {
     "finetune": "beit_ds.engine.finetune",
     "linear_probe": "beit_ds.engine.finetune",
     "tokenizer": "beit_ds.engine.tokenizer_train",
+    "segmentation": "beit_ds.engine.segment",
     "dino": "beit_ds.engine.dino",
 }
 

@@ -1,0 +1,234 @@
+"""Semantic segmentation fine-tuning (seed §3.2, App. A, B, I; issue 15) as a ``run_job`` task.
+
+``SegmentationTask`` (``kind: segmentation``) trains a ``BeitForSegmentation`` (UperNet or
+SETR-PUP on the BEiT backbone) started from ``finetune.init`` on labelled crops, through the
+shared job / loop / DeepSpeed path (checkpoints, exact and elastic resume, SLURM, layer-wise lr
+decay from the backbone's metadata). BatchNorm is synchronised over ranks (``decode.norm``).
+After each checkpoint every rank takes its share of the validation images, predicted as
+``inference`` says (whole / sliding window, multi-scale + flip), and the dataset-level mIoU,
+mAcc and aAcc (mmseg's definitions, summed over ranks) are logged under ``val/`` with a per-class
+table; rank 0 writes prediction overlays of the first ``inference.overlays`` images as a PNG.
+``evaluate_recipe`` is the same evaluation without training (``launch/evaluate_segmentation.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from beit_ds.config import ConfigError
+from beit_ds.data import LoaderPlace
+from beit_ds.data.segmentation import build_segmentation_loader
+from beit_ds.distributed import ProcessPlace, place_from_env
+from beit_ds.engine.export import checkpoint_task, save_weights
+from beit_ds.engine.job import loader_place, run_job
+from beit_ds.engine.runtime import init_distributed
+from beit_ds.engine.state import TrainState
+from beit_ds.engine.task import StepOutput, Task, register
+from beit_ds.engine.weights import read_raw_weights
+from beit_ds.logger import get_logger, init_logging
+from beit_ds.metrics import MetricWriter
+from beit_ds.recipe import SegmentationRecipe, TrainingRecipe
+from beit_ds.segmentation import IoUAccumulator, SegMetrics, predict
+from beit_ds.segmentation.convert import to_hf_segmentation, to_mmseg_state_dict
+from beit_ds.segmentation.layers import sync_batchnorm
+from beit_ds.segmentation.loading import load_segmentation_weights
+from beit_ds.segmentation.model import BeitForSegmentation
+from beit_ds.visualize.segmentation import overlay_figure, palette, save_overlays
+
+
+def check_recipe(r: SegmentationRecipe) -> None:
+    """Model, decoder and inference agree (one-line ``ConfigError``), before any process group."""
+    d, m = r.decode, r.model
+    if d.out_indices[-1] >= m.depth:
+        raise ConfigError(f"decode.out_indices={list(d.out_indices)}: model.depth={m.depth} has blocks 0..{m.depth - 1}")
+    if d.head == "upernet" and m.patch_size not in (8, 16):
+        raise ConfigError(f"model.patch_size={m.patch_size}: the UperNet pyramid is defined for patch 16 or 8")
+    crop = r.inference.crop or m.img_size
+    if crop % m.patch_size:
+        raise ConfigError(f"inference.crop={crop}: expected a multiple of model.patch_size={m.patch_size}")
+    if r.finetune.ema_decay > 0:
+        raise ConfigError(f"finetune.ema_decay={r.finetune.ema_decay}: segmentation keeps no EMA (expected 0)")
+
+
+def build_segmenter(r: SegmentationRecipe, init: bool = True) -> BeitForSegmentation:
+    """The model of ``r`` with ``finetune.init`` loaded when ``init`` (random weights for ``''``)."""
+    model = BeitForSegmentation(r.model, r.decode, r.finetune.label_smoothing)
+    if not (init and r.finetune.init):
+        get_logger().info("segmentation: random initialisation (finetune.init is empty)")
+        return model
+    sd, source = read_raw_weights(r.finetune.init)
+    try:
+        fresh = load_segmentation_weights(model, sd, f"finetune.init={r.finetune.init!r}")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    heads = sum(k.startswith(("neck.", "decode_head.", "auxiliary_head.")) for k in fresh)
+    get_logger().info("loaded %s; newly initialised: %d task-layer and %d backbone tensors", source, heads,
+                      len(fresh) - heads)
+    return model
+
+
+def _image_uint8(image: torch.Tensor, size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """A normalised ``[3, h, w]`` image back to uint8 ``[H, W, 3]`` at the label's ``size``."""
+    x = image.float().cpu() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
+    x = torch.nn.functional.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+    return (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+
+
+@torch.no_grad()
+def evaluate_segmentation(model: BeitForSegmentation, loader: Any, r: SegmentationRecipe, dtype: torch.dtype,
+                          overlay_png: Path | None = None) -> SegMetrics:
+    """Dataset-level metrics of ``model`` over ``loader`` (batches of one image, labels at their
+    original size), summed over ranks; overlays of the first images to ``overlay_png``."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    acc, inf = IoUAccumulator(model.num_classes, device=device), r.inference
+    panels: list[np.ndarray] = []
+    colours = palette(model.num_classes)
+    for batch in loader:
+        batch = batch.to(device)
+        size = tuple(batch.labels.shape[-2:])
+        probs = predict(lambda x: model.logits(x.to(dtype)).float(), batch.images, size, mode=inf.mode,
+                        crop=inf.crop or r.model.img_size, stride=inf.stride, num_classes=model.num_classes,
+                        scales=inf.scales, flip=inf.flip, pad_to=r.model.patch_size)
+        pred = probs.argmax(1)
+        acc.update(pred, batch.labels)
+        if overlay_png is not None and len(panels) < inf.overlays:
+            image = _image_uint8(batch.images[0], size, r.data.transform.mean, r.data.transform.std)
+            panels.append(overlay_figure(image, batch.labels[0].cpu().numpy(), pred[0].cpu().numpy(), colours))
+    model.train(was_training)
+    acc.all_reduce()
+    if overlay_png is not None and panels:
+        save_overlays(overlay_png, panels)
+    return acc.compute()
+
+
+def _log_eval(metrics: SegMetrics, what: str) -> None:
+    get_logger().info("%s: mIoU %.2f %%, mAcc %.2f %%, aAcc %.2f %% (%d images)", what, metrics.miou,
+                      metrics.macc, metrics.aacc, metrics.images)
+
+
+def _eval_place(r: SegmentationRecipe, place: ProcessPlace) -> LoaderPlace:
+    where = loader_place(r, place)
+    return LoaderPlace(batch_size=1, rank=where.rank, world_size=where.world_size, seed=where.seed)
+
+
+@register
+class SegmentationTask(Task[SegmentationRecipe]):
+    """Segmentation fine-tuning: the model from ``finetune.init``, the labelled crop loader, the
+    per-pixel loss (decode + auxiliary), validation after every checkpoint (every rank)."""
+
+    kind = "segmentation"
+    recipe_type: ClassVar[type[TrainingRecipe]] = SegmentationRecipe
+
+    def __init__(self, recipe: SegmentationRecipe, place: ProcessPlace) -> None:
+        super().__init__(recipe, place)
+        self.has_evaluate = recipe.finetune.evaluate
+        self.eval_loader: Any = None
+        self.dtype = torch.float32
+
+    def check(self) -> None:
+        check_recipe(self.recipe)
+
+    def build_model(self) -> torch.nn.Module:
+        model = build_segmenter(self.recipe)
+        if self.recipe.decode.norm == "sync_bn" and self.place.world_size > 1:
+            cuda = torch.cuda.is_available()
+            device = torch.device("cuda", self.place.local_rank) if cuda else torch.device("cpu")
+            model = sync_batchnorm(model, device)  # type: ignore[assignment]
+        return model
+
+    def build_loader(self) -> Any:
+        r = self.recipe
+        return build_segmentation_loader(r.data, "train", loader_place(r, self.place), r.decode.num_classes)
+
+    def attach(self, engine: Any, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+
+    def forward(self, model: Any, batch: Any, step: int) -> StepOutput:
+        batch = batch.to(model.device)
+        out = model(batch.images.to(self.dtype), batch.labels)
+        return StepOutput(out.loss, out.metrics)
+
+    def evaluate(self, model: torch.nn.Module, writer: MetricWriter, step: int) -> None:
+        r = self.recipe
+        if self.eval_loader is None:
+            self.eval_loader = build_segmentation_loader(r.data, "eval", _eval_place(r, self.place), r.decode.num_classes)
+        png = Path(r.checkpoint.output_dir) / "overlays" / f"step_{step}.png" if self.place.is_main else None
+        metrics = evaluate_segmentation(model, self.eval_loader, r, self.dtype, png)  # type: ignore[arg-type]
+        writer.write(step, metrics.as_dict(), prefix="val")
+        _log_eval(metrics, f"val at step {step}")
+        get_logger().info("per-class IoU at step %d:\n%s", step, metrics.table(class_names(r)))
+
+    @classmethod
+    def export(cls, tag_dir: Path, out_dir: Path, client: dict[str, Any]) -> list[Path]:
+        return export_segmenter(tag_dir, out_dir, client)
+
+    @classmethod
+    def evaluate_checkpoint(cls, tag_dir: Path, client: dict[str, Any]) -> dict[str, float]:
+        task, model = checkpoint_task(cls, tag_dir, client)
+        r: SegmentationRecipe = task.recipe
+        loader = build_segmentation_loader(r.data, "eval", _eval_place(r, ProcessPlace()), r.decode.num_classes)
+        return evaluate_segmentation(model, loader, r, torch.float32).as_dict()  # type: ignore[arg-type]
+
+
+def class_names(r: SegmentationRecipe) -> list[str]:
+    """``decode.class_names`` when given, else ``class 0`` … (the table's first column)."""
+    return list(r.decode.class_names) or [f"class {i}" for i in range(r.decode.num_classes)]
+
+
+def export_segmenter(tag_dir: Path, out_dir: Path, client: dict[str, Any]) -> list[Path]:
+    """``model.safetensors`` (ours), ``mmseg/model.safetensors`` (unilm's layout),
+    ``hf/`` (``BeitForSemanticSegmentation``, UperNet with channels = the backbone width) and
+    ``recipe.json`` of the segmentation checkpoint ``tag_dir``."""
+    _, model = checkpoint_task(SegmentationTask, Path(tag_dir), client)
+    out_dir = Path(out_dir)
+    (out_dir / "mmseg").mkdir(parents=True, exist_ok=True)
+    sd = model.state_dict()
+    paths = [save_weights(sd, out_dir / "model.safetensors", source=str(tag_dir)),
+             save_weights(to_mmseg_state_dict(sd), out_dir / "mmseg" / "model.safetensors", source=str(tag_dir))]
+    (out_dir / "recipe.json").write_text(json.dumps(client["recipe"], indent=1))
+    try:
+        config, hf_sd = to_hf_segmentation(model)  # type: ignore[arg-type]
+    except ValueError as err:
+        get_logger().info("no Hugging Face export: %s", err)
+        return paths
+    (out_dir / "hf").mkdir(exist_ok=True)
+    paths.append(save_weights(hf_sd, out_dir / "hf" / "model.safetensors", format="pt"))
+    full = {"model_type": "beit", "architectures": ["BeitForSemanticSegmentation"], **config}
+    (out_dir / "hf" / "config.json").write_text(json.dumps(full, indent=1))
+    return paths
+
+
+def segment(recipe: SegmentationRecipe, ds_path: str | Path, resume: str = "auto", overwrite: bool = False) -> TrainState:
+    """Fine-tune a segmentation model as ``recipe`` says; returns the final ``TrainState``."""
+    return run_job(SegmentationTask(recipe, place_from_env()), ds_path, resume, overwrite)
+
+
+def evaluate_recipe(recipe: SegmentationRecipe, out_json: Path | None = None) -> dict[str, float]:
+    """mIoU / mAcc / aAcc of ``finetune.init`` on the recipe's validation split (every rank of a
+    ``deepspeed`` launch takes a share), with overlays next to ``out_json``."""
+    if not recipe.finetune.init:
+        raise ConfigError("finetune.init='': expected the weights to evaluate")
+    check_recipe(recipe)
+    init_distributed()
+    place = place_from_env()
+    init_logging(place.rank)
+    device = torch.device("cuda", place.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    model = build_segmenter(recipe).to(device)
+    loader = build_segmentation_loader(recipe.data, "eval", _eval_place(recipe, place), recipe.decode.num_classes)
+    png = out_json.with_suffix(".png") if out_json is not None and place.is_main else None
+    metrics = evaluate_segmentation(model, loader, recipe, torch.float32, png)
+    _log_eval(metrics, f"evaluation of {recipe.finetune.init}")
+    get_logger().info("per-class IoU:\n%s", metrics.table(class_names(recipe)))
+    result = {"init": recipe.finetune.init, **metrics.as_dict(), "images": float(metrics.images),
+              "per_class_iou": metrics.per_class_iou}
+    if out_json is not None and place.is_main:
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(result, indent=1))
+    return metrics.as_dict()
