@@ -31,13 +31,13 @@ class _SumOverRanks(torch.autograd.Function):
     every rank's loss)."""
 
     @staticmethod
-    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
         out = x.clone()
         dist.all_reduce(out)
         return out
 
     @staticmethod
-    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
         out = grad.clone()
         dist.all_reduce(out)
         return out
