@@ -12,6 +12,7 @@ call running ``--steps-per-call`` steps:
 * ``job``: ``run_loop`` (``engine/loop.py``) of a ``PretrainTask`` on the DeepSpeed engine, built
   as ``run_job`` builds it, single rank, fp32, ``--ds-config`` (checkpoint saves stubbed out:
   they are per-run costs, not per-step ones);
+* ``job_<config>`` (``--compare-ds``): the same job on other DeepSpeed configs (e.g. ZeRO stage 0);
 * ``engine``: the same engine's ``mim_forward`` + ``engine.backward`` + ``engine.step``, no loop;
 * ``eager``: the same model (same init) and tokenizer weights, encode (the encoder module as
   it is, NCHW, eager) + forward + backward + gradient clipping + ``torch.optim.AdamW`` with the
@@ -238,6 +239,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps-per-call", type=int, default=2)
     p.add_argument("--batches", type=int, default=4, help="distinct pre-loaded batches")
     p.add_argument("--profile", type=int, default=0, help="job calls to profile after timing (0: none)")
+    p.add_argument("--compare-ds", default="", help="comma-separated DeepSpeed configs: more job candidates")
     p.add_argument("--compiled-model", action="store_true", help="also time the model step under torch.compile")
     p.add_argument("--only", default="", help="comma-separated candidates (default: all)")
     return p.parse_args()
@@ -260,10 +262,13 @@ def build_candidates(args: argparse.Namespace, recipe: PretrainRecipe, flight: P
         "loader": loader_candidate(recipe, k),
         "matmul": matmul_probe(),
     }
+    for path in filter(None, args.compare_ds.split(",")):  # the same job on other DeepSpeed configs
+        other = preflight(recipe, path, 1)
+        candidates[f"job_{Path(path).stem}"] = job_candidate(recipe, other, batches, k, out_dir / Path(path).stem)[0]
     if args.compiled_model:
         candidates["model_compiled"] = compiled_model_candidate(recipe, flight.lr, batches, k, targets)
     if args.only:
-        keep = set(args.only.split(",")) | {"job", "eager", "matmul"}
+        keep = set(args.only.split(",")) | {"job", "eager", "matmul"} | {n for n in candidates if n.startswith("job_")}
         candidates = {n: c for n, c in candidates.items() if n in keep}
     return candidates, batches, job
 
@@ -304,7 +309,8 @@ def report(times: dict[str, list[float]], recipe: PretrainRecipe, args: argparse
     """img/s, roofline share and overheads of every candidate; ``ratio`` = job ÷ eager."""
     rate = matmul_rate(median(times.pop("matmul")))
     k, b = args.steps_per_call, recipe.schedule.micro_batch_size
-    flops = {"job": model_flops + tok_flops, "engine": model_flops + tok_flops, "eager": model_flops + tok_flops,
+    flops = {name: model_flops + tok_flops for name in times if name.startswith("job_")}
+    flops |= {"job": model_flops + tok_flops, "engine": model_flops + tok_flops, "eager": model_flops + tok_flops,
              "model": model_flops, "model_compiled": model_flops, "tokenizer": tok_flops, "plain_tokenizer": tok_flops, "loader": 0.0}
     result: dict[str, Any] = {}
     for name, values in times.items():
@@ -315,6 +321,8 @@ def report(times: dict[str, list[float]], recipe: PretrainRecipe, args: argparse
         print(f"{name:10s} {k * b / secs:8.1f} img/s  calls {[round(t, 2) for t in values]}")
     ms = {name: 1000 * median(v) / k for name, v in times.items()}
     result["ratio"] = round(ms["eager"] / ms["job"], 3)
+    for name in (n for n in ms if n.startswith("job_")):
+        result[f"{name}_ratio"] = round(ms["eager"] / ms[name], 3)
     paired = [e / j for e, j in zip(times["eager"], times["job"])]
     result["ratio_paired"] = round(median(paired), 3)  # round by round, under the same load
     if "engine" in ms:
