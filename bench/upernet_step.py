@@ -2,7 +2,7 @@
 ``BeitForSegmentation`` and Hugging Face's ``BeitForSemanticSegmentation`` in the same run, on the
 same batch and the same weights (ours exported to HF), interleaved.
 
-    python bench/upernet_step.py                               # 512², batch 1, torch's threads, wall clock
+    python bench/upernet_step.py                               # 512², batch 2, torch's threads, wall clock
     python bench/upernet_step.py --threads 1 --clock thread    # robust on a shared machine
     python bench/upernet_step.py --size 256 --repeats 2        # a quicker look
 
@@ -46,7 +46,7 @@ def build(size: int, folder: Path) -> tuple[BeitForSegmentation, torch.nn.Module
 def main() -> None:
     p = timing_parser(__doc__ or "", warmup=1, repeats=3)
     p.add_argument("--size", type=int, default=512, help="crop size (a multiple of 16)")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=int, default=2, help="images per step (BatchNorm needs >= 2)")
     args = p.parse_args()
     setup_threads(args)
     torch.manual_seed(0)

@@ -134,6 +134,14 @@ class SegmentationTask(Task[SegmentationRecipe]):
 
     def check(self) -> None:
         check_recipe(self.recipe)
+        r = self.recipe
+        per_norm = r.schedule.micro_batch_size * (self.place.world_size if r.decode.norm == "sync_bn" else 1)
+        if r.decode.head == "upernet" and per_norm < 2:
+            raise ConfigError(
+                f"schedule.micro_batch_size={r.schedule.micro_batch_size}: UperNet's BatchNorm after the 1x1 pooling"
+                f" sees {per_norm} value per channel on {self.place.world_size} process(es) with decode.norm="
+                f"{r.decode.norm!r}; expected at least 2 images per (synchronised) batch"
+            )
 
     def build_model(self) -> torch.nn.Module:
         model = build_segmenter(self.recipe)

@@ -59,3 +59,13 @@ def test_bad_recipes_are_one_line_errors(overrides: list[str], match: str) -> No
 
 def test_the_kind_is_registered() -> None:
     assert task_type("segmentation").recipe_type is SegmentationRecipe
+
+
+def test_one_image_per_batchnorm_is_refused_before_training() -> None:
+    from beit_ds.distributed import ProcessPlace
+    from beit_ds.engine.segment import SegmentationTask
+
+    r = recipe("seg_camvid_demo_cpu", "schedule.micro_batch_size=1")
+    with pytest.raises(ConfigError, match="at least 2 images"):
+        SegmentationTask(r, ProcessPlace()).check()
+    SegmentationTask(r, ProcessPlace(rank=0, world_size=8, local_rank=0)).check()  # SyncBN over 8 ranks: 8 images
