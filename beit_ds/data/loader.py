@@ -150,28 +150,35 @@ class ResumableLoader:
         with signals_blocked():  # until each forked worker has set its signal dispositions
             batches = iter(self._data_loader(group))
         while True:
-            timed_out = False
             try:
                 batch, reads = next(batches)
             except StopIteration:
                 break
             except DataError as err:
-                raise worker_data_error(err) from None
+                failure: DataError | None = worker_data_error(err)
+                if failure is not err:  # torch's copy, whose traceback holds the iterator in a cycle
+                    err.__traceback__ = None
             except RuntimeError as err:
                 if not str(err).startswith("DataLoader timed out"):
                     raise
-                timed_out = True  # handled below, once this traceback no longer holds the iterator
-            if timed_out:
-                del batches  # shuts the workers down; those stuck in a read ignore its SIGTERM
+                failure = self._timeout_error()
+            else:
+                self.report.extend(reads.skips)
+                self.report.mark_loaded(reads.loaded)
+                failure = self._skip_error(final=False)
+            if failure is not None:
+                # raised here, once no traceback holds the iterator: deleting it shuts the workers
+                # down, and those that ignore its SIGTERM (stuck in a read, or slow to see the end)
+                # are killed, so that no worker outlives the error and blocks the interpreter's exit
+                del batches
                 if group is not None:
                     group.kill_stuck()
-                raise self._timeout_error()
-            self.report.extend(reads.skips)
-            self.report.mark_loaded(reads.loaded)
-            self._check_skips(final=False)
+                raise failure
             self._batches += 1
             yield batch
-        self._check_skips(final=True)
+        failure = self._skip_error(final=True)
+        if failure is not None:
+            raise failure
 
     def _timeout_error(self) -> DataError:
         t = self.cfg.timeout
@@ -180,11 +187,12 @@ class ResumableLoader:
             " a stalled network file system, a device or FIFO?); raise data.timeout, or 0 to wait forever"
         )
 
-    def _check_skips(self, final: bool) -> None:
+    def _skip_error(self, final: bool) -> DataError | None:
+        """The error to stop with when more than ``data.max_skip_fraction`` of the files were bad."""
         report, limit = self.report, self.cfg.max_skip_fraction
         if limit >= 1 or (report.files < SKIP_CHECK_AFTER and not final) or report.skip_fraction <= limit:
-            return
-        raise DataError(
+            return None
+        return DataError(
             f"data.max_skip_fraction={limit}: {report.skipped} of {report.files} distinct files read were"
             f" bad ({report.skip_fraction:.1%}); {report.summary()}"
         )
