@@ -25,20 +25,22 @@ def torch_dtype(precision: str) -> torch.dtype:
     return _DTYPES[precision]
 
 
-def _single_process_env() -> None:
+def _single_process_env() -> bool:
+    """Set up a one-process group's environment when no launcher did; True when it chose the port."""
     if "RANK" in os.environ or "SLURM_PROCID" in os.environ:
-        return
+        return False
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+        os.environ.setdefault(key, value)
+    if "MASTER_PORT" in os.environ:
+        return False
+    os.environ["MASTER_PORT"] = str(_free_port())
+    return True
+
+
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    for key, value in {
-        "RANK": "0",
-        "LOCAL_RANK": "0",
-        "WORLD_SIZE": "1",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(port),
-    }.items():
-        os.environ.setdefault(key, value)
+        return int(s.getsockname()[1])
 
 
 def seed_everything(seed: int) -> None:
@@ -55,13 +57,20 @@ def init_distributed() -> None:
 
     if dist.is_initialized():
         return
-    _single_process_env()
+    own_port = _single_process_env()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     else:
         _skip_shm_comm_build()
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    for attempt in range(3):
+        try:
+            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+            return
+        except dist.DistNetworkError:  # a port found free was taken by another process meanwhile
+            if not own_port or attempt == 2:
+                raise
+            os.environ["MASTER_PORT"] = str(_free_port())
 
 
 def _skip_shm_comm_build() -> None:
