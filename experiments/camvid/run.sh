@@ -37,7 +37,7 @@ for stage in $STAGES; do
     finetune) for s in $SEEDS; do seg beit_seed$s $s $OUT/pretrain/checkpoints; done ;;
     scratch) for s in $SEEDS; do seg scratch_seed$s $s "" optim.layer_decay=1.0; done ;;
     evaluate) for run in $OUT/beit_seed* $OUT/scratch_seed*; do
-                [ -f $run/test.json ] && continue
+                [ -f $run/test.json ] || [ ! -f $run/export/model.safetensors ] && continue
                 python launch/evaluate_segmentation.py --config beit_ds/recipes/seg_camvid_demo_cpu.yaml \
                   data.path=$DATA/train data.eval_path=$DATA/test finetune.init=$run/export/model.safetensors \
                   --out $run/test.json

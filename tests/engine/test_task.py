@@ -31,8 +31,8 @@ def test_the_registry_imports_no_task_until_a_kind_is_looked_up():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == str(sorted(MODULES))
-    with pytest.raises(ConfigError, match="kind='segmentation': expected one of"):
-        task_type("segmentation")
+    with pytest.raises(ConfigError, match="kind='detection': expected one of"):
+        task_type("detection")
 
 
 @pytest.fixture(scope="module")
