@@ -44,8 +44,10 @@ def main(out: Path) -> None:
         print(f"| {arm} | {len(rows)} | " + " | ".join(cells) + " |")
     if len(means) == 2:
         (mb, sb), (ms, ss) = means["beit"]["mIoU"], means["scratch"]["mIoU"]
-        print(f"\nmIoU difference (BEiT - scratch): {mb - ms:+.2f} points; seed std {sb:.2f} / {ss:.2f}"
-              f" -> {'exceeds' if abs(mb - ms) > 2 * max(sb, ss) else 'does not exceed'} twice the larger spread")
+        verdict = ("undecided: fewer than 2 seeds in an arm, so no spread to compare with"
+                   if min(len(arms["beit"]), len(arms["scratch"])) < 2
+                   else f"{'exceeds' if abs(mb - ms) > 2 * max(sb, ss) else 'does not exceed'} twice the larger spread")
+        print(f"\nmIoU difference (BEiT - scratch): {mb - ms:+.2f} points; seed std {sb:.2f} / {ss:.2f} -> {verdict}")
     print("\n| class | " + " | ".join(arms) + " |\n|:--|" + "--:|" * len(arms))
     for c, name in enumerate(CLASSES):
         cells = []
