@@ -71,7 +71,7 @@ def main() -> None:
     times = time_interleaved({"beit_ds": ours_step, "hf": hf_step}, args.warmup, args.repeats, args.clock)
     med = {k: median(v) for k, v in times.items()}
     for name, t in med.items():
-        print(f"{name:8s} {t:8.2f} s/step  ({args.batch * args.size}² crops; {len(times[name])} timed)")
+        print(f"{name:8s} {t:8.2f} s/step  ({args.batch} x {args.size}² crops; {len(times[name])} timed)")
     print(f"HF / beit_ds: {med['hf'] / med['beit_ds']:.3f}")
     emit({"size": args.size, "batch": args.batch, "threads": torch.get_num_threads(), "clock": args.clock,
           "seconds": med, "ratio": med["hf"] / med["beit_ds"]})
