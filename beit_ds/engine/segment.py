@@ -29,15 +29,16 @@ from beit_ds.engine.job import loader_place, run_job
 from beit_ds.engine.runtime import init_distributed
 from beit_ds.engine.state import TrainState
 from beit_ds.engine.task import StepOutput, Task, register
-from beit_ds.engine.weights import read_raw_weights
+from beit_ds.engine.weights import read_raw_weights, to_our_layout
 from beit_ds.logger import get_logger, init_logging
 from beit_ds.metrics import MetricWriter
 from beit_ds.recipe import SegmentationRecipe, TrainingRecipe
 from beit_ds.segmentation import IoUAccumulator, SegMetrics, predict
 from beit_ds.segmentation.convert import to_hf_segmentation, to_mmseg_state_dict
-from beit_ds.segmentation.layers import sync_batchnorm
-from beit_ds.segmentation.loading import load_segmentation_weights
+from beit_ds.segmentation.layers import resize, sync_batchnorm
+from beit_ds.segmentation.loading import is_segmentation_state_dict, load_segmentation_weights
 from beit_ds.segmentation.model import BeitForSegmentation
+from beit_ds.visualize.samples import unnormalize
 from beit_ds.visualize.segmentation import overlay_figure, palette, save_overlays
 
 
@@ -62,6 +63,8 @@ def build_segmenter(r: SegmentationRecipe, init: bool = True) -> BeitForSegmenta
         get_logger().info("segmentation: random initialisation (finetune.init is empty)")
         return model
     sd, source = read_raw_weights(r.finetune.init)
+    if not is_segmentation_state_dict(sd):  # a backbone: timm / unilm / ours / HF into our layout
+        sd = to_our_layout(sd, r.finetune.init)
     try:
         fresh = load_segmentation_weights(model, sd, f"finetune.init={r.finetune.init!r}")
     except ValueError as err:
@@ -74,8 +77,7 @@ def build_segmenter(r: SegmentationRecipe, init: bool = True) -> BeitForSegmenta
 
 def _image_uint8(image: torch.Tensor, size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
     """A normalised ``[3, h, w]`` image back to uint8 ``[H, W, 3]`` at the label's ``size``."""
-    x = image.float().cpu() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
-    x = torch.nn.functional.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+    x = resize(unnormalize(image[None], mean, std), size)[0]
     return (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
 
 

@@ -20,15 +20,10 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from beit_ds.segmentation.layers import resize
+
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 MODES = ("whole", "slide")
-
-
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear ``[B, C, h, w] -> [B, C, *size]`` (unchanged when already that size)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -42,7 +37,7 @@ def padded_logits(logits_fn: LogitsFn, image: torch.Tensor, size: tuple[int, int
     if size[0] < h or size[1] < w:
         raise ValueError(f"pad size {size} is smaller than the image {(h, w)}")
     padded = F.pad(image, (0, size[1] - w, 0, size[0] - h))
-    return _resize(logits_fn(padded).float(), size)[..., :h, :w]
+    return resize(logits_fn(padded).float(), size)[..., :h, :w]
 
 
 @torch.no_grad()
@@ -53,7 +48,7 @@ def whole_inference(
     ``pad_to``), resized to ``out_size`` (the label's size)."""
     h, w = image.shape[-2:]
     logits = padded_logits(logits_fn, image, (_round_up(h, pad_to), _round_up(w, pad_to)))
-    return _resize(logits, (out_size[0], out_size[1]))
+    return resize(logits, (out_size[0], out_size[1]))
 
 
 def window_starts(size: int, crop: int, stride: int) -> list[int]:
@@ -104,7 +99,7 @@ def slide_inference(
         if logits.shape[1] != num_classes:
             raise ValueError(f"logits have {logits.shape[1]} classes, expected num_classes={num_classes}")
         total[..., y1:y2, x1:x2] += logits
-    return _resize(total / count, (out_size[0], out_size[1]))
+    return resize(total / count, (out_size[0], out_size[1]))
 
 
 def rescaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
@@ -144,7 +139,7 @@ def predict(
     h, w = image.shape[-2:]
     total = torch.zeros(())
     for scale in scales:
-        x = _resize(image, rescaled_size(h, w, scale))
+        x = resize(image, rescaled_size(h, w, scale))
         total = total + probs(x)
         if flip:
             total = total + probs(x.flip(-1)).flip(-1)

@@ -7,22 +7,21 @@
   ``BeitForSemanticSegmentation`` (``beit.*``): every decoder key must match (one-line error
   otherwise), the backbone goes through ``models.load_backbone`` (positions and bias tables
   resized to the crop);
-* anything else is a backbone in any layout ``models/convert.py`` reads (our pre-training or
-  classification weights, timm, unilm, Hugging Face ``BeitModel``): the backbone is loaded, the
-  task layer keeps its fresh initialisation.
+* anything else is a backbone in our layout (``engine/weights.to_our_layout`` converts timm,
+  unilm and Hugging Face ``BeitModel`` files first): the backbone is loaded, the task layer keeps
+  its fresh initialisation.
 """
 
 from __future__ import annotations
 
 import torch
 
-from beit_ds.models.convert import from_hf_state_dict, from_timm_state_dict, key_report
+from beit_ds.models.convert import key_report
 from beit_ds.models.loading import load_backbone
 from beit_ds.segmentation.convert import HEAD_PREFIXES, from_hf_segmentation, from_mmseg_state_dict
 from beit_ds.segmentation.model import BeitForSegmentation
 
 Tensors = dict[str, torch.Tensor]
-HF_BACKBONE = ("beit.", "embeddings.", "encoder.layer.", "layers.0.attention.")
 
 
 def is_segmentation_state_dict(sd: Tensors) -> bool:
@@ -53,9 +52,7 @@ def load_segmentation_weights(model: BeitForSegmentation, sd: Tensors, source: s
     """Load ``sd`` into ``model``; returns the keys left at their initial values (one-line
     ``ValueError`` naming ``source`` for weights that do not fit)."""
     if not is_segmentation_state_dict(sd):
-        hf = any(k.removeprefix("module.").startswith(HF_BACKBONE) for k in sd)
-        backbone = from_hf_state_dict(sd) if hf else from_timm_state_dict(sd)
-        fresh = load_backbone(model.backbone, backbone, head="reset", source=source)
+        fresh = load_backbone(model.backbone, sd, head="reset", source=source)
         return ["backbone." + k for k in fresh] + [k for k in model.state_dict() if k.startswith(HEAD_PREFIXES)]
     ours = _our_layout(sd, len(model.backbone.blocks))
     backbone = {k.removeprefix("backbone."): v for k, v in ours.items() if k.startswith("backbone.")}
