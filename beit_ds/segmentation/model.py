@@ -42,13 +42,17 @@ class SegOutput:
 def seg_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
     """mmseg 0.x's loss: ``logits [B, C, h, w]`` resized to ``labels [B, H, W]``, per-pixel
     cross-entropy (255 ignored, counting 0), mean over all ``B·H·W`` pixels."""
-    up = resize(logits.float(), labels.shape[-2:])
+    return _pixel_cross_entropy(resize(logits.float(), labels.shape[-2:]), labels, smoothing)
+
+
+def _pixel_cross_entropy(up: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
     return F.cross_entropy(up, labels, ignore_index=IGNORE, reduction="none", label_smoothing=smoothing).mean()
 
 
-def pixel_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Share of non-ignored pixels predicted right (mmseg's ``acc_seg``, as a fraction), no host sync."""
-    pred = resize(logits.detach().float(), labels.shape[-2:]).argmax(1)
+def pixel_accuracy(up: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Share of non-ignored pixels predicted right by logits ``up`` already at the label size
+    (mmseg's ``acc_seg``, as a fraction), no host sync."""
+    pred = up.detach().argmax(1)
     valid = labels != IGNORE
     return ((pred == labels) & valid).sum() / valid.sum().clamp_min(1)
 
@@ -119,8 +123,9 @@ class BeitForSegmentation(nn.Module):
         logits = self.decode_head(feats)
         if labels is None:
             return SegOutput(logits)
-        decode = seg_cross_entropy(logits, labels, self.label_smoothing)
-        metrics = {"decode_loss": decode.detach(), "pixel_accuracy": pixel_accuracy(logits, labels)}
+        up = resize(logits.float(), labels.shape[-2:])  # once, for the loss and the accuracy
+        decode = _pixel_cross_entropy(up, labels, self.label_smoothing)
+        metrics = {"decode_loss": decode.detach(), "pixel_accuracy": pixel_accuracy(up, labels)}
         loss = decode
         if self.auxiliary_head is not None:
             heads = self.auxiliary_head if isinstance(self.auxiliary_head, nn.ModuleList) else [self.auxiliary_head]
