@@ -143,9 +143,12 @@ def eager_parts(recipe: PretrainRecipe, lr: float) -> tuple[torch.nn.Module, Any
 
 
 def eager_candidate(recipe: PretrainRecipe, lr: float, batches: list[Any], k: int,
-                    targets: list[torch.Tensor] | None = None) -> Step:
-    """The naive loop: tokenize (unless ``targets`` are given) + forward + backward + clip + AdamW."""
+                    targets: list[torch.Tensor] | None = None, compiled: bool = False) -> Step:
+    """The naive loop: tokenize (unless ``targets`` are given) + forward + backward + clip + AdamW.
+    ``compiled``: the whole model under ``torch.compile`` (forward + loss and, through
+    AOTAutograd, backward; drop path as a mask in the graph) — the ``model_compiled`` candidate."""
     model, tokenizer, optimizer = eager_parts(recipe, lr)
+    forward = torch.compile(model) if compiled else model
     clip = recipe.optim.clip_grad
 
     def call(seed: int) -> None:
@@ -153,28 +156,7 @@ def eager_candidate(recipe: PretrainRecipe, lr: float, batches: list[Any], k: in
             i = (abs(seed) * k + j) % len(batches)
             b = batches[i]
             target = targets[i] if targets is not None else tokenizer(b.tokenizer_images)
-            loss = model(b.images, b.bool_masked_pos, target).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
-
-    return call
-
-
-def compiled_model_candidate(recipe: PretrainRecipe, lr: float, batches: list[Any], k: int,
-                             targets: list[torch.Tensor]) -> Step:
-    """The ``model`` candidate with the whole model under ``torch.compile`` (forward + loss and,
-    through AOTAutograd, backward; drop path as a mask in the graph)."""
-    model, _, optimizer = eager_parts(recipe, lr)
-    compiled = torch.compile(model)
-    clip = recipe.optim.clip_grad
-
-    def call(seed: int) -> None:
-        for j in range(k):
-            i = (abs(seed) * k + j) % len(batches)
-            loss = compiled(batches[i].images, batches[i].bool_masked_pos, targets[i]).loss
+            loss = forward(b.images, b.bool_masked_pos, target).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip > 0:
@@ -266,7 +248,7 @@ def build_candidates(args: argparse.Namespace, recipe: PretrainRecipe, flight: P
         other = preflight(recipe, path, 1)
         candidates[f"job_{Path(path).stem}"] = job_candidate(recipe, other, batches, k, out_dir / Path(path).stem)[0]
     if args.compiled_model:
-        candidates["model_compiled"] = compiled_model_candidate(recipe, flight.lr, batches, k, targets)
+        candidates["model_compiled"] = eager_candidate(recipe, flight.lr, batches, k, targets, compiled=True)
     if args.only:
         keep = set(args.only.split(",")) | {"job", "eager", "matmul"} | {n for n in candidates if n.startswith("job_")}
         candidates = {n: c for n, c in candidates.items() if n in keep}
