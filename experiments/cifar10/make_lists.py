@@ -1,29 +1,49 @@
-"""File lists for the CIFAR-10 fine-tuning stages: a class-balanced random subset of the train images
-(2000 of the 5000 per class, seed 0) and all 10,000 test images, as ``path,class`` lines.
+"""File lists of the CIFAR-10 study (``study.py``'s ``lists`` stage), as ``path,class`` lines.
 
-    python experiments/cifar10/make_lists.py <extracted cifar10_jpeg folder> <out dir>
+From the 5000 train images of each class (seed 0, class-balanced, disjoint):
+  - ``labelled.txt``: ``--labelled`` per class, the labels fine-tuning and probes train on;
+  - ``val.txt``: ``--val`` per class, held out: hyper-parameters and probe blocks are chosen on it;
+and ``test.txt``: ``--test`` per class of the 10,000 test images (default: all), only reported.
+Pre-training and the tokenizer read all 50,000 train images without labels.
+
+    python experiments/cifar10/make_lists.py <extracted cifar10_jpeg folder> <out dir> \\
+        [--labelled 200] [--val 100] [--test 1000]
 """
 
-import sys
+import argparse
 from pathlib import Path
 
 import numpy as np
 
-PER_CLASS = 2000
-
 
 def main() -> None:
-    root, out = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--labelled", type=int, default=200)
+    parser.add_argument("--val", type=int, default=100)
+    parser.add_argument("--test", type=int, default=1000)
+    args = parser.parse_args()
+    root = args.root.resolve()
     rng = np.random.default_rng(0)
-    train, test = [], []
-    for folder in sorted((root / "train").iterdir()):
+    lists: dict[str, list[str]] = {"labelled": [], "val": [], "test": []}
+    classes = sorted(p for p in (root / "train").iterdir() if p.is_dir())
+    if not classes:
+        raise SystemExit(f"{root}/train: expected one folder of JPEGs per class")
+    for folder in classes:
         files = sorted(folder.glob("*.jpg"))
-        train += [f"{files[i]},{folder.name}" for i in sorted(rng.choice(len(files), PER_CLASS, replace=False))]
-        test += [f"{f},{folder.name}" for f in sorted((root / "test" / folder.name).glob("*.jpg"))]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "cifar10_train_20k.txt").write_text("\n".join(train) + "\n")
-    (out / "cifar10_test.txt").write_text("\n".join(test) + "\n")
-    print(f"{len(train)} train, {len(test)} test images listed in {out}")
+        if len(files) < args.labelled + args.val:
+            raise SystemExit(f"{folder}: {len(files)} images, fewer than --labelled + --val")
+        pick = rng.permutation(len(files))
+        chosen = {"labelled": pick[: args.labelled], "val": pick[args.labelled : args.labelled + args.val]}
+        for split, idx in chosen.items():
+            lists[split] += [f"{files[i]},{folder.name}" for i in sorted(idx)]
+        test = sorted((root / "test" / folder.name).glob("*.jpg"))[: args.test]
+        lists["test"] += [f"{f},{folder.name}" for f in test]
+    args.out.mkdir(parents=True, exist_ok=True)
+    for split, lines in lists.items():
+        (args.out / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    print(", ".join(f"{len(v)} {k}" for k, v in lists.items()), f"images listed in {args.out}")
 
 
 if __name__ == "__main__":
