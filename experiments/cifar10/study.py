@@ -84,7 +84,22 @@ class Study:
         self.out, self.seeds, self.scale, self.cache, self.archive = out, seeds, scale, cache, archive
         self.depth = 2 if scale is TINY else 6
         self.started = time.time()
-        self.done_now = 0
+        self.done_now, self.calls, self.planned, self.run_s = 0, 0, 0, 0.0
+
+    def plan(self, stages: list[str]) -> None:
+        """How many runs ``stages`` go through (done or not): the denominator of the progress line."""
+        sweep = 2 * len(self.scale.lrs)
+        per_stage = {"tokenizer": 1, "pretrain": len(PRETRAIN_ARMS), "sweep": sweep,
+                     "finetune": sweep + len(FINETUNE_ARMS) * len(self.seeds),
+                     "probe": 2 * self.depth + 3 * len(self.seeds)}
+        self.planned = sum(per_stage.get(s, 0) for s in stages)
+
+    def eta(self) -> str:
+        """Minutes left: the mean of this invocation's finished runs times the runs still to come."""
+        if not self.done_now:
+            return "ETA after the first run"
+        left = max(0, self.planned - self.calls)
+        return f"ETA {left * self.run_s / self.done_now / 60:.0f} min for at most {left} more runs"
 
     # --- running one launcher -------------------------------------------------------------
     def done(self, name: str) -> dict | None:
@@ -93,6 +108,7 @@ class Study:
 
     def launch(self, stage: str, name: str, script: str, config: str, overrides: list[str]) -> None:
         """``python launch/<script> --config <config> ...`` into ``out/<name>`` unless already done."""
+        self.calls += 1
         if self.done(name) is not None:
             print(f"[{stage}] {name}: done, skipped", flush=True)
             return
@@ -102,8 +118,8 @@ class Study:
                 f"checkpoint.output_dir={self.out / name}"]
         cmd = [sys.executable, str(ROOT / "launch" / script), "--config", str(cfg), *args]
         elapsed = (time.time() - self.started) / 60
-        print(f"[{stage}] {name}: starting ({elapsed:.1f} min into this invocation, "
-              f"{self.done_now} runs finished)", flush=True)
+        print(f"[{stage}] {name}: starting run {self.calls}/{self.planned} ({elapsed:.1f} min into this "
+              f"invocation, {self.done_now} runs finished, {self.eta()})", flush=True)
         t0 = time.time()
         log = self.out / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -112,6 +128,7 @@ class Study:
         if rc != 0:
             raise SystemExit(f"[{stage}] {name}: exit {rc}; see {log} (rerun the study to resume)")
         wall = time.time() - t0
+        self.run_s += wall
         record = {"stage": stage, "wall_s": wall, "command": " ".join(cmd[1:])}
         (self.out / name / "DONE.json").write_text(json.dumps(record, indent=1))
         self.done_now += 1
@@ -254,6 +271,7 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     study = Study(args.out.resolve(), args.seeds, TINY if args.tiny else FULL, args.cache.resolve(),
                   args.archive.resolve())
+    study.plan(args.stages)
     for stage in STAGES:
         if stage in args.stages:
             print(f"== {stage} {time.strftime('%H:%M:%S')}", flush=True)
