@@ -47,6 +47,20 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be used or written; the message names it and says why."""
 
 
+GROUP_NAMES = "fp32_group_names"
+
+
+def fp32_group_names(engine: Any) -> dict[str, Any]:
+    """``{GROUP_NAMES: [[name, ...] per optimizer group]}`` for an engine whose optimizer keeps
+    fp32 master copies outside ZeRO (stage 0 in bf16 / fp16: DeepSpeed's ``fp32_groups``, lists
+    of unnamed tensors in group order), so that export can name them; ``{}`` otherwise."""
+    groups = getattr(getattr(engine, "optimizer", None), "fp16_groups", None)
+    if not groups or engine.zero_optimization_stage() != 0:
+        return {}
+    names = {id(p): n for n, p in engine.module.named_parameters()}
+    return {GROUP_NAMES: [[names[id(p)] for p in group] for group in groups]}
+
+
 def _atomic_write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "w") as f:
@@ -193,7 +207,7 @@ class CheckpointManager:
         error = None
         try:
             engine.save_checkpoint(str(self.dir), tag=staging.name, client_state={"train_state": state.as_dict(),
-                                   **extra}, save_latest=False)
+                                   **extra, **fp32_group_names(engine)}, save_latest=False)
             torch.save(rng_state(), staging / f"rng_rank{self.place.rank}.pt")
             files = integrity.manifest(staging, self.place.rank, self.place.world_size, MARKER)
         except (OSError, RuntimeError) as err:
@@ -308,6 +322,9 @@ def to_universal(tag_dir: Path, out: Path | None = None, workers: int = 1, check
     info = verify(tag_dir, checksums)
     if info.get("universal"):
         return tag_dir
+    if not elastic.partitioned(info):
+        raise CheckpointError(f"checkpoint {tag_dir}: ZeRO stage 0 (no optimizer shards) loads on any world size"
+                              " as it is; it has no universal form")
     out = Path(out) if out is not None else elastic.universal_dir(tag_dir)
     if out.exists():
         try:

@@ -46,8 +46,21 @@ def ds_to_universal(tag_dir: Path, out: Path, workers: int = 1) -> None:
         convert.main(args)  # it also writes a `latest_universal` beside `out`: callers convert into staging
 
 
+def partitioned(info: dict[str, Any]) -> bool:
+    """Whether the checkpoint with ``COMPLETE.json`` ``info`` holds ZeRO optimizer shards (stage 1/2,
+    one per rank). A stage-0 checkpoint holds none: every rank's full state is in its model
+    states file, which loads on any world size as it is."""
+    return any("optim_states" in name for name in info.get("files", {}))
+
+
 def needs_universal(info: dict[str, Any], world_size: int) -> bool:
     """Whether a checkpoint with ``COMPLETE.json`` ``info`` must be loaded in universal form."""
+    return bool(info.get("universal")) or (int(info["world_size"]) != world_size and partitioned(info))
+
+
+def other_world(info: dict[str, Any], world_size: int) -> bool:
+    """Whether the checkpoint was saved on another world size (or is universal): the global batch
+    is then kept by the gradient accumulation."""
     return bool(info.get("universal")) or int(info["world_size"]) != world_size
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from beit_ds.config_io import build_dataclass
 from beit_ds.distributed import ProcessPlace
 from beit_ds.engine import safe_load
-from beit_ds.engine.checkpoint import CheckpointError, verify
+from beit_ds.engine.checkpoint import GROUP_NAMES, CheckpointError, verify
 from beit_ds.engine.task import Task, task_type
 from beit_ds.models import Beit, BeitForMaskedImageModeling, build_mim_model, build_model
 from beit_ds.models.convert import backbone_state_dict, to_hf, to_timm
@@ -36,16 +36,42 @@ def checkpoint_client_state(tag_dir: Path) -> dict[str, Any]:
 
 
 def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
-    """fp32 weights gathered from every rank's ZeRO shards (every file read without running code)."""
+    """fp32 weights gathered from every rank's ZeRO shards, or of a stage-0 checkpoint (every file
+    read without running code)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     try:
         safe_load.check_files(tag_dir, "checkpoint")
+        if not any(tag_dir.glob("*optim_states.pt")):
+            return stage0_state_dict(tag_dir)
         with safe_load.weights_only_loading():
             sd = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
     except safe_load.UnsafeFileError as err:
         raise CheckpointError(str(err)) from None
     return {k: v.contiguous() for k, v in sd.items()}
+
+
+def stage0_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
+    """The fp32 weights of a ZeRO stage-0 checkpoint (no optimizer shards; DeepSpeed's
+    ``zero_to_fp32`` reads only ZeRO ones): the module's own weights in an fp32 run; in bf16 /
+    fp16, the optimizer's fp32 master copies (``fp32_groups``), named by the group order the
+    save recorded (``checkpoint.fp32_group_names``), and the module's buffers."""
+    states = checkpoint_client_state(tag_dir)
+    sd = {k: v.float().contiguous() for k, v in states["module"].items()}
+    masters = (states.get("optimizer") or {}).get("fp32_groups")
+    if masters is None:
+        return sd
+    names = states.get(GROUP_NAMES)
+    if names is None:
+        raise CheckpointError(f"checkpoint {tag_dir}: a stage-0 bf16/fp16 checkpoint without {GROUP_NAMES}"
+                              " (saved before beit_ds recorded them): its fp32 master weights cannot be named")
+    for group_names, tensors in zip(names, masters, strict=True):
+        for name, tensor in zip(group_names, tensors, strict=True):
+            if tuple(tensor.shape) != tuple(sd[name].shape):
+                raise CheckpointError(f"checkpoint {tag_dir}: fp32 master of {name} has shape {tuple(tensor.shape)},"
+                                      f" the module's {tuple(sd[name].shape)}")
+            sd[name] = tensor.float().contiguous()
+    return sd
 
 
 def _contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

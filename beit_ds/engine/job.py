@@ -168,11 +168,12 @@ def _fit_to_world(
 ) -> tuple[R, Preflight]:
     """A checkpoint from another world size: keep its global batch, load its universal form."""
     info = read_marker(found) if found is not None else None
-    if info is None or not elastic.needs_universal(info, world_size):
+    if info is None or not elastic.other_world(info, world_size):
         return recipe, flight
     recipe = elastic.keep_global_batch(recipe, info, world_size, f"{found}/COMPLETE.json")
     flight = preflight(recipe, ds_path, world_size)
-    flight.ds_config["checkpoint"] = {**flight.ds_config.get("checkpoint", {}), "load_universal": True}
+    if elastic.needs_universal(info, world_size):  # ZeRO shards; a stage-0 checkpoint loads as it is
+        flight.ds_config["checkpoint"] = {**flight.ds_config.get("checkpoint", {}), "load_universal": True}
     return recipe, flight
 
 

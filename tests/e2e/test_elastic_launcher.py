@@ -1,6 +1,7 @@
 """Elastic resume with the real ``deepspeed`` launcher on CPU ranks (gloo): a ZeRO-2 checkpoint
-saved on N ranks resumes on M ranks through DeepSpeed's universal checkpoint, with the global
-batch kept by the gradient accumulation, and the loss continues the uninterrupted run's curve."""
+saved on N ranks resumes on M ranks through DeepSpeed's universal checkpoint (a stage-0 one as it
+is), with the global batch kept by the gradient accumulation, and the loss continues the
+uninterrupted run's curve."""
 
 from __future__ import annotations
 
@@ -26,17 +27,18 @@ def _lrs(out) -> dict[int, float]:
     return {r["step"]: r["train/lr"] for r in rows}
 
 
-@pytest.mark.parametrize("saved_on, resumed_on", [(2, 1), (1, 2)])
-def test_resume_on_another_world_size_continues_the_curve(tmp_path, saved_on, resumed_on):
+@pytest.mark.parametrize("saved_on, resumed_on, config", [(2, 1, "fp32"), (1, 2, "fp32"), (2, 1, "zero0_fp32_cpu.json")])
+def test_resume_on_another_world_size_continues_the_curve(tmp_path, saved_on, resumed_on, config):
+    """ZeRO-2 through the universal form; ZeRO stage 0 (replicated state) loads as it is."""
     accum = 2 // saved_on  # global batch 8 = micro 4 x accumulation x world size
     ref = tmp_path / "ref"
-    _wait(_launch(ref, "fp32", [*EXACT, f"schedule.grad_accum={accum}"], nproc=saved_on), ref)
+    _wait(_launch(ref, config, [*EXACT, f"schedule.grad_accum={accum}"], nproc=saved_on), ref)
     full = _losses(ref)
     assert sorted(full) == list(range(1, 9))
 
     out = tmp_path / "elastic"  # the same command on the other world size, from the step-4 checkpoint
     source = ref / "checkpoints/step_00000004"
-    _wait(_launch(out, "fp32", [*EXACT, f"schedule.grad_accum={accum}", "--resume", str(source)],
+    _wait(_launch(out, config, [*EXACT, f"schedule.grad_accum={accum}", "--resume", str(source)],
                   nproc=resumed_on), out)
     log = (tmp_path / "elastic.log").read_text(errors="replace")
     assert (f"elastic resume: {saved_on} -> {resumed_on} ranks; schedule.grad_accum {accum} -> {2 // resumed_on}"
@@ -44,10 +46,14 @@ def test_resume_on_another_world_size_continues_the_curve(tmp_path, saved_on, re
     assert "resumed from" in log and "at step 4 (epoch 0, sample 32)" in log
     # another run's checkpoint: converted into this run's checkpoints/imported/, never into ref/
     assert not (ref / "checkpoints/step_00000004_universal").exists()
-    (imported,) = (out / "checkpoints/imported").glob("step_00000004_*_universal")
-    universal = json.loads((imported / "COMPLETE.json").read_text())
-    assert (universal["universal"], universal["world_size"], universal["global_batch"]) == (True, saved_on, 8)
-    assert universal["source_path"] == str(source.resolve())
+    imported = list((out / "checkpoints/imported").glob("step_00000004_*_universal"))
+    if config == "zero0_fp32_cpu.json":
+        assert not imported and f"resumed from {source}" in log  # no conversion: the stage-0 files load as they are
+    else:
+        (one,) = imported
+        universal = json.loads((one / "COMPLETE.json").read_text())
+        assert (universal["universal"], universal["world_size"], universal["global_batch"]) == (True, saved_on, 8)
+        assert universal["source_path"] == str(source.resolve())
 
     after = _losses(out)
     assert sorted(after) == [5, 6, 7, 8]

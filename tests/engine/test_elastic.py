@@ -6,7 +6,7 @@ import pytest
 
 from beit_ds.config import ConfigError
 from beit_ds.config_io import load_recipe
-from beit_ds.engine.elastic import keep_global_batch, needs_universal, universal_dir
+from beit_ds.engine.elastic import keep_global_batch, needs_universal, other_world, universal_dir
 from beit_ds.recipe import PretrainRecipe
 
 
@@ -36,7 +36,11 @@ def test_indivisible_global_batch_is_a_one_line_error():
 
 
 def test_when_the_universal_form_is_needed(tmp_path):
-    assert not needs_universal({"world_size": 2}, 2)
-    assert needs_universal({"world_size": 2}, 1)
+    zero = {"files": {"mp_rank_00_model_states.pt": {}, "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt": {}}}
+    assert not needs_universal({"world_size": 2, **zero}, 2)
+    assert needs_universal({"world_size": 2, **zero}, 1)
     assert needs_universal({"world_size": 2, "universal": True}, 2)
+    stage0 = {"world_size": 2, "files": {"mp_rank_00_model_states.pt": {}, "rng_rank0.pt": {}}}
+    assert not needs_universal(stage0, 1)  # replicated: loads on any world size as it is
+    assert other_world(stage0, 1) and not other_world(stage0, 2)
     assert universal_dir(tmp_path / "step_00000010") == tmp_path / "step_00000010_universal"
