@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import torch
 from torch import nn
 
 from beit_ds.config import ConfigError
@@ -23,7 +24,7 @@ from beit_ds.engine.ds_setup import global_batch, precision_of, read_ds_config, 
 from beit_ds.engine.export import checkpoint_client_state
 from beit_ds.engine.loop import LoopIO, LoopPlan, run_loop
 from beit_ds.engine.run_lock import RunLock
-from beit_ds.engine.runtime import init_engine, seed_everything, torch_dtype
+from beit_ds.engine.runtime import bf16_hint, cpu_has_native_bf16, init_engine, seed_everything, torch_dtype
 from beit_ds.engine.state import TrainState
 from beit_ds.engine.task import Task, hooks_after_save
 from beit_ds.logger import get_logger, init_logging
@@ -133,6 +134,9 @@ def run_job(task: Task[Any], ds_path: str | Path, resume: str, overwrite: bool =
         save_yaml(recipe, run_dir / "recipe.yaml")
     log.info("%s: global batch %d, lr %.3g, %d steps/epoch, %d steps, %s", task.kind, flight.global_batch,
              flight.lr, plan.steps_per_epoch, plan.total_steps, flight.precision)
+    hint = bf16_hint(flight.precision, torch.cuda.is_available(), cpu_has_native_bf16())
+    if hint and place.is_main:
+        log.info(hint)
     writer = MetricWriter(run_dir, place.is_main, recipe.log.tensorboard)
     io = LoopIO(
         make_loader=loader.at, writer=writer, checkpoints=checkpoints,

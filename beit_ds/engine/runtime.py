@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -113,6 +114,25 @@ def warn_if_oversubscribed(workers: int) -> None:
     reason = oversubscription(workers, local_processes(), torch.get_num_threads(), cores, not torch.cuda.is_available())
     if reason:
         get_logger().warning("oversubscribed: %s", reason)
+
+
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True on a CPU whose matmul units take bf16 (AMX-BF16 or AVX512-BF16): there oneDNN's bf16
+    matmul runs 5-7x faster than fp32 (a 2048² matmul on one Sapphire Rapids core: 855 vs 160
+    GFLOP/s); elsewhere bf16 is converted in software and gains little."""
+    try:
+        flags = next((line for line in Path(cpuinfo).read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"amx_bf16", "avx512_bf16"} & set(flags.split()))
+
+
+def bf16_hint(precision: str, cuda: bool, native_bf16: bool) -> str | None:
+    """The one-line advice for an fp32 run on a CPU that multiplies bf16 natively, or None."""
+    if precision != "fp32" or cuda or not native_bf16:
+        return None
+    return ("this CPU multiplies bf16 natively (AMX / AVX512-BF16): --deepspeed_config ds_configs/zero0_bf16.json"
+            " pre-trains the CIFAR-10 recipe 1.9x faster than fp32 (README, bench/small_pretrain.py)")
 
 
 def init_engine(model: nn.Module, optim: OptimConfig, ds_config: dict[str, Any]) -> Any:

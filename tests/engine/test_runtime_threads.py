@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
 from beit_ds.engine import runtime
+
+ROOT_DS = Path(__file__).resolve().parents[2] / "ds_configs"
 
 
 def test_oversubscription_counts_threads_processes_and_workers():
@@ -44,3 +47,21 @@ def test_warning_is_logged_when_oversubscribed(monkeypatch, caplog, threads, war
     finally:
         logger.removeHandler(caplog.handler)
     assert ("oversubscribed" in caplog.text) == warned
+
+
+@pytest.mark.parametrize("flags, native", [("fpu sse avx2 avx512f amx_bf16 amx_tile", True),
+                                           ("fpu avx512f avx512_bf16", True), ("fpu sse avx2 avx512f", False)])
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Xeon\nflags\t\t: {flags}\n")
+    assert runtime.cpu_has_native_bf16(str(cpuinfo)) is native
+    assert runtime.cpu_has_native_bf16(str(tmp_path / "missing")) is False
+
+
+def test_bf16_hint_only_for_fp32_on_a_native_bf16_cpu():
+    hint = runtime.bf16_hint("fp32", cuda=False, native_bf16=True)
+    assert hint is not None and "--deepspeed_config ds_configs/zero0_bf16.json" in hint
+    assert (ROOT_DS / "zero0_bf16.json").is_file()  # the config it names is shipped
+    assert runtime.bf16_hint("bf16", cuda=False, native_bf16=True) is None
+    assert runtime.bf16_hint("fp32", cuda=True, native_bf16=True) is None
+    assert runtime.bf16_hint("fp32", cuda=False, native_bf16=False) is None
