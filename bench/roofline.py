@@ -47,11 +47,12 @@ MATMUL_SIZE = 2048
 MATMULS_PER_CALL = 4
 
 
-def matmul_probe() -> Callable[[int], None]:
-    """A timing candidate (``harness.time_interleaved``): ``MATMULS_PER_CALL`` fp32
-    ``2048 × 2048`` by ``2048 × 2048`` matmuls per call, timed alongside the steps it rates."""
-    a = torch.randn(MATMUL_SIZE, MATMUL_SIZE)
-    b = torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+def matmul_probe(dtype: torch.dtype = torch.float32) -> Callable[[int], None]:
+    """A timing candidate (``harness.time_interleaved``): ``MATMULS_PER_CALL``
+    ``2048 × 2048`` by ``2048 × 2048`` matmuls in ``dtype`` per call, timed alongside the steps
+    it rates (bf16: the rate of a CPU's AMX / AVX512-BF16 units where it has them)."""
+    a = torch.randn(MATMUL_SIZE, MATMUL_SIZE, dtype=dtype)
+    b = torch.randn(MATMUL_SIZE, MATMUL_SIZE, dtype=dtype)
 
     def call(seed: int) -> None:
         for _ in range(MATMULS_PER_CALL):
@@ -61,5 +62,5 @@ def matmul_probe() -> Callable[[int], None]:
 
 
 def matmul_rate(seconds_per_call: float) -> float:
-    """FLOP/s of the machine's fp32 matmul from the time of one ``matmul_probe`` call."""
+    """FLOP/s of the machine's matmul from the time of one ``matmul_probe`` call."""
     return MATMULS_PER_CALL * 2.0 * MATMUL_SIZE**3 / seconds_per_call

@@ -16,15 +16,19 @@ call running ``--steps-per-call`` steps:
 * ``engine``: the same engine's ``mim_forward`` + ``engine.backward`` + ``engine.step``, no loop;
 * ``eager``: the same model (same init) and tokenizer weights, encode (the encoder module as
   it is, NCHW, eager) + forward + backward + gradient clipping + ``torch.optim.AdamW`` with the
-  recipe's groups and settings;
+  recipe's groups and settings, fp32;
+* ``eager_bf16``: that loop with the forward under ``torch.autocast("cpu", torch.bfloat16)``
+  (fp32 weights and optimizer): what a user who knows mixed precision writes;
 * parts: ``loader`` (the recipe's dataset and collate in this process: img/s per worker),
   ``tokenizer`` (the job's encode), ``plain_tokenizer`` (the eager loop's), ``model`` (forward + backward + AdamW on pre-computed targets);
 * ``model_compiled`` (``--compiled-model``): that step with the whole model under ``torch.compile``;
-* ``matmul``: the fp32 matmul probe of ``roofline.py``, the machine's rate in this run.
+* ``matmul`` / ``matmul_bf16``: the fp32 and bf16 matmul probes of ``roofline.py``, the
+  machine's rates in this run (a bf16 candidate's roofline share is against the bf16 rate).
 
 FLOPs per image are counted by ``FlopCounterMode`` (model forward + backward, tokenizer
-encode). The last line is one JSON object: ``ratio`` = job img/s ÷ eager img/s, img/s and
-roofline share of each part, the engine and loop overheads in ms per step.
+encode). The last line is one JSON object: ``ratio`` = job img/s ÷ eager img/s (and
+``ratio_vs_eager_bf16``), img/s and roofline share of each part, the engine and loop overheads
+in ms per step.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from beit_ds.tokenizers import build_tokenizer
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT / "../shared/datasets/cifar10/cifar10_jpeg.tar.gz"
 Step = Callable[[int], None]
+BASELINES = {"job", "eager", "eager_bf16", "matmul", "matmul_bf16"}  # timed whatever ``--only`` says
 
 
 class _NoCheckpoints:
@@ -143,20 +148,24 @@ def eager_parts(recipe: PretrainRecipe, lr: float) -> tuple[torch.nn.Module, Any
 
 
 def eager_candidate(recipe: PretrainRecipe, lr: float, batches: list[Any], k: int,
-                    targets: list[torch.Tensor] | None = None, compiled: bool = False) -> Step:
+                    targets: list[torch.Tensor] | None = None, compiled: bool = False,
+                    autocast: torch.dtype | None = None) -> Step:
     """The naive loop: tokenize (unless ``targets`` are given) + forward + backward + clip + AdamW.
     ``compiled``: the whole model under ``torch.compile`` (forward + loss and, through
-    AOTAutograd, backward; drop path as a mask in the graph) — the ``model_compiled`` candidate."""
+    AOTAutograd, backward; drop path as a mask in the graph) — the ``model_compiled`` candidate.
+    ``autocast``: the forward under ``torch.autocast`` in that dtype (the ``eager_bf16`` candidate)."""
     model, tokenizer, optimizer = eager_parts(recipe, lr)
     forward = torch.compile(model) if compiled else model
     clip = recipe.optim.clip_grad
+    mixed = torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None)
 
     def call(seed: int) -> None:
         for j in range(k):
             i = (abs(seed) * k + j) % len(batches)
             b = batches[i]
             target = targets[i] if targets is not None else tokenizer(b.tokenizer_images)
-            loss = forward(b.images, b.bool_masked_pos, target).loss
+            with mixed:
+                loss = forward(b.images, b.bool_masked_pos, target).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip > 0:
@@ -228,7 +237,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def build_candidates(args: argparse.Namespace, recipe: PretrainRecipe, flight: Preflight,
-                     out_dir: Path) -> tuple[dict[str, Step], list[Any], Step]:
+                     out_dir: Path) -> tuple[dict[str, Step], list[Any], Step, set[str]]:
+    """The timing candidates, the pre-loaded batches, the job, and the names of the bf16 candidates."""
     k = args.steps_per_call
     batches: list[Any] = []  # filled from the job's own loader once it exists
     job, task, engine = job_candidate(recipe, flight, batches, k, out_dir / "job")
@@ -238,21 +248,26 @@ def build_candidates(args: argparse.Namespace, recipe: PretrainRecipe, flight: P
         "job": job,
         "engine": engine_candidate(task, engine, batches, k),
         "eager": eager_candidate(recipe, flight.lr, batches, k),
+        "eager_bf16": eager_candidate(recipe, flight.lr, batches, k, autocast=torch.bfloat16),
         "model": eager_candidate(recipe, flight.lr, batches, k, targets),
         "tokenizer": tokenizer_candidate(task.tokenizer.encode, batches, k),
         "plain_tokenizer": tokenizer_candidate(plain_encoder(recipe), batches, k),
         "loader": loader_candidate(recipe, k),
         "matmul": matmul_probe(),
+        "matmul_bf16": matmul_probe(torch.bfloat16),
     }
+    bf16 = {"eager_bf16"} | ({"job", "engine"} if flight.precision == "bf16" else set())
     for path in filter(None, args.compare_ds.split(",")):  # the same job on other DeepSpeed configs
         other = preflight(recipe, path, 1)
-        candidates[f"job_{Path(path).stem}"] = job_candidate(recipe, other, batches, k, out_dir / Path(path).stem)[0]
+        name = f"job_{Path(path).stem}"
+        candidates[name] = job_candidate(recipe, other, batches, k, out_dir / Path(path).stem)[0]
+        bf16 |= {name} if other.precision == "bf16" else set()
     if args.compiled_model:
         candidates["model_compiled"] = eager_candidate(recipe, flight.lr, batches, k, targets, compiled=True)
     if args.only:
-        keep = set(args.only.split(",")) | {"job", "eager", "matmul"} | {n for n in candidates if n.startswith("job_")}
+        keep = set(args.only.split(",")) | BASELINES | {n for n in candidates if n.startswith("job_")}
         candidates = {n: c for n, c in candidates.items() if n in keep}
-    return candidates, batches, job
+    return candidates, batches, job, bf16
 
 
 def first_calls(candidates: dict[str, Step]) -> dict[str, float]:
@@ -271,11 +286,11 @@ def main() -> None:
     out_dir = Path(tempfile.mkdtemp(prefix="small_pretrain_"))
     recipe = recipe_for(args, out_dir)
     flight = preflight(recipe, args.ds_config, 1)
-    candidates, batches, job = build_candidates(args, recipe, flight, out_dir)
+    candidates, batches, job, bf16 = build_candidates(args, recipe, flight, out_dir)
     model_flops, tok_flops = count_flops(recipe, batches[0])
     first = first_calls(candidates)
     times = time_interleaved(candidates, args.warmup, args.repeats, args.clock)
-    result = report(times, recipe, args, model_flops, tok_flops)
+    result = report(times, recipe, args, model_flops, tok_flops, bf16)
     result["first_call_s"] = first
     result["data"] = recipe.data.source
     result["ds_config"] = Path(args.ds_config).name
@@ -287,31 +302,37 @@ def main() -> None:
 
 
 def report(times: dict[str, list[float]], recipe: PretrainRecipe, args: argparse.Namespace,
-           model_flops: float, tok_flops: float) -> dict[str, Any]:
-    """img/s, roofline share and overheads of every candidate; ``ratio`` = job ÷ eager."""
+           model_flops: float, tok_flops: float, bf16: set[str]) -> dict[str, Any]:
+    """img/s, roofline share and overheads of every candidate; ``ratio`` = job ÷ eager. The
+    roofline share of a bf16 candidate is against the bf16 matmul rate (its tokenizer runs in
+    fp32, so that share is a lower bound)."""
     rate = matmul_rate(median(times.pop("matmul")))
+    rate_bf16 = matmul_rate(median(times.pop("matmul_bf16")))
     k, b = args.steps_per_call, recipe.schedule.micro_batch_size
-    flops = {name: model_flops + tok_flops for name in times if name.startswith("job_")}
-    flops |= {"job": model_flops + tok_flops, "engine": model_flops + tok_flops, "eager": model_flops + tok_flops,
-             "model": model_flops, "model_compiled": model_flops, "tokenizer": tok_flops, "plain_tokenizer": tok_flops, "loader": 0.0}
+    flops = {name: model_flops + tok_flops for name in times if name.startswith(("job", "engine", "eager"))}
+    flops |= {"model": model_flops, "model_compiled": model_flops, "tokenizer": tok_flops, "plain_tokenizer": tok_flops,
+              "loader": 0.0}
     result: dict[str, Any] = {}
     for name, values in times.items():
         secs = median(values)
         result[f"{name}_img_s"] = round(k * b / secs, 1)
         if flops[name]:
-            result[f"{name}_roofline"] = round(flops[name] * k * b / secs / rate, 3)
+            roof = rate_bf16 if name in bf16 else rate
+            result[f"{name}_roofline"] = round(flops[name] * k * b / secs / roof, 3)
         print(f"{name:10s} {k * b / secs:8.1f} img/s  calls {[round(t, 2) for t in values]}")
     ms = {name: 1000 * median(v) / k for name, v in times.items()}
     result["ratio"] = round(ms["eager"] / ms["job"], 3)
+    result["ratio_vs_eager_bf16"] = round(ms["eager_bf16"] / ms["job"], 3)
     for name in (n for n in ms if n.startswith("job_")):
         result[f"{name}_ratio"] = round(ms["eager"] / ms[name], 3)
+        result[f"{name}_ratio_vs_eager_bf16"] = round(ms["eager_bf16"] / ms[name], 3)
     paired = [e / j for e, j in zip(times["eager"], times["job"])]
     result["ratio_paired"] = round(median(paired), 3)  # round by round, under the same load
-    if "engine" in ms:
-        result["engine_overhead_ms_per_step"] = round(ms["engine"] - ms["eager"], 1)
+    if "engine" in ms:  # against the eager loop of the engine's own precision
+        result["engine_overhead_ms_per_step"] = round(ms["engine"] - ms["eager_bf16" if "engine" in bf16 else "eager"], 1)
         result["loop_overhead_ms_per_step"] = round(ms["job"] - ms["engine"], 1)
     result.update(model_mflop_per_image=round(model_flops / 1e6, 1), tokenizer_mflop_per_image=round(tok_flops / 1e6, 1),
-                  matmul_gflops=round(rate / 1e9, 1), batch=b, threads=torch.get_num_threads(), clock=args.clock,
+                  matmul_gflops=round(rate / 1e9, 1), matmul_bf16_gflops=round(rate_bf16 / 1e9, 1), batch=b, threads=torch.get_num_threads(), clock=args.clock,
                   repeats=args.repeats, steps_per_call=k)
     return result
 
