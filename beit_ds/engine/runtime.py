@@ -97,15 +97,23 @@ def local_processes() -> int:
 
 
 def oversubscription(workers: int, processes: int, threads: int, cores: int, cpu: bool) -> str | None:
-    """Why this node's cores are oversubscribed, or None: each of ``processes`` training processes
-    runs ``threads`` torch threads (when training on the CPU) and ``workers`` loader processes.
-    Two busy thread pools on one core slow each other 3-4x (issue 17), more than a smaller pool."""
-    busy = processes * ((threads if cpu else 1) + workers)
+    """Why this node's cores are oversubscribed, or None. Two busy thread pools on one core slow
+    each other 3-4x (issue 17: two training processes on 2 cores). Training on the CPU, the busy
+    threads are the ``processes`` x ``threads`` torch threads: a loader worker mostly waits (a
+    CIFAR-10 worker decodes ~1,100 img/s for a ~300 img/s step), and shrinking the pool for it
+    costs more than it saves (2 cores, 1 worker: 2 threads 315 img/s, 1 thread 241). On a GPU a
+    process keeps one core busy feeding it and its ``workers`` decode all the time."""
+    if cpu:
+        busy = processes * threads
+        if busy <= cores:
+            return None
+        return (f"{processes} training process(es) x {threads} torch threads = {busy} busy threads on {cores} cores:"
+                f" set OMP_NUM_THREADS={max(1, cores // processes)}")
+    busy = processes * (1 + workers)
     if busy <= cores:
         return None
-    fit = max(1, cores // processes - workers)
-    return (f"{processes} process(es) x ({threads if cpu else 1} torch threads + {workers} loader workers) = {busy}"
-            f" busy threads on {cores} cores: set OMP_NUM_THREADS={fit}" + (" or fewer data.num_workers" if workers else ""))
+    return (f"{processes} process(es) x (1 feeding thread + {workers} loader workers) = {busy} busy threads on"
+            f" {cores} cores: set data.num_workers={max(0, cores // processes - 1)}")
 
 
 def warn_if_oversubscribed(workers: int) -> None:
@@ -132,7 +140,7 @@ def bf16_hint(precision: str, cuda: bool, native_bf16: bool) -> str | None:
     if precision != "fp32" or cuda or not native_bf16:
         return None
     return ("this CPU multiplies bf16 natively (AMX / AVX512-BF16): --deepspeed_config ds_configs/zero0_bf16.json"
-            " pre-trains the CIFAR-10 recipe 1.9x faster than fp32 (README, bench/small_pretrain.py)")
+            " pre-trained the CIFAR-10 recipe 1.4-1.9x faster than fp32 (README, Benchmarks)")
 
 
 def init_engine(model: nn.Module, optim: OptimConfig, ds_config: dict[str, Any]) -> Any:
