@@ -80,8 +80,10 @@ def fmt_lr(lr: float) -> str:
 class Study:
     """Runs the stages into ``out``: one folder per run, ``DONE.json`` once it has finished."""
 
-    def __init__(self, out: Path, seeds: list[int], scale: Scale, cache: Path, archive: Path) -> None:
+    def __init__(self, out: Path, seeds: list[int], scale: Scale, cache: Path, archive: Path,
+                 ds_config: Path | None = None) -> None:
         self.out, self.seeds, self.scale, self.cache, self.archive = out, seeds, scale, cache, archive
+        self.ds_config = ds_config  # --deepspeed_config of the pre-training runs (None: the launcher's default)
         self.depth = 2 if scale is TINY else 6
         self.started = time.time()
         self.done_now, self.calls, self.planned, self.run_s = 0, 0, 0, 0.0
@@ -116,7 +118,8 @@ class Study:
         model = self.scale.model if config != "tokenizer.yaml" else ()
         args = [*model, *self.scale.extra.get(config, ()), *overrides,
                 f"checkpoint.output_dir={self.out / name}"]
-        cmd = [sys.executable, str(ROOT / "launch" / script), "--config", str(cfg), *args]
+        ds = ["--deepspeed_config", str(self.ds_config)] if self.ds_config and script == "pretrain.py" else []
+        cmd = [sys.executable, str(ROOT / "launch" / script), *ds, "--config", str(cfg), *args]
         elapsed = (time.time() - self.started) / 60
         print(f"[{stage}] {name}: starting run {self.calls}/{self.planned} ({elapsed:.1f} min into this "
               f"invocation, {self.done_now} runs finished, {self.eta()})", flush=True)
@@ -264,13 +267,16 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("BEIT_DS_CACHE", "/tmp/beit_ds_cache")))
     parser.add_argument("--archive", type=Path, default=ARCHIVE, help="CIFAR-10 as JPEG (.tar.gz)")
     parser.add_argument("--docs", type=Path, default=None, help="also write the PNG plots here (docs/)")
+    parser.add_argument("--pretrain-ds-config", type=Path, default=None,
+                        help="DeepSpeed JSON of the pre-training runs (default: the launcher's, fp32 on CPU, as"
+                             " docs/RESULTS.md ran; ds_configs/zero0_bf16.json: 1.4x faster on a CPU with AMX-BF16)")
     args = parser.parse_args()
     unknown = [s for s in args.stages if s not in STAGES]
     if unknown:
         parser.error(f"unknown stage(s) {unknown}: expected any of {', '.join(STAGES)}")
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     study = Study(args.out.resolve(), args.seeds, TINY if args.tiny else FULL, args.cache.resolve(),
-                  args.archive.resolve())
+                  args.archive.resolve(), args.pretrain_ds_config.resolve() if args.pretrain_ds_config else None)
     study.plan(args.stages)
     for stage in STAGES:
         if stage in args.stages:
