@@ -27,7 +27,7 @@ def _lrs(out) -> dict[int, float]:
     return {r["step"]: r["train/lr"] for r in rows}
 
 
-@pytest.mark.parametrize("saved_on, resumed_on, config", [(2, 1, "fp32"), (1, 2, "fp32"), (2, 1, "zero0_fp32_cpu.json")])
+@pytest.mark.parametrize("saved_on, resumed_on, config", [(2, 1, "fp32"), (1, 2, "fp32"), (2, 1, "zero0_bf16.json")])
 def test_resume_on_another_world_size_continues_the_curve(tmp_path, saved_on, resumed_on, config):
     """ZeRO-2 through the universal form; ZeRO stage 0 (replicated state) loads as it is."""
     accum = 2 // saved_on  # global batch 8 = micro 4 x accumulation x world size
@@ -47,7 +47,7 @@ def test_resume_on_another_world_size_continues_the_curve(tmp_path, saved_on, re
     # another run's checkpoint: converted into this run's checkpoints/imported/, never into ref/
     assert not (ref / "checkpoints/step_00000004_universal").exists()
     imported = list((out / "checkpoints/imported").glob("step_00000004_*_universal"))
-    if config == "zero0_fp32_cpu.json":
+    if config == "zero0_bf16.json":
         assert not imported and f"resumed from {source}" in log  # no conversion: the stage-0 files load as they are
     else:
         (one,) = imported
