@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 from argparse import Namespace
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,11 +47,16 @@ def ds_to_universal(tag_dir: Path, out: Path, workers: int = 1) -> None:
         convert.main(args)  # it also writes a `latest_universal` beside `out`: callers convert into staging
 
 
+def has_zero_shards(file_names: Iterable[str]) -> bool:
+    """Whether a checkpoint's files include ZeRO optimizer shards (stage 1/2, one per rank). A
+    stage-0 checkpoint has none: every rank's full state is in its model states file, which loads
+    on any world size as it is."""
+    return any("optim_states" in name for name in file_names)
+
+
 def partitioned(info: dict[str, Any]) -> bool:
-    """Whether the checkpoint with ``COMPLETE.json`` ``info`` holds ZeRO optimizer shards (stage 1/2,
-    one per rank). A stage-0 checkpoint holds none: every rank's full state is in its model
-    states file, which loads on any world size as it is."""
-    return any("optim_states" in name for name in info.get("files", {}))
+    """``has_zero_shards`` of the files the checkpoint's ``COMPLETE.json`` ``info`` lists."""
+    return has_zero_shards(info.get("files", {}))
 
 
 def needs_universal(info: dict[str, Any], world_size: int) -> bool:

@@ -15,7 +15,7 @@ from torch import nn
 
 from beit_ds.config_io import build_dataclass
 from beit_ds.distributed import ProcessPlace
-from beit_ds.engine import safe_load
+from beit_ds.engine import elastic, safe_load
 from beit_ds.engine.checkpoint import GROUP_NAMES, CheckpointError, verify
 from beit_ds.engine.task import Task, task_type
 from beit_ds.models import Beit, BeitForMaskedImageModeling, build_mim_model, build_model
@@ -42,7 +42,7 @@ def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
 
     try:
         safe_load.check_files(tag_dir, "checkpoint")
-        if not any(tag_dir.glob("*optim_states.pt")):
+        if not elastic.has_zero_shards(p.name for p in tag_dir.iterdir()):
             return stage0_state_dict(tag_dir)
         with safe_load.weights_only_loading():
             sd = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
