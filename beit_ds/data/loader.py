@@ -16,6 +16,7 @@ worker reaches the caller as the same one-line ``DataError``; workers that deliv
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, cast
 
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from beit_ds.data.records import Records
 from beit_ds.data.sampler import ResumableDistributedSampler
 from beit_ds.data.skips import DataError, SkipReport
-from beit_ds.data.workers import WorkerGroup, signals_blocked, worker_data_error
+from beit_ds.data.workers import WorkerGroup, worker_data_error
 
 SKIP_CHECK_AFTER = 64  # distinct files before data.max_skip_fraction is enforced (one bad file is no trend)
 
@@ -145,40 +146,53 @@ class ResumableLoader:
         )
 
     def __iter__(self) -> Iterator[Any]:
+        """The epoch's batches; the workers start now. Ending, closing or dropping the iteration
+        ends them."""
         self._batches = 0
-        group = self.workers = WorkerGroup(self.cfg.num_workers) if self.cfg.num_workers > 0 else None
-        with signals_blocked():  # until each forked worker has set its signal dispositions
+        group = self.workers = WorkerGroup() if self.cfg.num_workers > 0 else None
+        with group.starting() if group is not None else nullcontext():  # pids known before they run
             batches = iter(self._data_loader(group))
-        while True:
-            try:
-                batch, reads = next(batches)
-            except StopIteration:
-                break
-            except DataError as err:
-                failure: DataError | None = worker_data_error(err)
-                if failure is not err:  # torch's copy, whose traceback holds the iterator in a cycle
-                    err.__traceback__ = None
-            except RuntimeError as err:
-                if not str(err).startswith("DataLoader timed out"):
-                    raise
-                failure = self._timeout_error()
-            else:
-                self.report.extend(reads.skips)
-                self.report.mark_loaded(reads.loaded)
-                failure = self._skip_error(final=False)
+        return self._epoch(batches, group)
+
+    def _epoch(self, batches: Iterator[Any] | None, group: WorkerGroup | None) -> Iterator[Any]:
+        try:
+            while batches is not None:
+                batch, failure = self._next(batches)
+                if failure is not None:
+                    raise failure
+                if batch is None:
+                    break
+                self._batches += 1
+                yield batch
+            failure = self._skip_error(final=True)
             if failure is not None:
-                # raised here, once no traceback holds the iterator: deleting it shuts the workers
-                # down, and those that ignore its SIGTERM (stuck in a read, or slow to see the end)
-                # are killed, so that no worker outlives the error and blocks the interpreter's exit
-                del batches
-                if group is not None:
-                    group.kill_stuck()
                 raise failure
-            self._batches += 1
-            yield batch
-        failure = self._skip_error(final=True)
-        if failure is not None:
-            raise failure
+        finally:
+            # dropping torch's iterator shuts its workers down; those that ignore its SIGTERM (stuck
+            # in a read, or never told because the iterator was collected in a reference cycle)
+            # are killed, so that no worker outlives its iteration and blocks the interpreter's exit
+            batches = None
+            if group is not None:
+                group.kill_stuck()
+
+    def _next(self, batches: Iterator[Any]) -> tuple[Any, DataError | None]:
+        """(the next batch or None at the end, the error to stop with)."""
+        try:
+            batch, reads = next(batches)
+        except StopIteration:
+            return None, None
+        except DataError as err:
+            failure = worker_data_error(err)
+            if failure is not err:  # torch's copy, whose traceback holds the iterator in a cycle
+                err.__traceback__ = None
+            return None, failure
+        except RuntimeError as err:
+            if not str(err).startswith("DataLoader timed out"):
+                raise
+            return None, self._timeout_error()
+        self.report.extend(reads.skips)
+        self.report.mark_loaded(reads.loaded)
+        return batch, self._skip_error(final=False)
 
     def _timeout_error(self) -> DataError:
         t = self.cfg.timeout
