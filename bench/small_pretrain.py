@@ -25,6 +25,10 @@ call running ``--steps-per-call`` steps:
 * ``matmul`` / ``matmul_bf16``: the fp32 and bf16 matmul probes of ``roofline.py``, the
   machine's rates in this run (a bf16 candidate's roofline share is against the bf16 rate).
 
+On a CPU without native bf16 (no ``amx_bf16`` / ``avx512_bf16`` flag) bf16 is emulated, several
+times slower than fp32: ``eager_bf16`` and ``matmul_bf16`` are then skipped unless ``--bf16 on``
+asks for them, and the output names them under ``skipped``.
+
 FLOPs per image are counted by ``FlopCounterMode`` (model forward + backward, tokenizer
 encode). The last line is one JSON object: ``ratio`` = job img/s ÷ eager img/s (and
 ``ratio_vs_eager_bf16``), img/s and roofline share of each part, the engine and loop overheads
@@ -53,7 +57,7 @@ from beit_ds.distributed import ProcessPlace
 from beit_ds.engine.job import Preflight, loader_place, loop_plan
 from beit_ds.engine.loop import LoopIO, run_loop
 from beit_ds.engine.pretrain import PretrainTask, mim_forward, preflight
-from beit_ds.engine.runtime import init_engine, seed_everything, torch_dtype
+from beit_ds.engine.runtime import cpu_has_native_bf16, init_engine, seed_everything, torch_dtype
 from beit_ds.engine.state import TrainState
 from beit_ds.metrics import MetricWriter
 from beit_ds.models import build_mim_model
@@ -65,6 +69,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT / "../shared/datasets/cifar10/cifar10_jpeg.tar.gz"
 Step = Callable[[int], None]
 BASELINES = {"job", "eager", "eager_bf16", "matmul", "matmul_bf16"}  # timed whatever ``--only`` says
+BF16_ONLY = ("eager_bf16", "matmul_bf16")  # what ``--bf16 auto`` skips where bf16 is emulated
 
 
 class _NoCheckpoints:
@@ -233,7 +238,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--compare-ds", default="", help="comma-separated DeepSpeed configs: more job candidates")
     p.add_argument("--compiled-model", action="store_true", help="also time the model step under torch.compile")
     p.add_argument("--only", default="", help="comma-separated candidates (default: all)")
+    p.add_argument("--bf16", default="auto", choices=("auto", "on", "off"),
+                   help="the bf16 baselines (eager_bf16, matmul_bf16); auto: where the CPU multiplies bf16 natively")
     return p.parse_args()
+
+
+def bf16_skipped(choice: str) -> dict[str, str]:
+    """The bf16 baselines not timed in this run, each with the reason."""
+    if choice == "on" or (choice == "auto" and (torch.cuda.is_available() or cpu_has_native_bf16())):
+        return {}
+    why = "--bf16 off" if choice == "off" else "no native bf16 on this CPU (emulated: several times slower); --bf16 on to time it"
+    return dict.fromkeys(BF16_ONLY, why)
 
 
 def build_candidates(args: argparse.Namespace, recipe: PretrainRecipe, flight: Preflight,
@@ -267,6 +282,7 @@ def build_candidates(args: argparse.Namespace, recipe: PretrainRecipe, flight: P
     if args.only:
         keep = set(args.only.split(",")) | BASELINES | {n for n in candidates if n.startswith("job_")}
         candidates = {n: c for n, c in candidates.items() if n in keep}
+    candidates = {n: c for n, c in candidates.items() if n not in bf16_skipped(args.bf16)}
     return candidates, batches, job, bf16
 
 
@@ -292,6 +308,9 @@ def main() -> None:
     times = time_interleaved(candidates, args.warmup, args.repeats, args.clock)
     result = report(times, recipe, args, model_flops, tok_flops, bf16)
     result["first_call_s"] = first
+    result["skipped"] = bf16_skipped(args.bf16)
+    for name, why in result["skipped"].items():
+        print(f"{name:10s} skipped: {why}")
     result["data"] = recipe.data.source
     result["ds_config"] = Path(args.ds_config).name
     result["overrides"] = args.set
@@ -307,7 +326,7 @@ def report(times: dict[str, list[float]], recipe: PretrainRecipe, args: argparse
     roofline share of a bf16 candidate is against the bf16 matmul rate (its tokenizer runs in
     fp32, so that share is a lower bound)."""
     rate = matmul_rate(median(times.pop("matmul")))
-    rate_bf16 = matmul_rate(median(times.pop("matmul_bf16")))
+    rate_bf16 = matmul_rate(median(times.pop("matmul_bf16"))) if "matmul_bf16" in times else None
     k, b = args.steps_per_call, recipe.schedule.micro_batch_size
     flops = {name: model_flops + tok_flops for name in times if name.startswith(("job", "engine", "eager"))}
     flops |= {"model": model_flops, "model_compiled": model_flops, "tokenizer": tok_flops, "plain_tokenizer": tok_flops,
@@ -316,23 +335,25 @@ def report(times: dict[str, list[float]], recipe: PretrainRecipe, args: argparse
     for name, values in times.items():
         secs = median(values)
         result[f"{name}_img_s"] = round(k * b / secs, 1)
-        if flops[name]:
-            roof = rate_bf16 if name in bf16 else rate
+        roof = rate_bf16 if name in bf16 else rate
+        if flops[name] and roof:
             result[f"{name}_roofline"] = round(flops[name] * k * b / secs / roof, 3)
         print(f"{name:10s} {k * b / secs:8.1f} img/s  calls {[round(t, 2) for t in values]}")
     ms = {name: 1000 * median(v) / k for name, v in times.items()}
-    result["ratio"] = round(ms["eager"] / ms["job"], 3)
-    result["ratio_vs_eager_bf16"] = round(ms["eager_bf16"] / ms["job"], 3)
-    for name in (n for n in ms if n.startswith("job_")):
-        result[f"{name}_ratio"] = round(ms["eager"] / ms[name], 3)
-        result[f"{name}_ratio_vs_eager_bf16"] = round(ms["eager_bf16"] / ms[name], 3)
+    for name in (n for n in ms if n == "job" or n.startswith("job_")):
+        key = "ratio" if name == "job" else f"{name}_ratio"
+        result[key] = round(ms["eager"] / ms[name], 3)
+        if "eager_bf16" in ms:
+            result[f"{key}_vs_eager_bf16"] = round(ms["eager_bf16"] / ms[name], 3)
     paired = [e / j for e, j in zip(times["eager"], times["job"])]
     result["ratio_paired"] = round(median(paired), 3)  # round by round, under the same load
-    if "engine" in ms:  # against the eager loop of the engine's own precision
-        result["engine_overhead_ms_per_step"] = round(ms["engine"] - ms["eager_bf16" if "engine" in bf16 else "eager"], 1)
+    own_eager = "eager_bf16" if "engine" in bf16 else "eager"
+    if "engine" in ms and own_eager in ms:  # against the eager loop of the engine's own precision
+        result["engine_overhead_ms_per_step"] = round(ms["engine"] - ms[own_eager], 1)
         result["loop_overhead_ms_per_step"] = round(ms["job"] - ms["engine"], 1)
     result.update(model_mflop_per_image=round(model_flops / 1e6, 1), tokenizer_mflop_per_image=round(tok_flops / 1e6, 1),
-                  matmul_gflops=round(rate / 1e9, 1), matmul_bf16_gflops=round(rate_bf16 / 1e9, 1), batch=b, threads=torch.get_num_threads(), clock=args.clock,
+                  matmul_gflops=round(rate / 1e9, 1), matmul_bf16_gflops=round(rate_bf16 / 1e9, 1) if rate_bf16 else None,
+                  batch=b, threads=torch.get_num_threads(), clock=args.clock,
                   repeats=args.repeats, steps_per_call=k)
     return result
 

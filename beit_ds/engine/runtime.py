@@ -136,11 +136,17 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 
 def bf16_hint(precision: str, cuda: bool, native_bf16: bool) -> str | None:
-    """The one-line advice for an fp32 run on a CPU that multiplies bf16 natively, or None."""
-    if precision != "fp32" or cuda or not native_bf16:
+    """The one-line advice for a CPU run whose precision does not suit the CPU, or None: an fp32
+    run on a CPU that multiplies bf16 natively, or a bf16 run on one that emulates it."""
+    if cuda:
         return None
-    return ("this CPU multiplies bf16 natively (AMX / AVX512-BF16): --deepspeed_config ds_configs/zero0_bf16.json"
-            " pre-trained the CIFAR-10 recipe 1.4-1.9x faster than fp32 (README, Benchmarks)")
+    if precision == "fp32" and native_bf16:
+        return ("this CPU multiplies bf16 natively (AMX / AVX512-BF16): --deepspeed_config ds_configs/zero0_bf16.json"
+                " pre-trained the CIFAR-10 recipe 1.4-1.9x faster than fp32 (README, Benchmarks)")
+    if precision == "bf16" and not native_bf16:
+        return ("this CPU has no native bf16 (no amx_bf16 / avx512_bf16 in /proc/cpuinfo): bf16 is emulated and runs"
+                " several times slower than fp32; --deepspeed_config ds_configs/zero2_fp32_cpu.json is faster here")
+    return None
 
 
 def init_engine(model: nn.Module, optim: OptimConfig, ds_config: dict[str, Any]) -> Any:

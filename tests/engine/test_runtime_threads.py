@@ -61,10 +61,14 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
     assert runtime.cpu_has_native_bf16(str(tmp_path / "missing")) is False
 
 
-def test_bf16_hint_only_for_fp32_on_a_native_bf16_cpu():
+def test_bf16_hint_for_a_precision_that_does_not_suit_the_cpu():
     hint = runtime.bf16_hint("fp32", cuda=False, native_bf16=True)
     assert hint is not None and "--deepspeed_config ds_configs/zero0_bf16.json" in hint
     assert (ROOT_DS / "zero0_bf16.json").is_file()  # the config it names is shipped
+    slow = runtime.bf16_hint("bf16", cuda=False, native_bf16=False)
+    assert slow is not None and "bf16 is emulated and runs several times slower than fp32" in slow
+    assert "ds_configs/zero2_fp32_cpu.json" in slow and (ROOT_DS / "zero2_fp32_cpu.json").is_file()
     assert runtime.bf16_hint("bf16", cuda=False, native_bf16=True) is None
     assert runtime.bf16_hint("fp32", cuda=True, native_bf16=True) is None
+    assert runtime.bf16_hint("bf16", cuda=True, native_bf16=False) is None
     assert runtime.bf16_hint("fp32", cuda=False, native_bf16=False) is None
