@@ -8,7 +8,8 @@
 
 finetune.init: our segmentation checkpoint or export, a unilm / mmseg .pth, a Hugging Face
 BeitForSemanticSegmentation folder; the recipe gives the architecture. --out writes the metrics
-(with per-class IoU) as JSON and prediction overlays as a PNG beside it.
+(with per-class IoU and "skipped": image/label pairs that could not be read, never scored) as JSON
+and prediction overlays as a PNG beside it.
 """
 
 from pathlib import Path

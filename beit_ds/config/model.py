@@ -24,8 +24,9 @@ class ModelConfig:
     ``"geometric"`` (unilm / timm) or ``"bicubic"`` (``models/convert.py``).
     ``wd_exempt``: which weight matrices ``no_weight_decay()`` exempts besides biases and 1-d
     weights: ``"unilm"`` (``cls_token``, ``pos_embed``: unilm's pre-training and fine-tuning),
-    ``"unilm_rel_pos"`` (+ relative-position tables: unilm's ``--disable_weight_decay_on_rel_pos_bias``)
-    or ``"positional"`` (+ ``mask_token``: the earlier beit_ds rule).
+    ``"unilm_rel_pos"`` (+ relative-position tables: unilm's ``--disable_weight_decay_on_rel_pos_bias``),
+    ``"positional"`` (+ ``mask_token``: the earlier beit_ds rule) or ``"none"`` (no name: unilm's
+    segmentation, whose optimizer compares ``cls_token`` with the prefixed ``backbone.cls_token``).
     """
 
     img_size: int = 224
@@ -78,7 +79,7 @@ class ModelConfig:
         choice(s, "attn_impl", self.attn_impl, ("sdpa", "eager"))
         choice(s, "init_trunc", self.init_trunc, ("auto", "1std", "2std", "2abs"))
         choice(s, "rel_pos_resize", self.rel_pos_resize, ("geometric", "bicubic"))
-        choice(s, "wd_exempt", self.wd_exempt, ("unilm", "unilm_rel_pos", "positional"))
+        choice(s, "wd_exempt", self.wd_exempt, ("unilm", "unilm_rel_pos", "positional", "none"))
 
     @property
     def grid_size(self) -> tuple[int, int]:

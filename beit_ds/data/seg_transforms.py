@@ -36,7 +36,8 @@ HUE_DELTA = 18
 @dataclass(frozen=True)
 class LabelMap:
     """File values → training labels: ``reduce_zero_label`` (0 → void, v → v - 1), then the file's
-    ``ignore_index`` → ``IGNORE``; any other value must be < ``num_classes``."""
+    ``ignore_index`` → ``IGNORE``; any other value must lie in 0..``num_classes``-1 (a 16- or
+    32-bit label map may hold negative values)."""
 
     num_classes: int
     reduce_zero_label: bool = False
@@ -57,7 +58,7 @@ class LabelMap:
             void |= values == 0
             values = values - 1
         labels = np.where(void, IGNORE, values).astype(np.int32)
-        bad = labels[~void & (labels >= self.num_classes)]
+        bad = labels[~void & ((labels < 0) | (labels >= self.num_classes))]
         if bad.size:
             value = int(bad[0]) + int(self.reduce_zero_label)
             raise DataError(f"{path}: label value {value} outside {self.expected()}")

@@ -1,12 +1,14 @@
 """Semantic-segmentation batches and their loader (issue 15; seed §3.2, App. B).
 
 ``build_segmentation_loader`` is ``build_finetune_loader``'s counterpart: the pairs of a split
-(``seg_sources``) → ``SegDataset`` (read, decode, map labels, joint transform; a bad pair is
-skipped and replaced by the next, as ``ImageDataset`` does) → ``ResumableLoader`` (the same
-positions, ``at(epoch, start)`` resume, skip report, worker signal handling and ``data.timeout``).
-Training batches are ``crop_size``² crops, shuffled, with equal batch counts on every rank;
-evaluation batches hold one image each (sizes differ), in order, every image once over all ranks,
-the label at the file's own resolution (mmseg computes its metrics there).
+(``seg_sources``) → ``SegDataset`` (read, decode, map labels, joint transform; in training a bad
+pair is skipped and replaced by the next, as ``ImageDataset`` does) → ``ResumableLoader`` (the
+same positions, ``at(epoch, start)`` resume, skip report, worker signal handling and
+``data.timeout``). Training batches are ``crop_size``² crops, shuffled, with equal batch counts on
+every rank; evaluation batches hold one image each (sizes differ), in order, every image once over
+all ranks, the label at the file's own resolution (mmseg computes its metrics there). Evaluation
+never substitutes (another image would be scored twice): a bad pair gives an empty batch
+(``len(batch) == 0``) and is counted in the loader's skip report.
 """
 
 from __future__ import annotations
@@ -58,19 +60,31 @@ class SegBatch:
 
 
 def collate_segments(samples: Sequence[Sample]) -> tuple[SegBatch, Reads]:
-    """Stack (image, label) samples into a ``SegBatch``; also return what they read."""
-    batch = SegBatch(
-        images=torch.stack([s.views[0] for s in samples]),
-        labels=torch.stack([s.views[1] for s in samples]),
-        indices=torch.tensor([s.index for s in samples], dtype=torch.int64),
-    )
+    """Stack the (image, label) samples that loaded into a ``SegBatch`` (an evaluation pair that
+    did not load has no views: left out, the batch may be empty); also return what they read."""
+    kept = [s for s in samples if s.views]
+    if not kept:
+        batch = SegBatch(
+            torch.zeros(0, 3, 0, 0),
+            torch.zeros(0, 0, 0, dtype=torch.int64),
+            torch.zeros(0, dtype=torch.int64),
+        )
+    else:
+        batch = SegBatch(
+            images=torch.stack([s.views[0] for s in kept]),
+            labels=torch.stack([s.views[1] for s in kept]),
+            indices=torch.tensor([s.index for s in kept], dtype=torch.int64),
+        )
     reads = Reads([s.image for s in samples if s.image >= 0], [skip for s in samples for skip in s.skips])
     return batch, reads
 
 
 class SegDataset(Dataset):
     """``pairs`` × ``repeats`` through ``transform``: ``dataset[(epoch, index)]`` → ``Sample`` with
-    views (image [3, H, W] float32, label [H', W'] int64)."""
+    views (image [3, H, W] float32, label [H', W'] int64). A pair that fails to load is replaced by
+    the next one when ``substitute`` (training), else its ``Sample`` has no views (evaluation)."""
+
+    max_substitutes = 16
 
     def __init__(
         self,
@@ -80,11 +94,11 @@ class SegDataset(Dataset):
         seed: int,
         max_image_pixels: int,
         repeats: int = 1,
-        max_substitutes: int = 16,
+        substitute: bool = True,
     ) -> None:
         self.pairs, self.records = pairs, pairs.images
         self.transform, self.label_map, self.seed = transform, label_map, seed
-        self.max_image_pixels, self.repeats, self.max_substitutes = max_image_pixels, repeats, max_substitutes
+        self.max_image_pixels, self.repeats, self.substitute = max_image_pixels, repeats, substitute
         self.read, self.read_label = ByteReader(pairs.images), ByteReader(pairs.labels)
 
     def __len__(self) -> int:
@@ -116,8 +130,15 @@ class SegDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Sample:
         epoch, index = key
-        image, views, skips = load_substituting(self, index, transform_rng(self.seed, epoch, index))
-        return Sample(index, views, skips=skips, image=image)
+        rng = transform_rng(self.seed, epoch, index)
+        if self.substitute:
+            image, views, skips = load_substituting(self, index, rng)
+            return Sample(index, views, skips=skips, image=image)
+        image = index % len(self.records)
+        try:
+            return Sample(index, self.load(image, rng), image=image)
+        except SkipSample as skip:
+            return Sample(index, (), skips=[(skip.reason, skip.path or self.records.location(image), image)])
 
 
 def build_segmentation_loader(
@@ -129,7 +150,8 @@ def build_segmentation_loader(
 ) -> ResumableLoader:
     """``SegBatch`` loader of ``split`` for ``place``: ``"train"`` (random crops, shuffled, equal
     batch counts per rank, ``data.repeats``) or ``"eval"`` (batch size 1 whatever
-    ``place.batch_size`` says, in order, nothing dropped, labels at original size). Labels are
+    ``place.batch_size`` says, in order, nothing dropped, labels at original size, a bad pair an
+    empty batch: never substituted). Labels are
     classes 0..``num_classes``-1 and ``IGNORE``; ``pairs`` skips listing the source."""
     pairs = pairs if pairs is not None else build_seg_pairs(data, split)
     label_map = LabelMap(num_classes, reduces_zero_label(data), data.ignore_index)
@@ -138,6 +160,12 @@ def build_segmentation_loader(
     if not train:
         place = replace(place, batch_size=1)
     dataset = SegDataset(
-        pairs, transform, label_map, place.seed, data.max_image_pixels, data.repeats if train else 1
+        pairs,
+        transform,
+        label_map,
+        place.seed,
+        data.max_image_pixels,
+        data.repeats if train else 1,
+        substitute=train,
     )
     return ResumableLoader(dataset, collate_segments, place, data, train=train)

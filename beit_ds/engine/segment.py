@@ -8,6 +8,8 @@ After each checkpoint every rank takes its share of the validation images, predi
 ``inference`` says (whole / sliding window, multi-scale + flip), and the dataset-level mIoU,
 mAcc and aAcc (mmseg's definitions, summed over ranks) are logged under ``val/`` with a per-class
 table; rank 0 writes prediction overlays of the first ``inference.overlays`` images as a PNG.
+A validation pair that cannot be read is never scored nor replaced: it is counted (``val/skipped``,
+in the log and the JSON) and more than ``data.max_skip_fraction`` of them stop with one line.
 ``evaluate_recipe`` is the same evaluation without training (``launch/evaluate_segmentation.py``).
 """
 
@@ -33,6 +35,7 @@ from beit_ds.engine.weights import read_raw_weights, to_our_layout
 from beit_ds.logger import get_logger, init_logging
 from beit_ds.metrics import MetricWriter
 from beit_ds.recipe import SegmentationRecipe, TrainingRecipe
+from beit_ds.safe_write import make_dir, write_text
 from beit_ds.segmentation import IoUAccumulator, SegMetrics, predict
 from beit_ds.segmentation.convert import to_hf_segmentation, to_mmseg_state_dict
 from beit_ds.segmentation.layers import resize, sync_batchnorm
@@ -85,14 +88,19 @@ def _image_uint8(image: torch.Tensor, size: tuple[int, int], mean: tuple[float, 
 def evaluate_segmentation(model: BeitForSegmentation, loader: Any, r: SegmentationRecipe, dtype: torch.dtype,
                           overlay_png: Path | None = None) -> SegMetrics:
     """Dataset-level metrics of ``model`` over ``loader`` (batches of one image, labels at their
-    original size), summed over ranks; overlays of the first images to ``overlay_png``."""
+    original size; an empty batch is a pair that could not be read: skipped and counted from the
+    loader's ``report``), summed over ranks; overlays of the first images to ``overlay_png``."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     acc, inf = IoUAccumulator(model.num_classes, device=device), r.inference
     panels: list[np.ndarray] = []
     colours = palette(model.num_classes)
+    report = getattr(loader, "report", None)
+    skipped_before = report.skipped_reads if report is not None else 0
     for batch in loader:
+        if len(batch) == 0:
+            continue
         batch = batch.to(device)
         size = tuple(batch.labels.shape[-2:])
         probs = predict(lambda x: model.logits(x.to(dtype)).float(), batch.images, size, mode=inf.mode,
@@ -104,6 +112,10 @@ def evaluate_segmentation(model: BeitForSegmentation, loader: Any, r: Segmentati
             image = _image_uint8(batch.images[0], size, r.data.transform.mean, r.data.transform.std)
             panels.append(overlay_figure(image, batch.labels[0].cpu().numpy(), pred[0].cpu().numpy(), colours))
     model.train(was_training)
+    if report is not None and report.skipped_reads > skipped_before:
+        acc.skip(report.skipped_reads - skipped_before)
+        get_logger().warning("evaluation: %d image/label pairs could not be read and are not scored; %s",
+                             report.skipped_reads - skipped_before, report.summary())
     acc.all_reduce()
     if overlay_png is not None and panels:
         save_overlays(overlay_png, panels)
@@ -111,8 +123,8 @@ def evaluate_segmentation(model: BeitForSegmentation, loader: Any, r: Segmentati
 
 
 def _log_eval(metrics: SegMetrics, what: str) -> None:
-    get_logger().info("%s: mIoU %.2f %%, mAcc %.2f %%, aAcc %.2f %% (%d images)", what, metrics.miou,
-                      metrics.macc, metrics.aacc, metrics.images)
+    get_logger().info("%s: mIoU %.2f %%, mAcc %.2f %%, aAcc %.2f %% (%d images, %d unreadable pairs skipped)", what,
+                      metrics.miou, metrics.macc, metrics.aacc, metrics.images, metrics.skipped)
 
 
 def _eval_place(r: SegmentationRecipe, place: ProcessPlace) -> LoaderPlace:
@@ -197,21 +209,21 @@ def export_segmenter(tag_dir: Path, out_dir: Path, client: dict[str, Any]) -> li
     ``hf/`` (``BeitForSemanticSegmentation``, UperNet with channels = the backbone width) and
     ``recipe.json`` of the segmentation checkpoint ``tag_dir``."""
     _, model = checkpoint_task(SegmentationTask, Path(tag_dir), client)
-    out_dir = Path(out_dir)
-    (out_dir / "mmseg").mkdir(parents=True, exist_ok=True)
+    out_dir = make_dir(out_dir, link_ok=True)
+    make_dir(out_dir / "mmseg")
     sd = model.state_dict()
     paths = [save_weights(sd, out_dir / "model.safetensors", source=str(tag_dir)),
              save_weights(to_mmseg_state_dict(sd), out_dir / "mmseg" / "model.safetensors", source=str(tag_dir))]
-    (out_dir / "recipe.json").write_text(json.dumps(client["recipe"], indent=1))
+    write_text(out_dir / "recipe.json", json.dumps(client["recipe"], indent=1))
     try:
         config, hf_sd = to_hf_segmentation(model)  # type: ignore[arg-type]
     except ValueError as err:
         get_logger().info("no Hugging Face export: %s", err)
         return paths
-    (out_dir / "hf").mkdir(exist_ok=True)
+    make_dir(out_dir / "hf")
     paths.append(save_weights(hf_sd, out_dir / "hf" / "model.safetensors", format="pt"))
     full = {"model_type": "beit", "architectures": ["BeitForSemanticSegmentation"], **config}
-    (out_dir / "hf" / "config.json").write_text(json.dumps(full, indent=1))
+    write_text(out_dir / "hf" / "config.json", json.dumps(full, indent=1))
     return paths
 
 
@@ -240,5 +252,5 @@ def evaluate_recipe(recipe: SegmentationRecipe, out_json: Path | None = None) ->
               "per_class_iou": metrics.per_class_iou}
     if out_json is not None and place.is_main:
         out_json.parent.mkdir(parents=True, exist_ok=True)
-        out_json.write_text(json.dumps(result, indent=1))
+        write_text(out_json, json.dumps(result, indent=1))
     return metrics.as_dict()

@@ -192,7 +192,10 @@ class Beit(nn.Module):
         """Parameter names exempt from weight decay besides biases and 1-d weights (norms,
         LayerScale, q/v biases), by ``model.wd_exempt``: unilm's ``{"cls_token", "pos_embed"}``
         (its pre-training and fine-tuning models decay ``mask_token`` and the relative-position
-        tables), + the tables (``"unilm_rel_pos"``), + ``mask_token`` too (``"positional"``)."""
+        tables), + the tables (``"unilm_rel_pos"``), + ``mask_token`` too (``"positional"``), or
+        none at all (``"none"``: unilm's segmentation decays ``cls_token`` and ``pos_embed`` too)."""
+        if self.cfg.wd_exempt == "none":
+            return set()
         names = {"cls_token", "pos_embed"}
         if self.cfg.wd_exempt in ("unilm_rel_pos", "positional"):
             names |= {n for n, _ in self.named_parameters() if n.endswith("relative_position_bias_table")}

@@ -11,7 +11,8 @@ torchmetrics' ``MeanIoU`` averages a per-image IoU; this is not that metric: one
 one small one weigh by their pixels here.
 
 Everything derives from one ``C x C`` confusion matrix (rows = label, columns = prediction),
-accumulated in int64 on the predictions' device without a host sync.
+accumulated in int64 on the predictions' device without a host sync. Image/label pairs that could
+not be read are never scored (nor replaced by others); they are counted beside the metrics.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def _fmt(value: float) -> str:
 @dataclass(frozen=True)
 class SegMetrics:
     """mIoU, mAcc and aAcc in percent (x100, as mmseg prints them); per-class IoU and Acc in
-    percent with NaN for a class that is absent (see the module docstring); ``images`` evaluated."""
+    percent with NaN for a class that is absent (see the module docstring); ``images`` evaluated,
+    ``skipped`` pairs that could not be read (not scored)."""
 
     miou: float
     macc: float
@@ -60,10 +62,11 @@ class SegMetrics:
     per_class_iou: list[float]
     per_class_acc: list[float]
     images: int
+    skipped: int = 0
 
     def as_dict(self) -> dict[str, float]:
-        """``{"mIoU", "mAcc", "aAcc"}`` for a metric writer."""
-        return {"mIoU": self.miou, "mAcc": self.macc, "aAcc": self.aacc}
+        """``{"mIoU", "mAcc", "aAcc", "skipped"}`` for a metric writer."""
+        return {"mIoU": self.miou, "mAcc": self.macc, "aAcc": self.aacc, "skipped": float(self.skipped)}
 
     def table(self, class_names: Sequence[str]) -> str:
         """A markdown table of per-class IoU / Acc (percent, ``n/a`` for an absent class), then
@@ -74,15 +77,16 @@ class SegMetrics:
         for name, iou, acc in zip(class_names, self.per_class_iou, self.per_class_acc):
             lines.append(f"| {name} | {_fmt(iou)} | {_fmt(acc)} |")
         lines.append(f"| **mean** | **{_fmt(self.miou)}** | **{_fmt(self.macc)}** |")
-        lines.append(f"\naAcc {_fmt(self.aacc)} over {self.images} images")
+        skipped = f" ({self.skipped} unreadable pairs skipped, not scored)" if self.skipped else ""
+        lines.append(f"\naAcc {_fmt(self.aacc)} over {self.images} images{skipped}")
         return "\n".join(lines)
 
 
 class IoUAccumulator:
     """Sums the confusion matrix of every batch of an evaluation set (mmseg's dataset-level mIoU).
 
-    ``update`` once per batch on any device, ``all_reduce`` once after the last batch when
-    distributed, then ``compute``."""
+    ``update`` once per batch on any device, ``skip`` per pair that could not be read,
+    ``all_reduce`` once after the last batch when distributed, then ``compute``."""
 
     def __init__(self, num_classes: int, ignore_index: int = 255, device: torch.device | str | None = None):
         if num_classes < 1:
@@ -91,10 +95,16 @@ class IoUAccumulator:
         self.ignore_index = ignore_index
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
         self.images = torch.zeros((), dtype=torch.int64, device=device)
+        self.skipped = 0
 
     def reset(self) -> None:
         self.confusion.zero_()
         self.images.zero_()
+        self.skipped = 0
+
+    def skip(self, pairs: int = 1) -> None:
+        """Count ``pairs`` image/label pairs left out because they could not be read."""
+        self.skipped += pairs
 
     def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
         """Add predictions ``pred [B, H, W]`` (class ids, e.g. ``logits.argmax(1)``) against
@@ -108,12 +118,14 @@ class IoUAccumulator:
         self.images += pred.shape[0]
 
     def all_reduce(self) -> None:
-        """Sum the confusion matrix and image count over ranks (one collective; no-op alone)."""
-        flat = torch.cat([self.confusion.flatten(), self.images.view(1)])
+        """Sum the confusion matrix, image and skip counts over ranks (one collective; no-op alone)."""
+        skipped = torch.full((1,), self.skipped, dtype=torch.int64, device=self.images.device)
+        flat = torch.cat([self.confusion.flatten(), self.images.view(1), skipped])
         flat = all_reduce_sum(flat)
         c = self.num_classes
         self.confusion = flat[: c * c].view(c, c).clone()
         self.images = flat[c * c].clone()
+        self.skipped = int(flat[c * c + 1])
 
     def areas(self) -> dict[str, torch.Tensor]:
         """Per-class ``intersect``, ``union``, ``pred`` and ``label`` areas ``[C]`` (float64, CPU)."""
@@ -134,6 +146,7 @@ class IoUAccumulator:
             per_class_iou=(iou * 100).tolist(),
             per_class_acc=(acc * 100).tolist(),
             images=int(self.images),
+            skipped=self.skipped,
         )
 
     def table(self, class_names: Sequence[str]) -> str:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from beit_ds.segmentation.layers import FP32BatchNorm2d
+
 
 def _up(dim: int) -> nn.ConvTranspose2d:
     return nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2)
@@ -28,7 +30,7 @@ class FeaturePyramid(nn.Module):
         self.fpn3: nn.Module
         self.fpn4: nn.Module
         if patch_size == 16:
-            self.fpn1 = nn.Sequential(_up(dim), nn.BatchNorm2d(dim), nn.GELU(), _up(dim))
+            self.fpn1 = nn.Sequential(_up(dim), FP32BatchNorm2d(dim), nn.GELU(), _up(dim))
             self.fpn2 = nn.Sequential(_up(dim))
             self.fpn3 = nn.Identity()
             self.fpn4 = nn.MaxPool2d(kernel_size=2, stride=2)

@@ -146,6 +146,25 @@ def test_a_label_outside_the_classes_is_a_one_line_error(tmp_path: Path):
         )
 
 
+def test_a_negative_label_in_a_32_bit_map_is_a_one_line_error(tmp_path: Path):
+    split = tmp_path / "train"
+    labels = _write_split(split, 3)
+    for n, label in enumerate(labels):  # 32-bit signed label maps (TIFF mode "I"), -1 on half the second
+        wide = label.astype(np.int32)
+        if n == 1:
+            wide[:18] = -1  # unchecked, np.bincount of a training crop failed on them in a worker
+        Image.fromarray(wide).save(split / "labels" / f"{n:02d}.tif")
+    for split_name, workers in (("train", 0), ("train", 1), ("eval", 1)):
+        cfg = _cfg(split, num_workers=workers, label_suffix=".tif", eval_path=str(split))
+        loader = build_segmentation_loader(cfg, split_name, LoaderPlace(batch_size=3), 6)
+        with pytest.raises(DataError) as err:
+            list(loader)
+        assert str(err.value) == (
+            f"{split / 'labels' / '01.tif'}: label value -1 outside classes 0..5, void 255"
+            " (num_classes=6, reduce_zero_label=False)"
+        )
+
+
 def test_camvid_archive_pairs(datasets_dir: Path, tmp_path: Path):
     archive = datasets_dir / "camvid" / "camvid_segnet_480x360.tar.gz"
     with tarfile.open(archive) as tar:

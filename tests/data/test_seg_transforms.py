@@ -44,6 +44,15 @@ def test_label_map_reduce_zero_label_and_ignore_index():
         camvid(np.array([[255]], dtype=np.uint8), "d.png")  # 255 is no void unless the files say so
 
 
+def test_negative_label_values_are_a_one_line_error():
+    # a 32-bit label map (mode "I") may hold -1: named, never passed on to bincount and the loss
+    with pytest.raises(DataError) as err:
+        T.LabelMap(6)(np.array([[0, 5], [-1, 255]], dtype=np.int32), "n.tif")
+    assert str(err.value) == "n.tif: label value -1 outside classes 0..5, void 255 (num_classes=6, reduce_zero_label=False)"
+    with pytest.raises(DataError, match=r"^a.tif: label value -7 outside classes 1..150, void 255 or 0 "):
+        T.LabelMap(150, reduce_zero_label=True)(np.array([[3, -7]], dtype=np.int32), "a.tif")
+
+
 def test_keep_ratio_sizes_and_random_scale():
     assert T.keep_ratio_size((683, 512), (2048, 512)) == (683, 512)  # ADE20K: unchanged
     assert T.keep_ratio_size((480, 360), (2048, 512)) == (683, 512)  # CamVid: short side 512
