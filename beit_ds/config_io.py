@@ -2,8 +2,11 @@
 
 Precedence (house style rule 3): dataclass defaults ← the ``model.preset`` named in the recipe ←
 the recipe's YAML ← command-line overrides. Every unknown key or ill-typed value raises
-``ConfigError`` with one line naming ``section.key``, the value and what is expected. Recipes
-shipped with the package (``beit_ds/recipes/*.yaml``) can be named without their path.
+``ConfigError`` with one line naming ``section.key``, the value and what is expected; every float
+value read must be finite (NaN and ±inf are refused) unless its field allows inf
+(``config.validate.ALLOW_INF``). Recipes shipped with the package (``beit_ds/recipes/*.yaml``)
+can be named without their path. ``inherit: <recipe>`` is read beside the recipe that says it
+(a file there wins over a shipped recipe of that name; the working directory is not consulted).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import Any, TypeVar, Union
 import yaml
 
 from beit_ds.config import ConfigError
+from beit_ds.config.validate import ALLOW_INF, finite
+from beit_ds.safe_write import write_text
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 T = TypeVar("T")
@@ -28,11 +33,35 @@ def recipe_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
-    shipped = RECIPES_DIR / (path.name if path.suffix else f"{path.name}.yaml")
-    if shipped.is_file():
+    shipped = _shipped(path)
+    if shipped is not None:
         return shipped
-    names = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
-    raise ConfigError(f"recipe {str(name_or_path)!r}: no such file, and not a shipped recipe ({names})")
+    raise ConfigError(f"recipe {str(name_or_path)!r}: no such file, and not a shipped recipe ({_shipped_names()})")
+
+
+def inherited_path(parent: str | Path, including: Path) -> Path:
+    """The recipe ``inherit: parent`` in the file ``including`` names: a relative path is read
+    beside ``including`` (never in the working directory); a bare name that is no file there is
+    the shipped recipe of that name. A file beside the recipe wins over a shipped one."""
+    path = Path(parent)
+    beside = path if path.is_absolute() else including.parent / path
+    if beside.is_file():
+        return beside
+    shipped = _shipped(path) if len(path.parts) == 1 else None
+    if shipped is not None:
+        return shipped
+    raise ConfigError(
+        f"{including}: inherit {str(parent)!r}: no such file ({beside}), and not a shipped recipe ({_shipped_names()})"
+    )
+
+
+def _shipped(path: Path) -> Path | None:
+    shipped = RECIPES_DIR / (path.name if path.suffix else f"{path.name}.yaml")
+    return shipped if shipped.is_file() else None
+
+
+def _shipped_names() -> str:
+    return ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -83,8 +112,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """``value`` as ``annotation`` (int, float, bool, str, tuple, Optional/Union of those)."""
+def _coerce(value: Any, annotation: Any, where: str, allow_inf: bool = False) -> Any:
+    """``value`` as ``annotation`` (int, float, bool, str, tuple, Optional/Union of those); a float
+    must be finite unless ``allow_inf`` (the field's ``validate.ALLOW_INF`` metadata)."""
     origin = typing.get_origin(annotation)
     if origin in (Union, types.UnionType):
         options = typing.get_args(annotation)
@@ -93,7 +123,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         errors = []
         for option in (o for o in options if o is not type(None)):
             try:
-                return _coerce(value, option, where)
+                return _coerce(value, option, where, allow_inf)
             except ConfigError as err:
                 errors.append(err)
         raise errors[0]
@@ -101,26 +131,21 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         (arg, _) = typing.get_args(annotation)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}={value!r}: expected a list")
-        return tuple(_coerce(v, arg, where) for v in value)
+        return tuple(_coerce(v, arg, where, allow_inf) for v in value)
     if origin is tuple:
         args = typing.get_args(annotation)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{where}={value!r}: expected a list of {len(args)} values")
-        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+        return tuple(_coerce(v, a, where, allow_inf) for v, a in zip(value, args))
     if origin is list:
         (arg,) = typing.get_args(annotation)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}={value!r}: expected a list")
-        return [_coerce(v, arg, where) for v in value]
+        return [_coerce(v, arg, where, allow_inf) for v in value]
     if annotation is float:
-        if isinstance(value, str):
-            try:
-                return float(value)  # YAML 1.1 reads "1e-3" as a string
-            except ValueError:
-                pass
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{where}={value!r}: expected a number")
+        number = _float(value, where)
+        finite(where, number, allow_inf)
+        return number
     if annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -136,6 +161,17 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if annotation is Any:
         return value
     raise ConfigError(f"{where}: unsupported field type {annotation!r}")
+
+
+def _float(value: Any, where: str) -> float:
+    if isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "1e-3" as a string
+        except ValueError:
+            pass
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise ConfigError(f"{where}={value!r}: expected a number")
 
 
 def build_dataclass(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
@@ -156,7 +192,7 @@ def build_dataclass(cls: type[T], data: dict[str, Any] | None, where: str = "") 
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             kwargs[key] = build_dataclass(hint, value, name)
         else:
-            kwargs[key] = _coerce(value, hint, name)
+            kwargs[key] = _coerce(value, hint, name, bool(fields[key].metadata.get(ALLOW_INF)))
     return cls(**kwargs)
 
 
@@ -174,9 +210,10 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 
 def save_yaml(obj: Any, path: Path) -> None:
-    """Write the resolved config ``obj`` as YAML (the form ``load_recipe`` reads back)."""
+    """Write the resolved config ``obj`` as YAML (the form ``load_recipe`` reads back); a link at
+    ``path`` is replaced, never written through."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+    write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
 
 
 def _resolve_preset(data: dict[str, Any]) -> dict[str, Any]:
@@ -202,15 +239,18 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_recipe(name_or_path: str | Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A recipe's mapping with ``inherit: <recipe>`` resolved (the child's keys win)."""
-    path = recipe_path(name_or_path)
-    if path in seen:
+    """A recipe's mapping with ``inherit: <recipe>`` resolved (the child's keys win; the parent is
+    found by ``inherited_path``: beside the including file, else a shipped recipe)."""
+    path = recipe_path(name_or_path) if not seen else Path(name_or_path)
+    if path.resolve() in (p.resolve() for p in seen):
         raise ConfigError(f"{path}: inherit cycle through {', '.join(str(p) for p in seen)}")
     data = read_yaml(path)
     parent = data.pop("inherit", None)
     if parent is None:
         return data
-    return _merge(read_recipe(parent, (*seen, path)), data)
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"{path}: inherit={parent!r}: expected a recipe file name or path")
+    return _merge(read_recipe(inherited_path(parent, path), (*seen, path)), data)
 
 
 def load_recipe(cls: type[T], name_or_path: str | Path | None, overrides: Sequence[str] = ()) -> T:

@@ -60,6 +60,9 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0
     parameters (a decoder, a projection head) are the last layer (lr scale 1), decayed by the
     ndim ≤ 1 / ``.bias`` rule. A model without layers (e.g. the dVAE) gets that rule and no decay.
     Several layered submodules: each scales by its own depth, groups named by its prefix.
+    Parameters whose names start with a key of ``model.own_param_groups()`` (``{name prefix:
+    label}``) get groups of their own, named ``label.…``, so that their optimizer state can be
+    handled apart (``restart_groups``).
 
     ``weight_decay`` is the initial value; ``apply_schedule`` rescales decayed groups later.
     """
@@ -67,6 +70,7 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0
     if layer_decay < 1.0 and not layered:
         raise ValueError(f"optim.layer_decay={layer_decay}: {type(model).__name__} has no layers to decay")
     skip = no_weight_decay_names(model)
+    own: dict[str, str] = model.own_param_groups() if hasattr(model, "own_param_groups") else {}  # type: ignore[operator]
     groups: dict[str, dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -80,6 +84,9 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0
         key = f"layer_{layer}_{'no_decay' if no_decay else 'decay'}"
         if len(layered) > 1:
             key = f"{prefix if owner is not None else 'rest'}.{key}"
+        label = next((label for start, label in own.items() if name.startswith(start)), None)
+        if label is not None:
+            key = f"{label}.{key}"
         if key not in groups:
             scale = layer_decay ** (num_layers - 1 - layer) if layer_decay < 1.0 else 1.0
             groups[key] = {
@@ -98,3 +105,36 @@ def apply_schedule(optimizer: torch.optim.Optimizer, lr: float, weight_decay: fl
         group["lr"] = lr * group.get("lr_scale", 1.0)
         if group.get("weight_decay", 0.0) > 0.0:
             group["weight_decay"] = weight_decay
+
+
+def base_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside DeepSpeed's wrappers (ZeRO, bf16), which hold it as ``.optimizer``."""
+    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"{type(optimizer).__name__}: no torch optimizer inside")
+    return optimizer
+
+
+def restart_groups(optimizer: Any, label: str) -> int:
+    """Restart the AdamW state of the groups named ``label.…`` (``param_groups``' ``own_param_groups``):
+    moments zeroed and step count 0, so that their next update is a fresh AdamW's first one. The
+    state is per tensor the optimizer holds: a parameter (DeepSpeed stage 0 in fp32) or a group's
+    flat fp32 partition (ZeRO-1/2, bf16), which is why such parameters need groups of their own.
+    Returns the number of tensors restarted."""
+    inner = base_optimizer(optimizer)
+    count = 0
+    for group in inner.param_groups:
+        if not str(group.get("group_name", "")).startswith(label + "."):
+            continue
+        if "step" in group:  # optimizers that count steps per group
+            group["step"] = 0
+        for param in group["params"]:
+            state = inner.state.get(param, {})
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    value.zero_()
+                elif key == "step":
+                    state[key] = 0
+            count += bool(state)
+    return count

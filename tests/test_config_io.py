@@ -58,3 +58,38 @@ def test_overrides_do_not_mutate_input():
     data = {"optim": {"lr": 1.0}}
     out = apply_overrides(data, ["optim.lr=2"])
     assert data["optim"]["lr"] == 1.0 and out["optim"]["lr"] == 2
+
+
+def test_the_resolved_yaml_replaces_a_planted_link_not_its_target(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "recipe.yaml").symlink_to(victim)
+    save_yaml(load_recipe(PretrainRecipe, "pretrain_demo_cpu"), run / "recipe.yaml")
+    assert victim.read_text() == "precious"
+    assert not (run / "recipe.yaml").is_symlink()
+    assert load_recipe(PretrainRecipe, str(run / "recipe.yaml")) == load_recipe(PretrainRecipe, "pretrain_demo_cpu")
+
+
+def test_inherit_resolves_beside_the_including_file(tmp_path, monkeypatch):
+    recipes = tmp_path / "recipes"
+    (recipes / "base").mkdir(parents=True)
+    (recipes / "parent.yaml").write_text("optim:\n  base_lr: 2.0e-3\nschedule:\n  epochs: 30\n")
+    (recipes / "child.yaml").write_text("inherit: parent.yaml\nschedule:\n  epochs: 40\n")
+    (recipes / "base" / "grand.yaml").write_text("optim:\n  min_lr: 3.0e-6\n")
+    (recipes / "nested.yaml").write_text("inherit: base/grand.yaml\n")
+    (recipes / "shipped.yaml").write_text("inherit: pretrain_demo_cpu\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "parent.yaml").write_text("optim:\n  base_lr: 9.0e-3\n")  # a decoy in the working directory
+    (elsewhere / "pretrain_demo_cpu.yaml").write_text("schedule:\n  epochs: 11\n")  # a decoy of a shipped name
+    monkeypatch.chdir(elsewhere)
+    child = load_recipe(PretrainRecipe, recipes / "child.yaml")
+    assert child.optim.base_lr == 2e-3 and child.schedule.epochs == 40  # the parent beside it, the child's keys win
+    assert load_recipe(PretrainRecipe, recipes / "nested.yaml").optim.min_lr == 3e-6
+    shipped = load_recipe(PretrainRecipe, recipes / "shipped.yaml")  # no such file beside it: the shipped recipe
+    assert shipped.schedule.epochs == 20 and shipped.model.depth == 4
+    (recipes / "missing.yaml").write_text("inherit: base/none.yaml\n")
+    with pytest.raises(ConfigError, match=r"missing.yaml: inherit 'base/none.yaml': no such file"):
+        load_recipe(PretrainRecipe, recipes / "missing.yaml")

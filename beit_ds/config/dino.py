@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 from beit_ds.config.validate import expect, fraction, non_negative_int, number, pair, positive_int
 
+MAX_LOSS_WEIGHT = 1e3  # bounds that keep the step finite; far beyond any useful value
+MAX_EPOCHS = 1e5
+
 
 @dataclass
 class DinoHeadConfig:
@@ -45,8 +48,10 @@ class DinoConfig:
     to ``teacher_temp`` over ``warmup_teacher_temp_epochs`` epochs (per step), then stays. The
     centre of the teacher's outputs moves with ``center_momentum``. The EMA teacher's momentum
     follows a cosine from ``teacher_momentum`` to 1 over the run. The last layer of the student's head
-    gets no gradient for ``freeze_last_layer_epochs`` epochs. ``export_teacher``: also export the
-    teacher's backbone (``export/teacher/``).
+    gets no gradient, update or weight decay for ``freeze_last_layer_epochs`` epochs, and its AdamW
+    state starts afresh when it unfreezes (DINO's ``p.grad = None``). ``export_teacher``: also export the
+    teacher's backbone (``export/teacher/``). Every number is finite: ``loss_weight`` at most 1000,
+    the two epoch counts at most 100 000.
     """
 
     head: DinoHeadConfig = dataclasses.field(default_factory=DinoHeadConfig)
@@ -66,15 +71,15 @@ class DinoConfig:
     def __post_init__(self) -> None:
         s = "dino"
         expect(isinstance(self.head, DinoHeadConfig), s, "head", self.head, "a mapping")
-        number(s, "loss_weight", self.loss_weight, 0.0, float("inf"), "a number >= 0")
+        number(s, "loss_weight", self.loss_weight, 0.0, MAX_LOSS_WEIGHT, f"a number in [0, {MAX_LOSS_WEIGHT:g}]")
         non_negative_int(s, "local_crops", self.local_crops)
         positive_int(s, "local_crop_size", self.local_crop_size)
         lo, hi = pair(s, "local_scale", self.local_scale)
         expect(0 < lo <= hi <= 1, s, "local_scale", self.local_scale, "two numbers 0 < lo <= hi <= 1")
         for key in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
             number(s, key, getattr(self, key), 1e-6, 100.0, "a temperature > 0")
-        number(s, "warmup_teacher_temp_epochs", self.warmup_teacher_temp_epochs, 0.0, float("inf"), "epochs >= 0")
+        for key in ("warmup_teacher_temp_epochs", "freeze_last_layer_epochs"):
+            number(s, key, getattr(self, key), 0.0, MAX_EPOCHS, f"epochs in [0, {MAX_EPOCHS:g}]")
         fraction(s, "center_momentum", self.center_momentum)
         number(s, "teacher_momentum", self.teacher_momentum, 0.0, 1.0, "a momentum in [0, 1]")
-        number(s, "freeze_last_layer_epochs", self.freeze_last_layer_epochs, 0.0, float("inf"), "epochs >= 0")
         expect(isinstance(self.export_teacher, bool), s, "export_teacher", self.export_teacher, "true or false")

@@ -69,8 +69,9 @@ class TokenizerConfig:
     ``path`` is a ``.safetensors`` file saved by ``beit_ds.tokenizers.save_dvae``, which holds
     the decoder too; ``dvae`` configures training one). ``image_size``: the tokenizer view
     (112 for 224² images with 16² patches and downsampling 8). ``dtype``: inference precision,
-    ``"float32"`` by default (unilm tokenizes outside autocast; the tokenizer view is never cast to
-    the run's precision); ``"auto"`` is the run's (bf16 / fp16 under DeepSpeed's half precision),
+    ``"float32"`` by default (the exact targets: unilm calls its tokenizer outside autocast, but its
+    DALL-E encoder runs its convolutions in fp16 on GPUs, ``docs/FIDELITY.md``; the tokenizer view
+    is never cast to the run's precision); ``"auto"`` is the run's (bf16 / fp16 under DeepSpeed's half precision),
     cheaper but it changes targets (``bench/tokenizer.py`` reports agreement and img/s). ``compile``:
     ``torch.compile`` the encoder (DALL-E's or our dVAE's) with weight freezing (inference only;
     on the 2-core CPU DALL-E 1.35× the reference's img/s against 1.19× eager,

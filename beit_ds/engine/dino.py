@@ -33,8 +33,10 @@ from beit_ds.engine.state import TrainState
 from beit_ds.engine.task import StepOutput, Task, register
 from beit_ds.models import build_mim_model, build_model
 from beit_ds.models.convert import backbone_state_dict
-from beit_ds.models.dino import BeitDinoStudent, DinoLoss, teacher_temperature
+from beit_ds.models.dino import LAST_LAYER, BeitDinoStudent, DinoLoss, teacher_temperature
+from beit_ds.optim import restart_groups
 from beit_ds.recipe import DinoPretrainRecipe
+from beit_ds.safe_write import make_dir, write_text
 from beit_ds.schedules import cosine
 
 
@@ -115,6 +117,18 @@ class DinoPretrainTask(Task[DinoPretrainRecipe]):
     def last_layer_frozen(self, step: int) -> bool:
         return step < self.recipe.dino.freeze_last_layer_epochs * self.steps_per_epoch
 
+    def schedule_optimizer(self, optimizer: Any, step: int) -> None:
+        """DINO's last-layer freezing as its ``p.grad = None`` does it: while frozen the layer's
+        groups get lr 0 (no update, no weight decay; its gradient is zero, ``DinoHead`` detaches
+        the weight), and at the first free step its AdamW state restarts (moments and step count
+        0), so the first update is a fresh AdamW's, not one bias-corrected for the frozen steps."""
+        if self.last_layer_frozen(step):
+            for group in optimizer.param_groups:
+                if str(group.get("group_name", "")).startswith(LAST_LAYER + "."):
+                    group["lr"] = 0.0
+        elif step > 0 and self.last_layer_frozen(step - 1):  # every micro-batch of that step: same state
+            restart_groups(optimizer, LAST_LAYER)
+
     # --- one micro-batch ---------------------------------------------------------------------
     def _teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
         assert self.teacher is not None
@@ -186,10 +200,10 @@ def export_student(
 
     student = build_student(recipe)
     student.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir, link_ok=True)
     ours = save_weights(student.mim.state_dict(), out_dir / "model.safetensors", source=source)
     head = save_weights(student.dino_head.state_dict(), out_dir / "dino_head.safetensors", source=source)
-    (out_dir / "recipe.json").write_text(json.dumps(recipe_dict, indent=1))
+    write_text(out_dir / "recipe.json", json.dumps(recipe_dict, indent=1))
     backbone = build_model(recipe.model)
     backbone.load_state_dict(backbone_state_dict(student.mim.state_dict()), strict=True)
     return [ours, head, *write_timm_and_hf(backbone, out_dir)]

@@ -142,6 +142,7 @@ def _train_epoch(run: _Run, state: TrainState) -> bool:
     engine, task = run.engine, run.task
     for batch in io.make_loader(state.epoch, state.samples_in_epoch):
         apply_schedule(engine.optimizer, plan.lr_at(state.step), plan.wd_at(state.step))
+        task.schedule_optimizer(engine.optimizer, state.step)
         out = task.forward(engine, batch, state.step)
         engine.backward(out.loss)
         engine.step()

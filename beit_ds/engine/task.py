@@ -10,6 +10,7 @@ shared job its parts:
 * ``forward(model, batch, step) -> StepOutput(loss, metrics)``: the loop then owns
   ``engine.backward`` and ``engine.step`` and calls ``after_optimizer_step(engine)`` at each
   optimizer-step boundary; ``step`` is ``TrainState.step``, the one clock of every schedule;
+  ``schedule_optimizer(optimizer, step)`` runs before each forward, after the lr schedule;
 * ``extra_state()`` / ``restore(client, tag_dir)``: more state saved with each checkpoint;
 * ``evaluate`` (every rank) and ``samples`` (rank 0) after each checkpoint, when the task has them;
 * ``export(tag_dir, out_dir, client)``: a class method, so ``launch/export.py`` exports any
@@ -73,6 +74,10 @@ class Task(Generic[R]):
 
     def forward(self, model: Any, batch: Any, step: int) -> StepOutput:
         raise NotImplementedError(f"{type(self).__name__}: a task defines forward()")
+
+    def schedule_optimizer(self, optimizer: Any, step: int) -> None:
+        """Called before each micro-batch's forward, after the loop set the lr and weight decay
+        of optimizer step ``step``: the task's own changes to the optimizer's groups or state."""
 
     def after_optimizer_step(self, engine: Any) -> None:
         """Called after each optimizer step (e.g. an EMA update)."""

@@ -26,6 +26,8 @@ from beit_ds.config.dino import DinoHeadConfig
 from beit_ds.models.beit import trunc_normal
 from beit_ds.models.mim import BeitForMaskedImageModeling, MIMOutput
 
+LAST_LAYER = "dino_last_layer"  # the label of the prototype layer's optimizer groups
+
 
 class WeightNormLinear(nn.Module):
     """``x [.., I] -> [.., O]`` through ``W = g · v / ‖v‖`` (row-wise norm, no bias): weight
@@ -138,7 +140,9 @@ class BeitDinoStudent(nn.Module):
 
     ``forward(global_images [2·B, 3, H, W], bool_masked_pos [2·B, N] or [2·B, H', W'],
     target [2·B, ...], local_images [L·B, 3, h, w] or None) -> DinoStudentOutput``.
-    The optimizer's groups come from the backbone inside (``optim.param_groups`` composes).
+    The optimizer's groups come from the backbone inside (``optim.param_groups`` composes); the
+    head's last layer has groups of its own (``own_param_groups``), whose AdamW state restarts when
+    its freezing ends.
     """
 
     def __init__(self, mim: BeitForMaskedImageModeling, head: DinoHeadConfig) -> None:
@@ -148,6 +152,10 @@ class BeitDinoStudent(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.mim.set_grad_checkpointing(enable)
+
+    def own_param_groups(self) -> dict[str, str]:
+        """``{name prefix: group label}``: the prototype layer's optimizer groups (``LAST_LAYER``)."""
+        return {"dino_head.last_layer.": LAST_LAYER}
 
     def cls_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W] -> [B, D]``: the final (normed) [CLS] token of unmasked images at their own grid."""

@@ -10,6 +10,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from beit_ds.data.skips import DataError
+
 # (panel title, metric keys tried in order): the first key a run has is drawn
 PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("loss", ("train/loss",)),
@@ -29,14 +31,28 @@ def read_metrics(run: str | Path) -> Series:
     if not path.is_file():
         raise FileNotFoundError(f"{run}: no metrics.jsonl")
     by_key: dict[str, dict[int, float]] = {}
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         if not line.strip():
             continue
-        record = json.loads(line)
+        step, record = _record(path, number, line)
         for key, value in record.items():
             if key not in ("step", "time") and isinstance(value, (int, float)):
-                by_key.setdefault(key, {})[int(record["step"])] = float(value)
+                by_key.setdefault(key, {})[step] = float(value)
     return {k: (sorted(v), [v[s] for s in sorted(v)]) for k, v in by_key.items()}
+
+
+def _record(path: Path, number: int, line: str) -> tuple[int, dict[str, object]]:
+    """(step, record) of line ``number`` of ``path``; anything else is a one-line ``DataError``."""
+    try:
+        record = json.loads(line)
+    except ValueError as err:
+        raise DataError(f"{path} line {number}: not a JSON object ({getattr(err, 'msg', err)})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path} line {number}: not a JSON object (a {type(record).__name__})")
+    step = record.get("step")
+    if not isinstance(step, int) or isinstance(step, bool):
+        raise DataError(f"{path} line {number}: expected an integer 'step', got {step!r}")
+    return step, record
 
 
 def present_panels(runs: Sequence[Series]) -> list[tuple[str, tuple[str, ...]]]:
@@ -56,7 +72,7 @@ def plot_runs(runs: Sequence[str | Path], out: str | Path, labels: Sequence[str]
     names = list(labels) or [Path(r).name for r in runs]
     panels = present_panels(series)
     if not panels:
-        raise ValueError(f"runs {list(map(str, runs))}: none of {[k for _, ks in PANELS for k in ks]} logged")
+        raise DataError(f"runs {list(map(str, runs))}: none of {[k for _, ks in PANELS for k in ks]} logged")
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8), dpi=80, squeeze=False)
     for ax, (title, keys) in zip(axes[0], panels):
         for s, name in zip(series, names):

@@ -5,6 +5,7 @@ normalisation, the masking, the tokenizer), weights and images to one PNG each.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +17,15 @@ from beit_ds.config import ConfigError
 from beit_ds.models.beit import Beit
 from beit_ds.models.mim import BeitForMaskedImageModeling
 from beit_ds.recipe import PretrainRecipe
-from beit_ds.visualize.attention import attention_figure, attention_maps, parse_query
+from beit_ds.visualize.attention import Query, attention_figure, attention_maps, parse_query
 from beit_ds.visualize.canvas import save_png
 from beit_ds.visualize.inputs import load_model, normalize, read_images
 
 MODES = ("attention", "mim", "curves")
+# The most patches per image: one block's attention maps are (1 + N)² per head and image, computed
+# one image at a time; 64x64 patches (1024² at patch 16, 256² at patch 4) is 64 MiB per head.
+MAX_PATCHES = 4096
+MAX_SCALE = 8
 
 
 @dataclass
@@ -43,9 +48,35 @@ def _inputs(recipe: PretrainRecipe, look: Look, mim: bool) -> tuple[Beit, torch.
     torch.manual_seed(look.seed)
     model = load_model(look.weights, recipe.model, recipe.mim if mim else None)
     size = look.size or (model.cfg.img_size, model.cfg.img_size)
-    _, pixels = read_images(look.images, size, look.limit)
+    check_size(size, model.patch_embed.patch_size)
+    _, pixels = read_images(look.images, size, look.limit, recipe.data.max_image_pixels)
     t = recipe.data.transform
     return model, pixels, normalize(pixels, t.mean, t.std)
+
+
+def check_size(size: tuple[int, int], patch: int) -> None:
+    """One-line ``ConfigError`` unless ``size = (H, W)`` is whole patches, at most ``MAX_PATCHES``."""
+    h, w = size
+    if h % patch or w % patch:
+        raise ConfigError(f"--size {h} {w}: expected sides that are multiples of model.patch_size={patch}")
+    if (h // patch) * (w // patch) > MAX_PATCHES:
+        n = (h // patch) * (w // patch)
+        raise ConfigError(
+            f"--size {h} {w}: {n} patches per image; expected at most {MAX_PATCHES} (patch {patch})"
+        )
+
+
+def _queries(texts: Sequence[str], patch: int, patch_grid: tuple[int, int]) -> list[Query]:
+    """``--query`` strings as queries inside ``patch_grid``; a bad one is a one-line ``ConfigError``."""
+    queries = []
+    for text in texts:
+        try:
+            query = parse_query(text, patch)
+            query.token(patch_grid)
+        except ValueError as err:
+            raise ConfigError(f"--query {text!r}: {err}") from None
+        queries.append(query)
+    return queries
 
 
 def attention_png(
@@ -55,8 +86,13 @@ def attention_png(
     ``block`` over each image, with the top-``mass`` masks, as one PNG."""
     model, pixels, images = _inputs(recipe, look, mim=False)
     patch = model.patch_embed.patch_size
-    parsed = [parse_query(q, patch) for q in queries]
-    maps = attention_maps(model, images, parsed, block)
+    depth = len(model.blocks)
+    if not -depth <= block < depth:
+        raise ConfigError(f"--block {block}: expected a block index in [-{depth}, {depth})")
+    parsed = _queries(queries, patch, model.patch_embed.dynamic_grid(*images.shape[-2:]))
+    maps = torch.cat(
+        [attention_maps(model, image[None], parsed, block) for image in images]
+    )  # bounded memory
     return save_png(attention_figure(pixels, maps, parsed, patch, mass, look.scale), look.out)
 
 
@@ -74,6 +110,12 @@ def mim_png(recipe: PretrainRecipe, look: Look, mask_seed: int = 0) -> tuple[Pat
     ).clamp(0, 1)
     view = map_pixels(view) if tokenizer.preprocess == "dalle" else view
     grid = model.patch_embed.dynamic_grid(*images.shape[-2:])
+    if grid != tuple(tokenizer.grid_size):
+        h, w = images.shape[-2:]
+        raise ConfigError(
+            f"--size {h} {w}: patch grid {grid} != the tokenizer's token grid {tuple(tokenizer.grid_size)};"
+            " expected the size whose patch grid is the tokenizer's (the model's img_size)"
+        )
     masks = blockwise_masks(recipe.masking, grid, len(images), mask_seed)
     if not isinstance(model, BeitForMaskedImageModeling):
         raise ConfigError(f"--weights {look.weights!r}: no MIM head (lm_head) to predict tokens with")
@@ -102,9 +144,9 @@ def parse(mode: str, argv: list[str]) -> argparse.Namespace:
             nargs=2,
             metavar=("H", "W"),
             default=None,
-            help="input size (default: model's)",
+            help=f"input size (default: model's); at most {MAX_PATCHES} patches, e.g. 1024 1024 at patch 16",
         )
-        parser.add_argument("--scale", type=int, default=2, help="enlarge each panel this many times")
+        parser.add_argument("--scale", type=int, default=2, help=f"enlarge each panel 1 to {MAX_SCALE} times")
         parser.add_argument("--seed", type=int, default=0, help="random init and mask seed")
         parser.add_argument(
             "--query", action="append", default=[], help="cls, ROW,COL (patch) or px:X,Y (pixel); repeatable"
@@ -116,4 +158,19 @@ def parse(mode: str, argv: list[str]) -> argparse.Namespace:
             "--mass", type=float, default=0.6, help="thresholded mask keeps this attention mass"
         )
     parser.add_argument("--out", default=f"{mode}.png", help="output PNG")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if mode != "curves":
+        check_options(args)
+    return args
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """One-line ``ConfigError`` for option values that are wrong for any model."""
+    if args.size is not None and min(args.size) <= 0:
+        raise ConfigError(f"--size {args.size[0]} {args.size[1]}: expected two positive integers")
+    if args.limit < 0:
+        raise ConfigError(f"--limit {args.limit}: expected an integer >= 0 (0 = all)")
+    if not 1 <= args.scale <= MAX_SCALE:
+        raise ConfigError(f"--scale {args.scale}: expected an integer in [1, {MAX_SCALE}]")
+    if not (math.isfinite(args.mass) and 0 < args.mass <= 1):
+        raise ConfigError(f"--mass {args.mass}: expected a fraction in (0, 1] of the attention")

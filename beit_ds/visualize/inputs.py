@@ -4,7 +4,8 @@ Weights: an export folder (``models.load_export``), anything ``finetune.init`` a
 (``engine.weights.read_weights``: DeepSpeed checkpoints, timm / unilm / Hugging Face files) built
 on the recipe's ``model`` section, or nothing (the same network at random initialisation).
 Images: ``demo`` (the bundled scikit-image photographs), a folder, a text file list, or one file,
-resized to the size asked for and kept in [0, 1].
+resized to the size asked for and kept in [0, 1]; a file that is no image or has more pixels than
+``data.max_image_pixels`` (a decompression bomb) is a one-line ``DataError``.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from beit_ds.config import ConfigError, MIMConfig, ModelConfig
+from beit_ds.config import ConfigError, DataConfig, MIMConfig, ModelConfig
+from beit_ds.data.decode import decode, open_image
+from beit_ds.data.skips import DataError, SkipSample
 from beit_ds.models.beit import Beit
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+MAX_IMAGE_PIXELS = DataConfig.max_image_pixels  # the default of data.max_image_pixels
 
 
 def is_export(path: str | Path) -> bool:
@@ -87,17 +91,28 @@ def image_paths(source: str | Path) -> list[Path]:
     return files
 
 
-def read_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
-    """The image at ``path`` as RGB ``[3, H, W]`` in [0, 1], resized (bicubic) to ``size = (H, W)``."""
-    with Image.open(path) as img:
-        rgb = img.convert("RGB").resize((size[1], size[0]), Image.Resampling.BICUBIC)
+def read_image(path: Path, size: tuple[int, int], max_pixels: int = MAX_IMAGE_PIXELS) -> torch.Tensor:
+    """The image at ``path`` as RGB ``[3, H, W]`` in [0, 1], resized (bicubic) to ``size = (H, W)``;
+    decoded as training decodes (``data/decode.py``: EXIF rotation, alpha on white). A file that is
+    no image, is broken or has more than ``max_pixels`` pixels is a one-line ``DataError``."""
+    try:
+        enc = open_image(path.read_bytes(), str(path), max_pixels)
+        image, _ = decode(enc)
+    except SkipSample as err:
+        raise DataError(f"image {path}: {err}") from None
+    except OSError as err:
+        raise DataError(f"image {path}: unreadable ({err.strerror or err})") from None
+    rgb = image.resize((size[1], size[0]), Image.Resampling.BICUBIC)
     return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float() / 255.0
 
 
-def read_images(source: str | Path, size: tuple[int, int], limit: int = 0) -> tuple[list[str], torch.Tensor]:
-    """(names, images ``[B, 3, H, W]`` in [0, 1]) of the first ``limit`` (0: all) of ``source``."""
+def read_images(
+    source: str | Path, size: tuple[int, int], limit: int = 0, max_pixels: int = MAX_IMAGE_PIXELS
+) -> tuple[list[str], torch.Tensor]:
+    """(names, images ``[B, 3, H, W]`` in [0, 1]) of the first ``limit`` (0: all) of ``source``;
+    images of more than ``max_pixels`` pixels (``data.max_image_pixels``) are refused."""
     paths = image_paths(source)[: limit or None]
-    return [p.stem for p in paths], torch.stack([read_image(p, size) for p in paths])
+    return [p.stem for p in paths], torch.stack([read_image(p, size, max_pixels) for p in paths])
 
 
 def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:

@@ -142,3 +142,48 @@ def test_loss_and_student_compile_without_graph_breaks():
     mask, target = torch.rand(4, 64) < 0.4, torch.randint(0, 32, (4, 64))
     compiled = torch.compile(model, fullgraph=True)(images, mask, target, local)
     torch.testing.assert_close(compiled.logits, model(images, mask, target, local).logits, rtol=1e-4, atol=1e-5)
+
+
+def _sincos_table(side: int, dim: int) -> torch.Tensor:
+    """A smooth ``[1, 1 + side², dim]`` position table (2-D sin-cos, MAE's layout; [CLS] row 0)."""
+    gy, gx = torch.meshgrid(torch.arange(side, dtype=torch.float64), torch.arange(side, dtype=torch.float64), indexing="ij")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    parts = [f(g.reshape(-1, 1) * omega) for g in (gx, gy) for f in (torch.sin, torch.cos)]
+    return torch.cat([torch.zeros(1, dim, dtype=torch.float64), torch.cat(parts, 1)])[None].float()
+
+
+def _dino_resample(table: torch.Tensor, w0: int) -> torch.Tensor:
+    """DINO's ``VisionTransformer.interpolate_pos_encoding`` (facebookresearch/dino): bicubic with
+    ``scale_factor = (w0 + 0.1) / sqrt(N)``, which shifts the sampling grid off centre."""
+    n, dim = table.shape[1] - 1, table.shape[2]
+    side = int(math.sqrt(n))
+    image = table[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    scale = (w0 + 0.1) / side
+    out = torch.nn.functional.interpolate(image, scale_factor=(scale, scale), mode="bicubic")
+    assert out.shape[-2:] == (w0, w0)
+    return out.permute(0, 2, 3, 1).reshape(1, -1, dim)
+
+
+def test_local_crop_positions_are_centred_unlike_dino():
+    """docs/FIDELITY.md (DINO): a 96² local crop of a 224²-trained ViT-B/16 resamples the 14x14
+    position table to 6x6. Ours (``resize_pos_embed``, timm's) samples source patch
+    ``(i + 0.5) · 14/6 - 0.5``; DINO's ``(i + 0.5) · 14/6.1 - 0.5``: up to 0.21 source patches
+    nearer the top-left (rms 0.13), which on a smooth 2-D sin-cos table is an rms difference of
+    3.5 % of the table (the issue measured 4.4 % on its table)."""
+    from beit_ds.models.resize import resize_pos_embed
+
+    shift = [(i + 0.5) * 14 * (1 / 6 - 1 / 6.1) for i in range(6)]
+    assert shift[-1] == pytest.approx(0.2104, abs=1e-4)
+    assert math.sqrt(sum(s * s for s in shift) / 6) == pytest.approx(0.1321, abs=1e-4)
+    table = _sincos_table(14, 768)
+    ours, dino = resize_pos_embed(table, (6, 6))[:, 1:], _dino_resample(table, 6)
+    rms = ((ours - dino).pow(2).mean().sqrt() / table[:, 1:].pow(2).mean().sqrt()).item()
+    assert rms == pytest.approx(0.0348, abs=5e-4)
+    # centred: resampling commutes with mirroring the grid (ours, timm's); DINO's grid does not
+    def mirrored(t: torch.Tensor, side: int) -> torch.Tensor:
+        grid = t[:, 1:].reshape(1, side, side, -1).flip(1, 2).reshape(1, side * side, -1)
+        return torch.cat([t[:, :1], grid], 1)
+
+    torch.testing.assert_close(resize_pos_embed(mirrored(table, 14), (6, 6)), mirrored(resize_pos_embed(table, (6, 6)), 6))
+    gap = (_dino_resample(mirrored(table, 14), 6) - mirrored(torch.cat([table[:, :1], dino], 1), 6)[:, 1:]).abs().max()
+    assert gap > 0.05
