@@ -6,7 +6,20 @@ import logging
 import sys
 from pathlib import Path
 
+from beit_ds.safe_write import open_append
+
 LOGGER_NAME = "beit_ds"
+
+
+class _OwnedStream(logging.StreamHandler):
+    """A ``StreamHandler`` that closes its file when it is closed."""
+
+    def close(self) -> None:
+        try:
+            self.flush()
+            self.stream.close()
+        finally:
+            super().close()
 
 
 class _RankZeroFilter(logging.Filter):
@@ -33,7 +46,7 @@ def init_logging(rank: int, run_dir: Path | None = None, level: int = logging.IN
     logger.addHandler(stream)
     if run_dir is not None and rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(run_dir / "train.log")
+        file_handler = _OwnedStream(open_append(run_dir / "train.log"))  # never through a planted link
         file_handler.setFormatter(fmt)
         logger.addHandler(file_handler)
     return logger

@@ -1,5 +1,6 @@
 """Training metrics: one writer with TensorBoard and JSON-lines backends (rank 0 only), and a
-throughput / ETA meter for the progress bar.
+throughput / ETA meter for the progress bar. ``metrics.jsonl`` and ``tensorboard/`` are refused in one
+line when they are links (safe_write.py).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import math
 import time
 from pathlib import Path
 from typing import Any
+
+from beit_ds.safe_write import make_dir, open_append
 
 
 class MetricWriter:
@@ -24,11 +27,12 @@ class MetricWriter:
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115 (closed in close())
-        if tensorboard:
+        events = make_dir(run_dir / "tensorboard") if tensorboard else None  # a planted link is refused
+        self._jsonl = open_append(run_dir / "metrics.jsonl")  # never through a link; closed in close()
+        if events is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            self._tb = SummaryWriter(log_dir=str(events))
 
     def write(self, step: int, scalars: dict[str, float], prefix: str = "train") -> None:
         if not self.enabled:

@@ -1,4 +1,5 @@
-"""Shared fixtures: the debug preset, seeded RNG, and the read-only shared datasets folder.
+"""Shared fixtures: the debug preset, seeded RNG, the read-only shared datasets folder, and a
+victim file for the tests that plant links in a run folder.
 
 A skip is not a pass: in CI (``CI=true``) a missing reference package, shared dataset or system
 tool that a test needs fails the test instead of skipping it (``require``).
@@ -48,3 +49,13 @@ def datasets_dir() -> Path:
         DATASETS.is_dir(), f"shared datasets not found at {DATASETS} (only present on the project's machines)"
     )
     return DATASETS
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    """``elsewhere/victim.txt`` holding ``precious``: a file outside a run folder, for links planted
+    there to point at (it must never change)."""
+    path = tmp_path / "elsewhere" / "victim.txt"
+    path.parent.mkdir()
+    path.write_text("precious")
+    return path

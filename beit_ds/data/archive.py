@@ -5,8 +5,10 @@ A gzip stream cannot be read at an offset, so a compressed archive is unpacked o
 changed archive gets a fresh folder). Every rank of every job calls ``extracted_folder``: the first
 takes an exclusive ``flock`` on ``<folder>.lock`` and extracts into a temporary sibling, renamed into
 place only when complete; the others wait on the lock and then find the finished folder. A crash
-leaves at most a temporary folder, removed by the next extraction. Uncompressed ``.tar`` files are
-not extracted: ``shards.tar_archive_records`` reads them in place.
+leaves at most a temporary folder, removed by the next extraction. Only regular files and folders
+are extracted, member by member: a link (symbolic or hard), a device or pipe, an absolute path or a
+name that lands outside the folder ends the extraction with one line naming the member. Uncompressed
+``.tar`` files are not extracted: ``shards.tar_archive_records`` reads them in place.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ import fcntl
 import hashlib
 import logging
 import os
+import secrets
 import shutil
 import tarfile
 from pathlib import Path
 
 from beit_ds.data.skips import DataError
+from beit_ds.safe_write import open_regular
 
 COMPRESSED_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 CACHE_ENV = "BEIT_DS_CACHE"
@@ -60,35 +64,61 @@ def extracted_folder(archive: Path, cache_dir: Path | None = None) -> Path:
     target = cache / cache_key(archive)
     if target.is_dir():
         return target
-    with open(cache / f"{target.name}.lock", "w") as lock:
+    lock = open_regular(cache / f"{target.name}.lock", os.O_RDWR | os.O_CREAT)  # never through a link
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if not target.is_dir():
             _extract(archive, target)
+    finally:
+        os.close(lock)
     return target
 
 
 def _extract(archive: Path, target: Path) -> None:
     for stale in target.parent.glob(f"{target.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = target.parent / f"{target.name}.tmp-{os.getpid()}"
+        if stale.is_symlink():
+            stale.unlink()
+        else:
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = target.parent / f"{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    os.mkdir(tmp)  # a new folder: fails rather than follow a link planted under that name
     log.info("extracting %s into %s (once)", archive, target)
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(tmp, filter="data")  # no absolute paths, links out of tmp, or devices
-            else:  # Python < 3.10.12 / 3.11.4: no extraction filters; refuse unsafe names ourselves
-                _check_member_names(tar, archive)
-                tar.extractall(tmp)
-    except (tarfile.TarError, OSError, EOFError) as err:
+        _extract_members(archive, tmp)
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise DataError(f"data.path={str(archive)!r}: cannot extract the archive ({err})") from err
+        raise
     os.rename(tmp, target)
 
 
-def _check_member_names(tar: tarfile.TarFile, archive: Path) -> None:
-    for member in tar.getmembers():
-        parts = Path(member.name).parts
-        if Path(member.name).is_absolute() or ".." in parts or member.issym() or member.islnk():
-            raise DataError(
-                f"data.path={str(archive)!r}: unsafe member {member.name!r} (absolute, '..' or link)"
-            )
+def _extract_members(archive: Path, root: Path) -> None:
+    """Every member of ``archive`` into ``root``, each checked before it is written (one pass)."""
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                _check_member(member, archive, root)
+                if hasattr(tarfile, "data_filter"):  # the standard library's checks as well (3.10.12+, 3.11.4+)
+                    tar.extract(member, root, set_attrs=False, filter="data")
+                else:
+                    tar.extract(member, root, set_attrs=False)
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise DataError(f"data.path={str(archive)!r}: cannot extract the archive ({err})") from err
+
+
+def _check_member(member: tarfile.TarInfo, archive: Path, root: Path) -> None:
+    """A one-line ``DataError`` unless ``member`` is a regular file or folder that lands inside
+    ``root``. Links are refused whatever their target: an image archive needs none, and chains of
+    them defeat the ``data`` filter of Pythons before the CVE-2025-4517 fix."""
+    if member.issym() or member.islnk():
+        why = "a symbolic link" if member.issym() else "a hard link"
+    elif not (member.isfile() or member.isdir()):
+        why = "a device or pipe"
+    elif os.path.isabs(member.name):
+        why = "an absolute path"
+    else:
+        real_root = os.path.realpath(root)
+        inside = os.path.commonpath([real_root, os.path.realpath(os.path.join(real_root, member.name))])
+        why = "" if inside == real_root else "outside the archive's folder"
+    if why:
+        raise DataError(f"data.path={str(archive)!r}: member {member.name!r} is {why};"
+                        " an image archive holds regular files and folders only")

@@ -32,6 +32,7 @@ from typing import Any, cast
 
 import torch
 
+from beit_ds import safe_write
 from beit_ds.distributed import ProcessPlace, all_gather_object, barrier, broadcast_object
 from beit_ds.engine import elastic, integrity, safe_load
 from beit_ds.engine.state import TrainState, rng_state, set_rng_state
@@ -41,6 +42,7 @@ POINTER = "latest.json"
 MARKER = "COMPLETE.json"
 TAG = re.compile(r"^step_\d{8,}$")
 STAGING = ".saving"
+IMPORTED = "imported"  # checkpoints/imported/: universal forms of other runs' checkpoints
 
 
 class CheckpointError(RuntimeError):
@@ -62,12 +64,7 @@ def fp32_group_names(engine: Any) -> dict[str, Any]:
 
 
 def _atomic_write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    safe_write.write_text(path, json.dumps(data, indent=1))  # fsynced, renamed over path (a link there too)
 
 
 def read_pointer(ckpt_dir: Path) -> list[str] | None:
@@ -294,8 +291,7 @@ class CheckpointManager:
         run was only asked to read)."""
         if tag_dir.parent.resolve() == self.dir.resolve():
             return elastic.universal_dir(tag_dir)
-        digest = hashlib.sha256(str(tag_dir.resolve()).encode()).hexdigest()[:10]
-        return self.dir / "imported" / f"{tag_dir.name}_{digest}{elastic.SUFFIX}"
+        return self.dir / IMPORTED / _imported_name(tag_dir)
 
     def _universal(self, tag_dir: Path, info: dict[str, Any]) -> Path:
         """The universal form of ``tag_dir`` (``info``: its ``COMPLETE.json``): rank 0 converts it
@@ -315,9 +311,39 @@ class CheckpointManager:
         return out
 
 
+def _imported_name(tag_dir: Path) -> str:
+    """The folder name a run gives the universal form of another run's checkpoint ``tag_dir``."""
+    digest = hashlib.sha256(str(tag_dir.resolve()).encode()).hexdigest()[:10]
+    return f"{tag_dir.name}_{digest}{elastic.SUFFIX}"
+
+
+def _converted_from(out: Path, tag_dir: Path) -> bool | None:
+    """Whether the existing folder ``out`` is a complete universal form of ``tag_dir`` (True), a
+    stale or damaged one that may be replaced (False), or something else, never replaced (None):
+    only the default ``<tag>_universal``, the name a run gives an imported one, an empty folder or
+    one whose marker names ``tag_dir`` as its source are this checkpoint's."""
+    source = str(tag_dir.resolve())
+    try:
+        if verify(out).get("source_path", source) == source:
+            return True
+    except CheckpointError:
+        pass
+    if out.is_symlink() or not out.is_dir():
+        return None
+    named = out.resolve() == elastic.universal_dir(tag_dir).resolve() or (
+        out.parent.name == IMPORTED and out.name == _imported_name(tag_dir))
+    try:
+        marker = json.loads((out / MARKER).read_text())
+        stale = isinstance(marker, dict) and marker.get("universal") is True and marker.get("source_path") == source
+    except (OSError, ValueError):
+        stale = False
+    return False if named or stale or not any(out.iterdir()) else None
+
+
 def to_universal(tag_dir: Path, out: Path | None = None, workers: int = 1, checksums: bool = True) -> Path:
     """The universal form of the complete checkpoint ``tag_dir`` in ``out`` (default: its
-    ``<tag>_universal`` sibling), converted unless already there; published atomically.
+    ``<tag>_universal`` sibling), converted unless already there; published atomically, its marker
+    included. An existing ``out`` that is no form of ``tag_dir`` is left untouched (one-line error).
     ``checksums=False``: sizes only, for a caller that has just verified ``tag_dir``."""
     info = verify(tag_dir, checksums)
     if info.get("universal"):
@@ -326,14 +352,13 @@ def to_universal(tag_dir: Path, out: Path | None = None, workers: int = 1, check
         raise CheckpointError(f"checkpoint {tag_dir}: ZeRO stage 0 (no optimizer shards) loads on any world size"
                               " as it is; it has no universal form")
     out = Path(out) if out is not None else elastic.universal_dir(tag_dir)
-    if out.exists():
-        try:
-            if verify(out).get("source_path", str(tag_dir.resolve())) == str(tag_dir.resolve()):
-                return out  # converted before
-        except CheckpointError:
-            pass
-        if out != elastic.universal_dir(tag_dir) and out.parent.name != "imported":
-            raise CheckpointError(f"{out}: exists and is no universal form of {tag_dir}; expected a new folder")
+    if out.exists() or out.is_symlink():
+        mine = _converted_from(out, tag_dir)
+        if mine:
+            return out  # converted before
+        if mine is None:
+            raise CheckpointError(f"{out}: exists and is no universal form of {tag_dir}; expected a new folder"
+                                  " (left untouched)")
     try:
         safe_load.check_files(tag_dir, "checkpoint")
     except safe_load.UnsafeFileError as err:
@@ -346,11 +371,12 @@ def to_universal(tag_dir: Path, out: Path | None = None, workers: int = 1, check
         elastic.ds_to_universal(tag_dir, done, workers)
     for rng in tag_dir.glob("rng_rank*.pt"):
         shutil.copy2(rng, done)
-    shutil.rmtree(out, ignore_errors=True)  # left by an interrupted publish: no marker yet
-    os.replace(done, out)
-    shutil.rmtree(staging, ignore_errors=True)
     meta = {k: v for k, v in info.items() if k != "files"}
     marker = {**meta, "universal": True, "source": tag_dir.name, "source_path": str(tag_dir.resolve())}
-    _atomic_write_json(out / MARKER, {**marker, "files": integrity.manifest(out, 0, 1, MARKER)})
+    _atomic_write_json(done / MARKER, {**marker, "files": integrity.manifest(done, 0, 1, MARKER)})
+    if out.exists():  # a stale form of this checkpoint: set aside, deleted once the new one is in place
+        os.replace(out, staging / "replaced")
+    os.replace(done, out)
+    shutil.rmtree(staging, ignore_errors=True)
     get_logger().info("converted %s to a universal checkpoint: %s", tag_dir, out)
     return out

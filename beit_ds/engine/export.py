@@ -1,6 +1,8 @@
 """Export a (ZeRO-sharded) checkpoint as consolidated fp32 weights ready for fine-tuning:
 ``model.safetensors`` in our (= unilm) layout, plus the backbone in timm's and Hugging Face's
-layouts (``timm/``, ``hf/``) via ``models/convert.py``.
+layouts (``timm/``, ``hf/``) via ``models/convert.py``. Every file is written beside its name and
+renamed into place, and the sub-folders must not be links (safe_write.py): a link planted in an
+export folder is never written through.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from beit_ds.engine.task import Task, task_type
 from beit_ds.models import Beit, BeitForMaskedImageModeling, build_mim_model, build_model
 from beit_ds.models.convert import backbone_state_dict, to_hf, to_timm
 from beit_ds.recipe import PretrainRecipe
+from beit_ds.safe_write import make_dir, replacing, write_text
 
 
 def checkpoint_client_state(tag_dir: Path) -> dict[str, Any]:
@@ -78,10 +81,17 @@ def _contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in sd.items()}
 
 
-def save_weights(sd: dict[str, torch.Tensor], path: Path, **metadata: str) -> Path:
-    """``sd`` as a safetensors file at ``path`` (tensors made contiguous), tagged ``format=beit_ds``."""
-    save_file(_contiguous(sd), path, metadata={"format": "beit_ds", **metadata})
+def save_tensors(sd: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> Path:
+    """``sd`` as a safetensors file at ``path`` (tensors made contiguous), written beside it and
+    renamed into place: a link at ``path`` is replaced, never written through."""
+    with replacing(path) as tmp:
+        save_file(_contiguous(sd), tmp, metadata=metadata)
     return path
+
+
+def save_weights(sd: dict[str, torch.Tensor], path: Path, **metadata: str) -> Path:
+    """``sd`` as a safetensors file at ``path`` (``save_tensors``), tagged ``format=beit_ds``."""
+    return save_tensors(sd, path, {"format": "beit_ds", **metadata})
 
 
 def export_checkpoint(tag_dir: Path, out_dir: Path, client: dict[str, Any] | None = None) -> list[Path]:
@@ -93,9 +103,9 @@ def export_checkpoint(tag_dir: Path, out_dir: Path, client: dict[str, Any] | Non
     recipe = build_dataclass(PretrainRecipe, client["recipe"])
     model: BeitForMaskedImageModeling = build_mim_model(recipe.model, recipe.mim)
     model.load_state_dict(consolidated_state_dict(tag_dir), strict=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir, link_ok=True)
     ours = save_weights(model.state_dict(), out_dir / "model.safetensors", source=str(tag_dir))
-    (out_dir / "recipe.json").write_text(json.dumps(client["recipe"], indent=1))
+    write_text(out_dir / "recipe.json", json.dumps(client["recipe"], indent=1))
     backbone = build_model(recipe.model)
     backbone.load_state_dict(backbone_state_dict(model.state_dict()), strict=True)
     return [ours, *write_timm_and_hf(backbone, out_dir)]
@@ -105,17 +115,18 @@ def write_timm_and_hf(model: Beit, out_dir: Path) -> list[Path]:
     """``timm/`` (weights + ``timm.json``) and ``hf/`` (``save_pretrained`` layout) exports of
     ``model``; with a classifier, Hugging Face's is a ``BeitForImageClassification``."""
     timm = to_timm(model)
-    (out_dir / "timm").mkdir(parents=True, exist_ok=True)
-    save_file(_contiguous(timm.state_dict), out_dir / "timm" / "model.safetensors")
-    (out_dir / "timm" / "timm.json").write_text(json.dumps({"model_name": timm.model_name, "kwargs": timm.kwargs}, indent=1, default=repr))
+    make_dir(out_dir / "timm")  # inside the export: a link there is refused
+    save_tensors(timm.state_dict, out_dir / "timm" / "model.safetensors")
+    write_text(out_dir / "timm" / "timm.json",
+               json.dumps({"model_name": timm.model_name, "kwargs": timm.kwargs}, indent=1, default=repr))
     hf = to_hf(model, layout="hub")
-    (out_dir / "hf").mkdir(exist_ok=True)
+    make_dir(out_dir / "hf")
     classifier = model.head is not None
     weights = hf.for_image_classification() if classifier else hf.state_dict
-    save_file(_contiguous(weights), out_dir / "hf" / "model.safetensors", metadata={"format": "pt"})
+    save_tensors(weights, out_dir / "hf" / "model.safetensors", {"format": "pt"})
     architecture = "BeitForImageClassification" if classifier else "BeitModel"
     config = {"model_type": "beit", "architectures": [architecture], **hf.config}
-    (out_dir / "hf" / "config.json").write_text(json.dumps(config, indent=1))
+    write_text(out_dir / "hf" / "config.json", json.dumps(config, indent=1))
     return [out_dir / "timm", out_dir / "hf"]
 
 
@@ -131,7 +142,9 @@ def checkpoint_task(task_cls: type[Task[Any]], tag_dir: Path, client: dict[str, 
 
 def export_any(tag_dir: Path, out_dir: Path) -> list[Path]:
     """Export ``tag_dir`` by the ``kind`` its client state stores (pre-training, fine-tuning,
-    linear probe, tokenizer), through that task's ``export``."""
+    linear probe, tokenizer), through that task's ``export``. ``out_dir`` (made if missing) must
+    be a folder: anything else is a one-line ``ConfigError`` before any work."""
+    make_dir(out_dir, link_ok=True)
     client = checkpoint_client_state(tag_dir)
     kind = client.get("kind", "pretrain")  # checkpoints before kinds were stored are pre-training ones
     return task_type(str(kind), f"checkpoint {tag_dir}").export(tag_dir, out_dir, client)

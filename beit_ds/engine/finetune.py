@@ -41,6 +41,7 @@ from beit_ds.logger import get_logger, init_logging
 from beit_ds.metrics import MetricWriter
 from beit_ds.models import BeitForImageClassification, build_classifier
 from beit_ds.recipe import ClassificationRecipe, FinetuneRecipe, LinearProbeRecipe, TrainingRecipe
+from beit_ds.safe_write import make_dir, write_text
 
 KINDS: dict[str, type[ClassificationRecipe]] = {"finetune": FinetuneRecipe, "linear_probe": LinearProbeRecipe}
 NO_MIXING = AugmentConfig(rand_augment_ops=0, random_erasing=0.0, mixup=0.0, cutmix=0.0)
@@ -148,11 +149,11 @@ def export_classifier(tag_dir: Path, out_dir: Path, client: dict[str, Any] | Non
         recipe.model, recipe.finetune.head_init_scale, probe_layer(recipe), probe_pool(recipe)
     )
     model.load_state_dict(consolidated_state_dict(tag_dir), strict=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir, link_ok=True)
     paths = [save_weights(model.state_dict(), out_dir / "model.safetensors")]
     if "ema" in client:
         paths.append(save_weights(client["ema"], out_dir / "model_ema.safetensors"))
-    (out_dir / "recipe.json").write_text(json.dumps(client["recipe"], indent=1))
+    write_text(out_dir / "recipe.json", json.dumps(client["recipe"], indent=1))
     if probe_layer(recipe) is None:
         paths += write_timm_and_hf(model, out_dir)
     return paths
@@ -291,7 +292,7 @@ def evaluate_recipe(recipe: ClassificationRecipe, out_json: Path | None = None) 
 def _write_json(path: Path | None, data: dict[str, Any]) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=1))
+        write_text(path, json.dumps(data, indent=1))
 
 
 def _evaluate_classifier(recipe: ClassificationRecipe, out_json: Path | None) -> dict[str, float]:

@@ -20,6 +20,7 @@ import errno
 import hashlib
 import os
 import re
+import secrets
 import shutil
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,12 @@ def probe_writable(folder: Path, key: str) -> str | None:
     """None when a file can be created in ``folder`` (made if missing), else a one-line reason."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write_probe.{os.getpid()}"
-        probe.write_bytes(b"x")
+        probe = folder / f".write_probe.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)  # never a link
+        try:
+            os.write(fd, b"x")
+        finally:
+            os.close(fd)
         probe.unlink()
     except OSError as err:
         return f"{key}={str(folder)!r}: not writable ({_errno_name(err)}: {err.strerror})"

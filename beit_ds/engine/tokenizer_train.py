@@ -25,6 +25,7 @@ from beit_ds.engine.state import TrainState
 from beit_ds.engine.task import StepOutput, Task, register
 from beit_ds.metrics import MetricWriter
 from beit_ds.recipe import TokenizerRecipe
+from beit_ds.safe_write import make_dir, write_text
 from beit_ds.tokenizers import DiscreteVAE, code_usage, dvae_schedule, save_dvae
 
 
@@ -119,13 +120,13 @@ class TokenizerTask(Task[TokenizerRecipe]):
     def export(cls, tag_dir: Path, out_dir: Path, client: dict[str, Any]) -> list[Path]:
         """``tokenizer.safetensors`` and, when the recipe's data is readable here, ``report.json``."""
         task, model = checkpoint_task(cls, tag_dir, client)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(out_dir, link_ok=True)
         save_dvae(cast(DiscreteVAE, model).eval(), out_dir / "tokenizer.safetensors")
         paths = [out_dir / "tokenizer.safetensors"]
         data = task.recipe.data
         if data.source == "demo" or Path(data.path).exists():  # readable here
             report = reconstruction_report(model, task.build_loader())
-            (out_dir / "report.json").write_text(json.dumps(report, indent=1))
+            write_text(out_dir / "report.json", json.dumps(report, indent=1))
             paths.append(out_dir / "report.json")
         return paths
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from beit_ds.config import DVAEConfig
+from beit_ds.safe_write import replacing
 from beit_ds.schedules import cosine
 from beit_ds.tokenizers.inference import compile_frozen
 from beit_ds.tokenizers.protocol import check_images, check_tokens
@@ -230,12 +231,14 @@ DVAE_FORMAT = "beit_ds.dvae/1"
 
 
 def save_dvae(model: DiscreteVAE, path: str | Path) -> None:
-    """Write ``model``'s weights and its ``DVAEConfig`` to a ``.safetensors`` file."""
+    """Write ``model``'s weights and its ``DVAEConfig`` to a ``.safetensors`` file (written beside
+    it and renamed into place: a link at ``path`` is replaced, never written through)."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": DVAE_FORMAT, "dvae_config": json.dumps(dataclasses.asdict(model.cfg))}
-    save_file(state, str(path), metadata=meta)
+    with replacing(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
 
 
 def load_dvae(path: str | Path, input_size: int) -> DiscreteVAE:

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from beit_ds.safe_write import replacing
+
 # "inferno"-like anchors (dark -> bright), linearly interpolated
 _ANCHORS = np.array(
     [
@@ -108,10 +110,12 @@ def grid(rows: Sequence[Sequence[tuple[str, torch.Tensor]]], scale: int = 1, pad
 
 
 def save_png(image: Image.Image, path: str | Path) -> Path:
-    """Write ``image`` as a PNG without metadata (same pixels -> same bytes); returns the path."""
+    """Write ``image`` as a PNG without metadata (same pixels -> same bytes); returns the path. A
+    link at ``path`` is replaced, never written through (safe_write.py)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="PNG", optimize=True)
+    with replacing(path) as tmp:
+        image.save(tmp, format="PNG", optimize=True)
     return path
 
 

@@ -3,7 +3,9 @@
     python experiments/cifar10/study.py [--out /tmp/beit_cifar] [--seeds 0 1 2] [--tiny] [stage ...]
 
 Stages (default: all, in order; each run is skipped once done, so a killed study continues where it
-stopped and a killed run resumes from its last checkpoint):
+stopped and a killed run resumes from its last checkpoint). The running launcher ends with the
+study: SIGTERM to the study is passed on (the launcher saves and stops), and a study killed
+outright takes its launcher down with it (Linux's parent-death signal):
   lists     class-balanced, disjoint labelled / held-out val / test file lists (make_lists.py)
   tokenizer our dVAE on the 50k train images, labels unused (tokenizer.yaml)
   pretrain  BEiT MIM, labels unused (pretrain.yaml), five arms: ``long`` (blockwise masking, visual
@@ -30,6 +32,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from beit_ds.processes import exit_on_sigterm, run_child
 
 ROOT = Path(__file__).resolve().parents[2]
 EXP = Path(__file__).resolve().parent
@@ -127,7 +131,7 @@ class Study:
         log = self.out / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a") as f:
-            rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+            rc = run_child(cmd, f, ROOT)
         if rc != 0:
             raise SystemExit(f"[{stage}] {name}: exit {rc}; see {log} (rerun the study to resume)")
         wall = time.time() - t0
@@ -147,7 +151,7 @@ class Study:
                "--out", str(path.with_suffix(".tmp"))]
         t0 = time.time()
         with open(self.out / f"{name}.log", "a") as f:
-            rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+            rc = run_child(cmd, f, ROOT)
         if rc != 0:
             raise SystemExit(f"[{stage}] {name}: test evaluation exit {rc}; see {self.out / name}.log")
         result = json.loads(path.with_suffix(".tmp").read_text())
@@ -175,10 +179,14 @@ class Study:
             return
         sys.path.insert(0, str(ROOT))
         from beit_ds.data.archive import extracted_folder
+        from beit_ds.data.skips import DataError
 
         if not self.archive.is_file():
             raise SystemExit(f"--archive {self.archive}: not a file (expected cifar10_jpeg.tar.gz)")
-        root = extracted_folder(self.archive, self.cache)
+        try:  # the training runs' own extraction: links, devices and escaping members refused
+            root = extracted_folder(self.archive, self.cache)
+        except DataError as err:
+            raise SystemExit(f"--archive {self.archive}: {err}") from None
         s = self.scale
         subprocess.check_call([sys.executable, str(EXP / "make_lists.py"), str(root), str(self.out),
                                "--labelled", str(s.labelled), "--val", str(s.val), "--test", str(s.test)])
@@ -275,6 +283,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown stage(s) {unknown}: expected any of {', '.join(STAGES)}")
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+    exit_on_sigterm()  # a SIGTERM (scancel, kill) stops the running launcher, which saves, first
     study = Study(args.out.resolve(), args.seeds, TINY if args.tiny else FULL, args.cache.resolve(),
                   args.archive.resolve(), args.pretrain_ds_config.resolve() if args.pretrain_ds_config else None)
     study.plan(args.stages)

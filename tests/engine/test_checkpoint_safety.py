@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from beit_ds.cli import run_cli
 from beit_ds.config import ConfigError
 from beit_ds.distributed import ProcessPlace
 from beit_ds.engine import integrity, resume_guard
-from beit_ds.engine.checkpoint import MARKER, CheckpointError, CheckpointManager, read_marker, resolve
+from beit_ds.engine.checkpoint import (
+    MARKER,
+    CheckpointError,
+    CheckpointManager,
+    read_marker,
+    resolve,
+    to_universal,
+)
 from beit_ds.engine.state import TrainState
 from tests.engine.test_checkpoint import _engine, _step
 
@@ -153,3 +162,56 @@ def test_resume_paths_say_what_they_are(engine, tmp_path):
     (tmp_path / "step_00000009" / MARKER).unlink()
     with pytest.raises(CheckpointError, match="incomplete"):
         resolve(tmp_path / "step_00000009")
+
+
+def test_links_planted_in_the_checkpoints_folder_are_replaced_not_followed(engine, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    ckpt = tmp_path / "run" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    (ckpt / "latest.json").symlink_to(victim)
+    (ckpt / f".latest.json.tmp{os.getpid()}").symlink_to(victim)  # the temporary name a writer might pick
+    manager = _run(tmp_path / "run", engine, (1,))
+    assert victim.read_text() == "precious"
+    assert not (ckpt / "latest.json").is_symlink() and manager.find("auto") == ckpt / "step_00000001"
+
+
+def test_convert_out_replaces_only_a_universal_form_of_the_same_checkpoint(engine, tmp_path, capsys):
+    _run(tmp_path / "run", engine, (1,))
+    tag = tmp_path / "run" / "checkpoints" / "step_00000001"
+    mine = tmp_path / "imported" / "mine"  # a user's folder, under a parent that happens to be named so
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(CheckpointError, match=f"^{mine}: exists and is no universal form of {tag}") as err:
+        to_universal(tag, mine)
+    assert "\n" not in str(err.value)
+    with pytest.raises(SystemExit) as stop:  # as launch/convert_checkpoint.py runs it
+        run_cli(lambda: to_universal(tag, mine))
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {err.value}"]
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
+
+    out = to_universal(tag, tmp_path / "elsewhere" / "universal")
+    (out / "zero" / "optimizer_state.pt").write_bytes(b"damaged")  # a stale form of this very checkpoint
+    assert to_universal(tag, out) == out and read_marker(out)["universal"] is True
+    assert to_universal(tag, out, checksums=True) == out  # replaced by a good conversion
+
+
+def test_this_runs_imported_universal_form_is_converted_again_when_damaged(engine, tmp_path):
+    _run(tmp_path / "theirs", engine, (1,))
+    tag = tmp_path / "theirs" / "checkpoints" / "step_00000001"
+    ours = CheckpointManager(tmp_path / "ours", 3, ProcessPlace(world_size=2))
+    out = ours._universal(tag, read_marker(tag))
+    (out / MARKER).unlink()  # an interrupted publish of an older version
+    assert ours._universal(tag, read_marker(tag)) == out
+    assert resolve(out) == out
+
+
+def test_the_write_probe_never_writes_through_a_planted_link(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / f".write_probe.{os.getpid()}").symlink_to(victim)
+    assert integrity.probe_writable(folder, "checkpoint.output_dir") is None
+    assert victim.read_text() == "precious"

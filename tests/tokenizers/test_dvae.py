@@ -241,3 +241,12 @@ def test_range_check_runs_on_the_first_batch_only(monkeypatch) -> None:
     monkeypatch.setenv("BEIT_DS_CHECK_EVERY_BATCH", "1")
     with pytest.raises(ValueError, match="expected values in"):
         model.encode(bad)
+
+
+def test_saving_replaces_a_planted_link_not_its_target(tmp_path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "tokenizer.safetensors").symlink_to(victim)
+    save_dvae(small_dvae(), tmp_path / "tokenizer.safetensors")
+    assert victim.read_text() == "precious"
+    assert load_dvae(tmp_path / "tokenizer.safetensors", 32).cfg == small_dvae().cfg

@@ -75,3 +75,14 @@ def test_png_round_trips(tmp_path: Path) -> None:
     assert back.shape == (a.shape[0] + b.shape[0], b.shape[1], 3)
     assert (back[: a.shape[0], : a.shape[1]] == a).all() and (back[a.shape[0] :] == b).all()
     assert (back[: a.shape[0], a.shape[1] :] == 255).all()  # white beside the narrower row
+
+
+def test_a_planted_overlay_link_is_replaced_not_written_through(tmp_path: Path, victim: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "eval.png").symlink_to(victim)
+    image, label, pred = _example()
+    path = save_overlays(run / "eval.png", [overlay_figure(image, label, pred, palette(4))])
+    assert victim.read_text() == "precious"
+    assert not path.is_symlink() and Image.open(path).format == "PNG"
+    assert sorted(p.name for p in run.iterdir()) == ["eval.png"]
