@@ -24,7 +24,7 @@ setup(
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",
-        "deepspeed>=0.15",
+        "deepspeed>=0.18.6",  # 0.18.6 fixed bf16 + ZeRO stage 0 (gradients divided by 65536, never zeroed)
         "timm>=1.0.9",
         "numpy>=1.24",
         "pillow>=10.0",

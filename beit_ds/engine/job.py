@@ -30,6 +30,7 @@ from beit_ds.engine.task import Task, hooks_after_save
 from beit_ds.logger import get_logger, init_logging
 from beit_ds.metrics import MetricWriter
 from beit_ds.recipe import TrainingRecipe
+from beit_ds.safe_write import make_dir
 from beit_ds.schedules import cosine, cosine_with_warmup, linear_with_warmup, scaled_lr
 
 if TYPE_CHECKING:
@@ -113,14 +114,15 @@ def run_job(task: Task[Any], ds_path: str | Path, resume: str, overwrite: bool =
     checkpoints = CheckpointManager(run_dir, recipe.checkpoint.keep_last, place,
                                     checksums=recipe.checkpoint.verify == "checksum")
     found = checkpoints.find(resume)
+    layout = resume_guard.optimizer_layout(flight.ds_config, flight.precision)
     if found is not None:
-        resume_guard.check_resumable(found, task.kind, to_dict(recipe))
+        resume_guard.check_resumable(found, task.kind, to_dict(recipe), layout)
     lineage = resume_guard.lineage_of(read_marker(found), found) if found else resume_guard.new_lineage()
     resume_guard.guard_output(checkpoints.dir, lineage, overwrite)
     recipe, flight = _fit_to_world(recipe, flight, found, ds_path, place.world_size)
     task.recipe = recipe
     checkpoints.global_batch = flight.global_batch  # recorded: a resume on another world size keeps it
-    checkpoints.meta = {"lineage": lineage, "kind": task.kind, "recipe": to_dict(recipe)}
+    checkpoints.meta = {"lineage": lineage, "kind": task.kind, "recipe": to_dict(recipe), "optimizer": layout}
     seed_everything(recipe.schedule.seed)  # identical initial weights on every rank
     engine = init_engine(task.build_model(), recipe.optim, flight.ds_config)
     seed_everything(recipe.schedule.seed + 1000 * (place.rank + 1))  # per-rank random draws
@@ -154,7 +156,7 @@ def run_job(task: Task[Any], ds_path: str | Path, resume: str, overwrite: bool =
         log.warning("data: %s", loader.report.summary())
     latest = newest_complete(checkpoints.dir, checksums=False)  # written by this run moments ago
     if recipe.checkpoint.export_at_end and place.is_main and latest is not None:
-        paths = type(task).export(latest, run_dir / "export", checkpoint_client_state(latest))
+        paths = type(task).export(latest, make_dir(run_dir / "export"), checkpoint_client_state(latest))
         log.info("exported %s", ", ".join(str(p) for p in paths))
     if lock is not None:
         lock.release()

@@ -4,6 +4,11 @@
   checkpoints in the client state). Resuming it with a recipe whose shape-defining keys differ
   (``model.*`` except run-time switches, ``mim.*``, ``probe.*``, a tokenizer's ``tokenizer.dvae``)
   is a one-line error listing them, instead of a state-dict traceback from inside DeepSpeed.
+* **Same optimizer layout.** DeepSpeed stores the optimizer state per ZeRO stage and precision:
+  flat shards (stage 1/2; bf16 ones under other file names) or one state in the model-states file
+  (stage 0; the bf16 wrapper's differs from torch's). Only a stage 1 <-> 2 change in the same
+  precision loads; any other change of stage or precision is a one-line error naming both, instead
+  of DeepSpeed's ``AttributeError`` / ``KeyError`` / missing-file traceback.
 * **Lineage.** A run started from scratch gets a new lineage id; a resumed run keeps its
   checkpoint's. The output folder's complete checkpoints of another lineage are never replaced
   silently: ``--resume none`` (or a checkpoint of another run) on a folder that holds some is
@@ -71,9 +76,47 @@ def _saved_recipe(tag_dir: Path, info: dict[str, Any]) -> tuple[str | None, dict
     return client.get("kind"), client.get("recipe")
 
 
-def check_resumable(tag_dir: Path, kind: str, recipe: dict[str, Any]) -> None:
-    """One-line ``ConfigError`` unless ``tag_dir`` was saved by a ``kind`` run of this architecture."""
+def optimizer_layout(ds_config: dict[str, Any], precision: str) -> dict[str, Any]:
+    """What decides the form of a checkpoint's optimizer state: ZeRO stage and precision."""
+    return {"zero_stage": int(ds_config.get("zero_optimization", {}).get("stage", 0)), "precision": precision}
+
+
+def _saved_layout(info: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's ``optimizer_layout``; for checkpoints that predate its record, what its
+    files show (stage 0 or 1/2, and bf16 for bf16 ZeRO shards)."""
+    if "optimizer" in info:
+        return dict(info["optimizer"])
+    shards = [name for name in info.get("files", {}) if "optim_states" in name]
+    if not shards:
+        return {"zero_stage": 0}
+    return {"zero_stage": 2, "precision": "bf16"} if any(n.startswith("bf16_") for n in shards) else {"zero_stage": 2}
+
+
+def _describe(layout: dict[str, Any]) -> str:
+    stage = layout["zero_stage"]
+    return f"ZeRO stage {'1/2' if stage in (1, 2) else stage}" + (f" in {layout['precision']}" if "precision" in layout else "")
+
+
+def check_layout(tag_dir: Path, info: dict[str, Any], layout: dict[str, Any]) -> None:
+    """One-line ``ConfigError`` when this run's ``optimizer_layout`` cannot load the checkpoint's."""
+    saved = _saved_layout(info)
+    same_stage = (saved["zero_stage"] == 0) == (layout["zero_stage"] == 0)
+    same_precision = "precision" not in saved or saved["precision"] == layout["precision"]
+    if same_stage and same_precision:
+        return
+    raise ConfigError(
+        f"--resume {tag_dir}: saved with {_describe(saved)}, this run's --deepspeed_config is {_describe(layout)}:"
+        " DeepSpeed cannot load optimizer state across that change; resume with a config of the checkpoint's"
+        " stage and precision (ds_configs/), or start a new run from its weights with finetune.init"
+    )
+
+
+def check_resumable(tag_dir: Path, kind: str, recipe: dict[str, Any], layout: dict[str, Any] | None = None) -> None:
+    """One-line ``ConfigError`` unless ``tag_dir`` was saved by a ``kind`` run of this architecture
+    (and, given this run's ``optimizer_layout``, one whose optimizer state it can load)."""
     info = read_marker(tag_dir)
+    if layout is not None:
+        check_layout(tag_dir, info, layout)
     saved_kind, saved = _saved_recipe(tag_dir, info)
     if saved_kind is not None and saved_kind != kind:
         raise ConfigError(

@@ -1,4 +1,5 @@
-"""Merging ds_configs/*.json with the recipe: batch arithmetic and one-line errors."""
+"""Merging ds_configs/*.json with the recipe: batch arithmetic and one-line errors; the bf16 stage-0
+config steps as the fp32 one does."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from beit_ds.config import ConfigError
+from beit_ds.config import ConfigError, MIMConfig
 from beit_ds.engine.ds_setup import precision_of, read_ds_config, resolve_ds_config
+from beit_ds.models import build_mim_model, model_config
+from beit_ds.optim import param_groups
 from beit_ds.recipe import OptimConfig, ScheduleConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,3 +74,31 @@ def test_wrong_shapes_are_one_line_before_deepspeed(tmp_path, data, message):
     with pytest.raises(ConfigError) as err:
         read_ds_config(_write(tmp_path, data))
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def _moves(deepspeed, config: str) -> torch.Tensor:
+    """How far two optimizer steps of 2 accumulated micro-batches move a tiny MIM model's weights."""
+    torch.manual_seed(0)
+    model = build_mim_model(model_config("beit_debug_patch4_32", drop_path_rate=0.0), MIMConfig(vocab_size=32))
+    start = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+    ds = resolve_ds_config(read_ds_config(ROOT / f"ds_configs/{config}.json"),
+                           ScheduleConfig(micro_batch_size=4, grad_accum=2), OptimConfig(clip_grad=0.0), 1, 1e-3)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, 0.05), config=ds)
+    for micro in range(4):
+        g = torch.Generator().manual_seed(micro)
+        x = torch.randn(4, 3, 32, 32, generator=g).to(next(engine.module.parameters()).dtype)
+        out = engine(x, torch.rand(4, 64, generator=g) < 0.4, torch.randint(0, 32, (4, 64), generator=g))
+        engine.backward(out.loss)
+        engine.step()
+    after = engine.module.state_dict()
+    return torch.cat([(after[k].float() - v).flatten() for k, v in start.items()])
+
+
+def test_a_bf16_stage0_step_moves_the_weights_as_the_fp32_one(ds_single_rank):
+    """DeepSpeed before 0.18.6 divided bf16 stage-0 gradients by an unused loss scale (65536) and
+    did not zero them between steps; setup.py requires a release with the fix. Measured here: the
+    bf16 moves differ from fp32's by 0.25 of their size (the bf16 weights' rounding); with the
+    gradients divided by 65536 by 0.93."""
+    fp32, bf16 = _moves(ds_single_rank, "zero0_fp32_cpu"), _moves(ds_single_rank, "zero0_bf16")
+    assert fp32.norm() > 0
+    assert (bf16 - fp32).norm() / fp32.norm() < 0.5
