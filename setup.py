@@ -21,6 +21,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["beit_ds", "beit_ds.*"]),
     package_data={"beit_ds": ["py.typed", "recipes/*.yaml", "assets/*.safetensors"]},
+    entry_points={"console_scripts": ["beit-ds=beit_ds.cli:main"]},
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",

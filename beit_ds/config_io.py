@@ -11,17 +11,19 @@ can be named without their path. ``inherit: <recipe>`` is read beside the recipe
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, TypeVar, Union, cast
 
 import yaml
 
 from beit_ds.config import ConfigError
 from beit_ds.config.validate import ALLOW_INF, finite
+from beit_ds.recipe import KINDS, TrainingRecipe, derive_kind, recipe_root
 from beit_ds.safe_write import write_text
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -210,10 +212,11 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 
 def save_yaml(obj: Any, path: Path) -> None:
-    """Write the resolved config ``obj`` as YAML (the form ``load_recipe`` reads back); a link at
-    ``path`` is replaced, never written through."""
+    """Write the resolved config ``obj`` as YAML (the form ``load_recipe`` reads back; a recipe's
+    ``kind`` first); a link at ``path`` is replaced, never written through."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
+    kind = {"kind": obj.kind} if getattr(obj, "kind", "") else {}
+    write_text(path, yaml.safe_dump({**kind, **to_dict(obj)}, sort_keys=False))
 
 
 def _resolve_preset(data: dict[str, Any]) -> dict[str, Any]:
@@ -253,13 +256,21 @@ def read_recipe(name_or_path: str | Path, seen: tuple[Path, ...] = ()) -> dict[s
     return _merge(read_recipe(inherited_path(parent, path), (*seen, path)), data)
 
 
-def load_recipe(cls: type[T], name_or_path: str | Path | None, overrides: Sequence[str] = ()) -> T:
-    """The recipe ``cls`` from a YAML file (or defaults when None) plus CLI overrides."""
+def load_recipe(cls: type[T] | None, name_or_path: str | Path | None, overrides: Sequence[str] = ()) -> T:
+    """The recipe from a YAML file (or defaults when None) plus CLI overrides. Its root is the one
+    its ``kind`` names (``recipe.derive_kind``: stated, else derived once from ``cls``, the root a
+    command expects); ``cls=None`` takes any kind."""
     data = read_recipe(name_or_path) if name_or_path is not None else {}
     data = _resolve_preset(apply_overrides(data, list(overrides)))
-    cls = getattr(cls, "root_for", lambda _: cls)(data)  # a root may pick a subclass by sections (dino)
+    where = str(name_or_path) if name_or_path is not None else "(defaults)"
+    expected = cls if cls is None or issubclass(cls, TrainingRecipe) else None
+    if expected is not None or "kind" in data or cls is None:
+        root: type[Any] = recipe_root(derive_kind(expected, data, where), expected, where)
+        data = {k: v for k, v in data.items() if k != "kind"}
+    else:
+        root = cls
     try:
-        recipe = build_dataclass(cls, data)
+        recipe = build_dataclass(root, data)
         derived = recipe.derived() if hasattr(recipe, "derived") else {}
         for key, (value, fact) in derived.items():
             given = _lookup(data, key)
@@ -267,9 +278,21 @@ def load_recipe(cls: type[T], name_or_path: str | Path | None, overrides: Sequen
                 data = apply_overrides(data, [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"])
             elif given != value:
                 raise _stated_twice(key, given, value, fact)
-        return build_dataclass(cls, data) if derived else recipe
+        return cast(T, build_dataclass(root, data) if derived else recipe)
     except TypeError as err:  # a section given as a scalar, etc.
         raise ConfigError(f"recipe {name_or_path}: {err}") from None
+
+
+def recipe_kinds() -> dict[str, list[str]]:
+    """``{kind: [shipped recipe names]}``: what ``--help`` lists."""
+    out: dict[str, list[str]] = {kind: [] for kind in KINDS}
+    for path in sorted(RECIPES_DIR.glob("*.yaml")):
+        try:
+            kind = derive_kind(None, read_recipe(path), str(path))
+        except ConfigError:
+            continue
+        out[kind].append(path.stem)
+    return out
 
 
 _ABSENT = object()
@@ -297,3 +320,13 @@ def _lookup(data: dict[str, Any], dotted: str) -> Any:
             return _ABSENT
         node = node[part]
     return node
+
+
+def recipe_parser(description: str, default_recipe: str | None) -> argparse.ArgumentParser:
+    """``--config`` (a recipe path or shipped name), the ``deepspeed`` launcher's ``--local_rank``
+    (the rank itself is read from the environment) and trailing ``section.key=value`` overrides."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=default_recipe, help=f"recipe YAML path or shipped name (default: {default_recipe})")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="recipe overrides")
+    return parser

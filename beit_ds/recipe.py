@@ -1,8 +1,11 @@
 """The recipe roots (seed §5, App. G; house style rule 3): ``TrainingRecipe`` holds the sections
 every training has (``config/train.py``), each task's root adds its own (``config/``).
 
-A recipe is a YAML file whose top-level keys are these sections; ``config_io.load_recipe`` builds it and applies ``section.key=value``
-overrides. Derived values (scaled lr, steps per epoch) are computed by the engine, never stored.
+A recipe is a YAML file whose top-level keys are ``kind`` and these sections; ``kind`` names its
+root (``KINDS``: pretrain, dino, finetune, linear_probe, segmentation, tokenizer) and so its task;
+``config_io.load_recipe`` builds it and applies ``section.key=value`` overrides. A recipe that
+states no kind gets one derived once, from the root a launcher expects and the sections it has
+(``derive_kind``), and the resolved ``recipe.yaml`` records it. Derived values (scaled lr, steps per epoch) are computed by the engine, never stored.
 Values that are one fact stated in two sections are derived, not cross-checked: ``derived()``
 of a root names them (``data.transform.input_size`` is ``model.img_size``, the tokenizer view
 is the tokenizer's input, ``mim.vocab_size`` the tokenizer's vocabulary); ``load_recipe`` fills
@@ -12,11 +15,12 @@ each one the recipe leaves out and refuses one it states differently. Torch-free
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from beit_ds.assets import resolve
 from beit_ds.config import (
     AugmentConfig,
+    ConfigError,
     DataConfig,
     FinetuneConfig,
     MaskingConfig,
@@ -34,14 +38,17 @@ from beit_ds.masking import masking_target
 
 __all__ = [
     "CheckpointConfig", "ClassificationRecipe", "DinoPretrainRecipe", "FinetuneRecipe", "LinearProbeRecipe", "LogConfig", "OptimConfig",
-    "PretrainRecipe", "ScheduleConfig", "SegmentationRecipe", "TokenizerRecipe", "TrainingRecipe",
+    "KINDS", "PretrainRecipe", "ScheduleConfig", "SegmentationRecipe", "TokenizerRecipe", "TrainingRecipe", "derive_kind",
+    "recipe_root",
 ]
 
 
 @dataclass
 class TrainingRecipe:
     """The sections every training recipe has: data, optimizer, schedule, checkpoints, logging.
-    Each root below adds the sections of its task."""
+    Each root below adds the sections of its task and names its ``kind``."""
+
+    kind: ClassVar[str] = ""
 
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -54,16 +61,11 @@ class TrainingRecipe:
 class PretrainRecipe(TrainingRecipe):
     """Root of a pre-training recipe: the model, its MIM head, masking and the visual tokenizer."""
 
+    kind: ClassVar[str] = "pretrain"
     model: ModelConfig = field(default_factory=ModelConfig)
     mim: MIMConfig = field(default_factory=MIMConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-
-    @classmethod
-    def root_for(cls, data: dict[str, Any]) -> type[PretrainRecipe]:
-        """The root a recipe's sections ask for (``load_recipe``): with a ``dino`` section,
-        multi-task MIM + DINO (``DinoPretrainRecipe``)."""
-        return DinoPretrainRecipe if cls is PretrainRecipe and "dino" in data else cls
 
     def derived(self) -> dict[str, tuple[Any, str]]:
         """``{key: (value, the key or fact it is)}``: the patch view is the model's input, the
@@ -91,6 +93,7 @@ class DinoPretrainRecipe(PretrainRecipe):
     """Root of a multi-task pre-training recipe (seed App. E): MIM + DINO self-distillation
     (``dino``); the two global crops are the MIM views of ``data.transform``."""
 
+    kind: ClassVar[str] = "dino"
     dino: DinoConfig = field(default_factory=DinoConfig)
 
 
@@ -99,6 +102,7 @@ class TokenizerRecipe(TrainingRecipe):
     """Root of a tokenizer-training recipe (seed App. C): our dVAE (``tokenizer.dvae``) trained on
     the tokenizer view (``data.transform.second_input_size``, ``tokenizer_view: raw``)."""
 
+    kind: ClassVar[str] = "tokenizer"
     tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(name="dvae"))
 
     def derived(self) -> dict[str, tuple[Any, str]]:
@@ -124,6 +128,7 @@ class FinetuneRecipe(ClassificationRecipe):
     """Root of a classification fine-tuning recipe (seed §3.1, App. F/H): weights in ``finetune``,
     DeiT-style augmentation in ``augment``, layer-wise lr decay in ``optim.layer_decay``."""
 
+    kind: ClassVar[str] = "finetune"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -132,6 +137,7 @@ class LinearProbeRecipe(ClassificationRecipe):
     """Root of a linear-probe recipe (seed App. D): a frozen backbone, one linear layer on the mean
     patch token of block ``probe.layer``; crop and flip only (no ``augment`` section)."""
 
+    kind: ClassVar[str] = "linear_probe"
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(head="reset", label_smoothing=0.0))
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 
@@ -144,6 +150,7 @@ class SegmentationRecipe(TrainingRecipe):
     classification keys ``head`` / ``head_init_scale`` / ``ema_decay`` do not apply) and how
     validation images are predicted (``inference``)."""
 
+    kind: ClassVar[str] = "segmentation"
     model: ModelConfig = field(default_factory=lambda: ModelConfig(img_size=512))
     data: SegDataConfig = field(default_factory=SegDataConfig)  # type: ignore[assignment]  # its own data section
     decode: DecoderConfig = field(default_factory=DecoderConfig)
@@ -153,3 +160,37 @@ class SegmentationRecipe(TrainingRecipe):
     def derived(self) -> dict[str, tuple[Any, str]]:
         """The training crop is the model's resolution (positions and bias tables are resized to it)."""
         return {"data.transform.crop_size": (self.model.img_size, "model.img_size")}
+
+
+KINDS: dict[str, type[TrainingRecipe]] = {
+    cls.kind: cls
+    for cls in (PretrainRecipe, DinoPretrainRecipe, FinetuneRecipe, LinearProbeRecipe, SegmentationRecipe, TokenizerRecipe)
+}
+# a recipe without ``kind`` for a launcher that expects a root: the sections that pick a sub-kind
+_SECTION_KINDS = {"pretrain": ("dino", "dino"), "finetune": ("probe", "linear_probe")}
+
+
+def derive_kind(expected: type[TrainingRecipe] | None, data: dict[str, Any], where: str) -> str:
+    """The kind of a recipe mapping: its ``kind`` key, else (once, for recipes written before
+    kinds) the kind of the root a launcher ``expected``, made ``dino`` by a ``dino`` section and
+    ``linear_probe`` by a ``probe`` section. Neither is a one-line ``ConfigError``."""
+    kind = data.get("kind")
+    if kind is None and expected is not None and expected.kind:
+        kind = expected.kind
+        section, sub = _SECTION_KINDS.get(kind, ("", ""))
+        kind = sub if section and section in data else kind
+    if kind is None:
+        raise ConfigError(f"recipe {where}: no kind: expected a top-level 'kind:' ({', '.join(KINDS)})")
+    if kind not in KINDS:
+        raise ConfigError(f"recipe {where}: kind={kind!r}: expected one of {', '.join(KINDS)}")
+    return str(kind)
+
+
+def recipe_root(kind: str, expected: type[TrainingRecipe] | None, where: str) -> type[TrainingRecipe]:
+    """The root of ``kind``; one line when a launcher ``expected`` another root (e.g. a fine-tuning
+    recipe given to the pre-training launcher)."""
+    root = KINDS[kind]
+    if expected is not None and expected.kind and not issubclass(root, expected):
+        raise ConfigError(f"recipe {where}: kind={kind!r}, this command trains {expected.kind!r}: use"
+                          f" launch/train.py (or beit-ds train), which takes every kind")
+    return root

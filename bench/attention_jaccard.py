@@ -11,7 +11,8 @@ import torch
 
 from beit_ds.config_io import load_recipe
 from beit_ds.recipe import PretrainRecipe
-from beit_ds.visualize.inputs import load_model, normalize, read_image
+from beit_ds.tasks.weights import model_to_inspect as load_model
+from beit_ds.visualize.inputs import normalize, read_image
 from beit_ds.visualize.objects import label_pairs, object_jaccards, patch_labels
 
 

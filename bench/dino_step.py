@@ -34,9 +34,9 @@ from torch import nn
 
 from beit_ds.config import MIMConfig, ModelConfig
 from beit_ds.config.dino import DinoHeadConfig
-from beit_ds.engine.dino import update_teacher
 from beit_ds.models import build_mim_model, model_config
 from beit_ds.models.dino import BeitDinoStudent, DinoLoss
+from beit_ds.tasks.dino import update_teacher
 
 
 def beit_step(cfg: ModelConfig, batch: MIMBatch, vocab: int) -> tuple[Callable[[int], None], list[nn.Module]]:

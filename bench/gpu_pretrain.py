@@ -43,11 +43,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from beit_ds.config import MaskingConfig, MIMConfig, ModelConfig
 from beit_ds.data.collate import MIMBatch
 from beit_ds.engine.ds_setup import read_ds_config, resolve_ds_config
-from beit_ds.engine.pretrain import mim_forward
 from beit_ds.engine.runtime import init_engine, torch_dtype
 from beit_ds.masking import build_mask_generator, mask_rng
 from beit_ds.models import build_mim_model, model_config
 from beit_ds.recipe import OptimConfig, ScheduleConfig
+from beit_ds.tasks.pretrain import mim_forward
 from beit_ds.tokenizers.dalle import DalleEncoder, DalleTokenizer
 
 # Dense (no sparsity) tensor-core peaks in TFLOP/s for bf16 / fp16, from the vendors' datasheets.

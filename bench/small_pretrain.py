@@ -56,13 +56,14 @@ from beit_ds.data import build_pretrain_loader
 from beit_ds.distributed import ProcessPlace
 from beit_ds.engine.job import Preflight, loader_place, loop_plan
 from beit_ds.engine.loop import LoopIO, run_loop
-from beit_ds.engine.pretrain import PretrainTask, mim_forward, preflight
+from beit_ds.engine.plan import LoopPlan
 from beit_ds.engine.runtime import cpu_has_native_bf16, init_engine, seed_everything, torch_dtype
 from beit_ds.engine.state import TrainState
 from beit_ds.metrics import MetricWriter
 from beit_ds.models import build_mim_model
 from beit_ds.optim import param_groups
 from beit_ds.recipe import PretrainRecipe
+from beit_ds.tasks.pretrain import PretrainTask, mim_forward, preflight
 from beit_ds.tokenizers import build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,23 +89,23 @@ def recipe_for(args: argparse.Namespace, out_dir: Path) -> PretrainRecipe:
     return load_recipe(PretrainRecipe, args.recipe, [*sets, *args.set])
 
 
-def job_parts(recipe: PretrainRecipe, flight: Preflight) -> tuple[PretrainTask, Any, Any]:
-    """(task, engine, loader) built as ``run_job`` builds them (one rank)."""
+def job_parts(recipe: PretrainRecipe, flight: Preflight) -> tuple[PretrainTask, Any, Any, LoopPlan]:
+    """(task, engine, loader, plan) built as ``run_job`` builds them (one rank; an endless plan)."""
     task = PretrainTask(recipe, ProcessPlace())
     task.check()
     seed_everything(recipe.schedule.seed)
     engine = init_engine(task.build_model(), recipe.optim, flight.ds_config)
     seed_everything(recipe.schedule.seed + 1000)
     loader = task.build_loader()
-    task.attach(engine, torch_dtype(flight.precision))
-    return task, engine, loader
+    plan = loop_plan(recipe, flight, 10**9, 1)
+    task.attach(engine, torch_dtype(flight.precision), plan)
+    return task, engine, loader, plan
 
 
 def job_candidate(recipe: PretrainRecipe, flight: Preflight, batches: list[Any], k: int,
                   out_dir: Path) -> tuple[Step, PretrainTask, Any]:
     """``run_loop`` over ``k`` of ``batches`` per call, the step clock carried across calls."""
-    task, engine, loader = job_parts(recipe, flight)
-    plan = loop_plan(recipe, flight, 10**9, 1)
+    task, engine, _, plan = job_parts(recipe, flight)
     state = TrainState()
     chunk: list[Any] = []
     io = LoopIO(make_loader=lambda epoch, start: iter(chunk), writer=MetricWriter(out_dir, True, False),

@@ -6,15 +6,12 @@
 
 finetune.init: an export (model.safetensors), a DeepSpeed checkpoint folder (step_*, checkpoints/ or
 the run folder), timm / unilm / Hugging Face BEiT weights; '' trains from scratch.
+
+An alias of ``launch/train.py`` / ``beit-ds train`` that expects this kind of recipe.
 """
 
-from pathlib import Path
-
-from beit_ds.cli import run_cli, run_training
-from beit_ds.engine.finetune import finetune
+from beit_ds.cli import run_cli, train_main
 from beit_ds.recipe import FinetuneRecipe
 
-ROOT = Path(__file__).resolve().parents[1]
-
 if __name__ == "__main__":
-    run_cli(lambda: run_training(__doc__, "finetune_demo_cpu", FinetuneRecipe, finetune, ROOT / "ds_configs"))
+    run_cli(lambda: train_main(default_recipe="finetune_demo_cpu", expected=FinetuneRecipe, description=__doc__))

@@ -4,17 +4,12 @@ probe.layer (default: the middle block), one linear layer trained with AdamW and
     python launch/linear_probe.py finetune.init=runs/pretrain_demo_cpu    # CPU demo recipe
     deepspeed launch/linear_probe.py --deepspeed_config ds_configs/zero2_bf16.json \\
         --config linprobe_base finetune.init=runs/pretrain_base_in1k data.path=/data/imagenet/train
+
+An alias of ``launch/train.py`` / ``beit-ds train`` that expects this kind of recipe.
 """
 
-from pathlib import Path
-
-from beit_ds.cli import run_cli, run_training
-from beit_ds.engine.finetune import finetune
+from beit_ds.cli import run_cli, train_main
 from beit_ds.recipe import LinearProbeRecipe
 
-ROOT = Path(__file__).resolve().parents[1]
-
 if __name__ == "__main__":
-    run_cli(
-        lambda: run_training(__doc__, "linprobe_demo_cpu", LinearProbeRecipe, finetune, ROOT / "ds_configs")
-    )
+    run_cli(lambda: train_main(default_recipe="linprobe_demo_cpu", expected=LinearProbeRecipe, description=__doc__))

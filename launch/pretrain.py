@@ -3,23 +3,12 @@
     deepspeed launch/pretrain.py --deepspeed_config ds_configs/zero2_bf16.json --config pretrain_base_in22k [k=v ...]
     deepspeed launch/pretrain.py --config pretrain_base_in1k_dino      # multi-task MIM + DINO
     python launch/pretrain.py            # the CPU demo: tiny BEiT on the bundled photographs
+
+An alias of ``launch/train.py`` / ``beit-ds train`` that expects this kind of recipe.
 """
 
-from pathlib import Path
-
-from beit_ds.cli import run_cli, run_training
-from beit_ds.engine.dino import dino_pretrain
-from beit_ds.engine.pretrain import pretrain
-from beit_ds.recipe import DinoPretrainRecipe, PretrainRecipe
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def train(recipe: PretrainRecipe, ds_config: str, **kwargs: object) -> object:
-    """The recipe's root says the task: ``PretrainRecipe.root_for`` picks MIM + DINO by its ``dino`` section."""
-    run = dino_pretrain if isinstance(recipe, DinoPretrainRecipe) else pretrain
-    return run(recipe, ds_config, **kwargs)  # type: ignore[arg-type]
-
+from beit_ds.cli import run_cli, train_main
+from beit_ds.recipe import PretrainRecipe
 
 if __name__ == "__main__":
-    run_cli(lambda: run_training(__doc__, "pretrain_demo_cpu", PretrainRecipe, train, ROOT / "ds_configs"))
+    run_cli(lambda: train_main(default_recipe="pretrain_demo_cpu", expected=PretrainRecipe, description=__doc__))

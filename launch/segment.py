@@ -7,15 +7,12 @@
 
 finetune.init: a whole segmentation model (ours, unilm / mmseg .pth, Hugging Face
 BeitForSemanticSegmentation) or any backbone launch/finetune.py accepts; '' trains from scratch.
+
+An alias of ``launch/train.py`` / ``beit-ds train`` that expects this kind of recipe.
 """
 
-from pathlib import Path
-
-from beit_ds.cli import run_cli, run_training
-from beit_ds.engine.segment import segment
+from beit_ds.cli import run_cli, train_main
 from beit_ds.recipe import SegmentationRecipe
 
-ROOT = Path(__file__).resolve().parents[1]
-
 if __name__ == "__main__":
-    run_cli(lambda: run_training(__doc__, "seg_camvid_demo_cpu", SegmentationRecipe, segment, ROOT / "ds_configs"))
+    run_cli(lambda: train_main(default_recipe="seg_camvid_demo_cpu", expected=SegmentationRecipe, description=__doc__))

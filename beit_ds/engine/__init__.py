@@ -1,4 +1,6 @@
-"""The DeepSpeed engine: configuration merge, checkpoints, the shared loop and the jobs.
+"""The runtime: the DeepSpeed engine, the one training loop, checkpoints (integrity, elastic
+resume, preemption, the run lock) and the job that runs any ``Task`` on them. It knows no task:
+``beit_ds.tasks`` composes models, data, tokenizers and pictures into tasks on top of it.
 
-DeepSpeed is imported only inside this package (house style rule 13).
+DeepSpeed is imported only inside this package.
 """

@@ -1,4 +1,4 @@
-"""One training job on the DeepSpeed engine, whatever it trains (house style rules 12 and 21).
+"""One training job on the DeepSpeed engine, whatever it trains.
 
 ``run_job`` does what every ``Task`` shares: check the recipe, the DeepSpeed JSON and the output
 folder before any process group, seed, build the engine with our parameter groups, resume, run
@@ -21,10 +21,11 @@ from beit_ds.distributed import ProcessPlace
 from beit_ds.engine import elastic, integrity, resume_guard
 from beit_ds.engine.checkpoint import CheckpointManager, newest_complete, read_marker
 from beit_ds.engine.ds_setup import global_batch, precision_of, read_ds_config, resolve_ds_config
-from beit_ds.engine.export import checkpoint_client_state
-from beit_ds.engine.loop import LoopIO, LoopPlan, run_loop
+from beit_ds.engine.loop import LoopIO, run_loop
+from beit_ds.engine.plan import LoopPlan
 from beit_ds.engine.run_lock import RunLock
 from beit_ds.engine.runtime import bf16_hint, cpu_has_native_bf16, init_engine, seed_everything, torch_dtype
+from beit_ds.engine.saved import read_saved
 from beit_ds.engine.state import TrainState
 from beit_ds.engine.task import Task, hooks_after_save
 from beit_ds.logger import get_logger, init_logging
@@ -99,18 +100,57 @@ def loop_plan(recipe: TrainingRecipe, flight: Preflight, batches_per_rank: int, 
         save_every_epochs=recipe.checkpoint.save_every_epochs,
         max_nonfinite_steps=recipe.log.max_nonfinite_steps,
         progress_bar=recipe.log.progress_bar,
+        schedule_steps=total,
     )
+
+
+@dataclass
+class _Opened:
+    """A run folder taken by this job: its lock, checkpoints, what to resume and the resolved setup."""
+
+    run_dir: Path
+    lock: RunLock | None
+    checkpoints: CheckpointManager
+    found: Path | None
+    flight: Preflight
 
 
 def run_job(task: Task[Any], ds_path: str | Path, resume: str, overwrite: bool = False) -> TrainState:
     """Train (or resume) ``task`` as its recipe says; returns the final ``TrainState``.
     ``overwrite``: allow replacing complete checkpoints of another run in the output folder."""
-    recipe, place = task.recipe, task.place
     task.check()
+    run = _open(task, ds_path, resume, overwrite)
+    recipe, place, flight = task.recipe, task.place, run.flight
+    seed_everything(recipe.schedule.seed)  # identical initial weights on every rank
+    engine = init_engine(task.build_model(), recipe.optim, flight.ds_config)
+    seed_everything(recipe.schedule.seed + 1000 * (place.rank + 1))  # per-rank random draws
+    loader = task.build_loader()
+    plan = loop_plan(recipe, flight, len(loader), place.world_size)
+    # before the RNG state is restored: attaching (e.g. a tokenizer's default init) may draw from
+    # the global generator, which must then be where the checkpoint left it
+    task.attach(engine, torch_dtype(flight.precision), plan)
+    state = _resume(engine, run.checkpoints, run.found, task)
+    if place.is_main:
+        save_yaml(recipe, run.run_dir / "recipe.yaml")
+    _log_start(task, flight, plan)
+    state = _train(task, engine, loader, plan, run, state)
+    latest = newest_complete(run.checkpoints.dir, checksums=False)  # written by this run moments ago
+    if recipe.checkpoint.export_at_end and place.is_main and latest is not None:
+        paths = type(task).export(read_saved(latest), make_dir(run.run_dir / "export"))
+        get_logger().info("exported %s", ", ".join(str(p) for p in paths))
+    if run.lock is not None:
+        run.lock.release()
+    return state
+
+
+def _open(task: Task[Any], ds_path: str | Path, resume: str, overwrite: bool) -> _Opened:
+    """Checks without a process group, the run lock, logging, and the checkpoint to resume (same
+    kind, architecture and optimizer layout; lineage; world size)."""
+    recipe, place = task.recipe, task.place
     flight = preflight(recipe, ds_path, place.world_size)
     run_dir = Path(recipe.checkpoint.output_dir)
     lock = RunLock(run_dir).acquire() if place.is_main else None  # one job per folder (released at exit)
-    log = init_logging(place.rank, run_dir)
+    init_logging(place.rank, run_dir)
     checkpoints = CheckpointManager(run_dir, recipe.checkpoint.keep_last, place,
                                     checksums=recipe.checkpoint.verify == "checksum")
     found = checkpoints.find(resume)
@@ -119,47 +159,36 @@ def run_job(task: Task[Any], ds_path: str | Path, resume: str, overwrite: bool =
         resume_guard.check_resumable(found, task.kind, to_dict(recipe), layout)
     lineage = resume_guard.lineage_of(read_marker(found), found) if found else resume_guard.new_lineage()
     resume_guard.guard_output(checkpoints.dir, lineage, overwrite)
-    recipe, flight = _fit_to_world(recipe, flight, found, ds_path, place.world_size)
-    task.recipe = recipe
+    task.recipe, flight = _fit_to_world(recipe, flight, found, ds_path, place.world_size)
     checkpoints.global_batch = flight.global_batch  # recorded: a resume on another world size keeps it
-    checkpoints.meta = {"lineage": lineage, "kind": task.kind, "recipe": to_dict(recipe), "optimizer": layout}
-    seed_everything(recipe.schedule.seed)  # identical initial weights on every rank
-    engine = init_engine(task.build_model(), recipe.optim, flight.ds_config)
-    seed_everything(recipe.schedule.seed + 1000 * (place.rank + 1))  # per-rank random draws
-    loader = task.build_loader()
-    plan = loop_plan(recipe, flight, len(loader), place.world_size)
-    # before the RNG state is restored: attaching (e.g. a tokenizer's default init) may draw from
-    # the global generator, which must then be where the checkpoint left it
-    task.attach(engine, torch_dtype(flight.precision))
-    state = _resume(engine, checkpoints, found, task)
-    if place.is_main:
-        save_yaml(recipe, run_dir / "recipe.yaml")
+    # kind and recipe are stored once per checkpoint: in its COMPLETE.json
+    checkpoints.meta = {"lineage": lineage, "kind": task.kind, "recipe": to_dict(task.recipe), "optimizer": layout}
+    return _Opened(run_dir, lock, checkpoints, found, flight)
+
+
+def _log_start(task: Task[Any], flight: Preflight, plan: LoopPlan) -> None:
+    log = get_logger()
     log.info("%s: global batch %d, lr %.3g, %d steps/epoch, %d steps, %s", task.kind, flight.global_batch,
              flight.lr, plan.steps_per_epoch, plan.total_steps, flight.precision)
     hint = bf16_hint(flight.precision, torch.cuda.is_available(), cpu_has_native_bf16())
-    if hint and place.is_main:
+    if hint and task.place.is_main:
         log.info(hint)
-    writer = MetricWriter(run_dir, place.is_main, recipe.log.tensorboard)
-    io = LoopIO(
-        make_loader=loader.at, writer=writer, checkpoints=checkpoints,
-        extra_state=lambda: {"recipe": to_dict(recipe), "kind": task.kind, **task.extra_state()},
-        data_report=loader.report.as_metrics,
-    )
-    hooks = hooks_after_save(task, place)
+
+
+def _train(task: Task[Any], engine: Any, loader: Any, plan: LoopPlan, run: _Opened, state: TrainState) -> TrainState:
+    """The shared loop with this task's checkpoint state and after-save hooks; the data report."""
+    writer = MetricWriter(run.run_dir, task.place.is_main, task.recipe.log.tensorboard)
+    io = LoopIO(make_loader=loader.at, writer=writer, checkpoints=run.checkpoints, extra_state=task.extra_state,
+                data_report=loader.report.as_metrics)
+    hooks = hooks_after_save(task, task.place)
     if hooks:
         io.after_save = lambda step: _run_hooks(hooks, engine.module, writer, step)
     try:
-        state = run_loop(engine, task, state, plan, io, place)
+        state = run_loop(engine, task, state, plan, io, task.place)
     finally:
         writer.close()
     if loader.report.skipped:
-        log.warning("data: %s", loader.report.summary())
-    latest = newest_complete(checkpoints.dir, checksums=False)  # written by this run moments ago
-    if recipe.checkpoint.export_at_end and place.is_main and latest is not None:
-        paths = type(task).export(latest, make_dir(run_dir / "export"), checkpoint_client_state(latest))
-        log.info("exported %s", ", ".join(str(p) for p in paths))
-    if lock is not None:
-        lock.release()
+        get_logger().warning("data: %s", loader.report.summary())
     return state
 
 

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from beit_ds.distributed import ProcessPlace, all_reduce_sum
 from beit_ds.engine.checkpoint import CheckpointManager
+from beit_ds.engine.plan import LoopPlan
 from beit_ds.engine.preemption import Preempted, PreemptionWatch
 from beit_ds.engine.state import TrainState
 from beit_ds.engine.task import Task
@@ -32,28 +33,6 @@ from beit_ds.optim import apply_schedule
 
 class NonFiniteLossError(RuntimeError):
     """The loss stayed NaN/inf for too many steps; the last good checkpoint is kept."""
-
-
-@dataclass
-class LoopPlan:
-    """How long and how often: all in optimizer steps except ``save_every_epochs``."""
-
-    total_steps: int
-    steps_per_epoch: int
-    micro_per_step: int
-    samples_per_micro: int  # micro batch x world size: the global sample advance per micro-step
-    lr_at: Callable[[int], float]
-    wd_at: Callable[[int], float]
-    log_every: int
-    save_every_steps: int
-    save_every_epochs: int
-    max_nonfinite_steps: int
-    progress_bar: bool = True
-
-    @property
-    def epoch_samples(self) -> int:
-        """Global samples one epoch trains on (the same on any world size at a fixed global batch)."""
-        return self.steps_per_epoch * self.micro_per_step * self.samples_per_micro
 
 
 @dataclass
@@ -156,7 +135,7 @@ def _train_epoch(run: _Run, state: TrainState) -> bool:
         if micro % plan.micro_per_step:
             continue
         state.step += 1
-        task.after_optimizer_step(engine)
+        task.after_optimizer_step(engine, state.step - 1)
         stop = _step_boundary(loss, state, plan, run.watch)
         if state.step % plan.log_every == 0 or state.step == plan.total_steps:
             _log(run, _global_means(sums, plan, run.place), state)

@@ -1,28 +1,29 @@
-"""What one kind of training is: a registered, typed ``Task`` (house style rule 21; issue 13).
+"""What one kind of training is, as the runtime sees it: a typed ``Task``.
 
 A task is built up front from its recipe and the process's place — one object that holds every
 piece of per-run state (the tokenizer, the EMA, the classes found by the loader) — and gives the
 shared job its parts:
 
 * ``build_model()`` and ``build_loader()``;
-* ``attach(engine, dtype)`` once the engine exists (before the RNG state is restored, so anything
-  it draws at build time is redrawn identically on resume);
+* ``attach(engine, dtype, plan)`` once the engine exists (before the RNG state is restored, so
+  anything it draws at build time is redrawn identically on resume); ``plan`` is the run's clock
+  (steps per epoch, the steps every schedule spans): no task derives it again;
 * ``forward(model, batch, step) -> StepOutput(loss, metrics)``: the loop then owns
-  ``engine.backward`` and ``engine.step`` and calls ``after_optimizer_step(engine)`` at each
-  optimizer-step boundary; ``step`` is ``TrainState.step``, the one clock of every schedule;
-  ``schedule_optimizer(optimizer, step)`` runs before each forward, after the lr schedule;
+  ``engine.backward`` and ``engine.step``; ``step`` is ``TrainState.step``, the one clock of every
+  schedule; ``schedule_optimizer(optimizer, step)`` runs before each forward, after the lr
+  schedule, and ``after_optimizer_step(engine, step)`` after the optimizer step ``step``;
 * ``extra_state()`` / ``restore(client, tag_dir)``: more state saved with each checkpoint;
 * ``evaluate`` (every rank) and ``samples`` (rank 0) after each checkpoint, when the task has them;
-* ``export(tag_dir, out_dir, client)``: a class method, so ``launch/export.py`` exports any
-  checkpoint by the ``kind`` stored in it, without a job.
+* ``export(saved, out_dir)`` and ``evaluate_checkpoint(saved)``: class methods, so a checkpoint is
+  exported or evaluated by the ``kind`` stored in it, without a job; ``evaluate_recipe(recipe,
+  out_json)`` evaluates the weights a recipe of this kind names.
 
-``register`` files a task class under its ``kind``; each task module registers itself. The
-registry imports no task module until a kind is looked up (``task_type``), so it has no cycles.
+The runtime knows no task: ``beit_ds.tasks`` registers them under their kinds and is the one
+place that turns a kind into code.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ from torch import nn
 
 from beit_ds.config import ConfigError
 from beit_ds.distributed import ProcessPlace
+from beit_ds.engine.plan import LoopPlan
+from beit_ds.engine.saved import SavedCheckpoint
 from beit_ds.metrics import MetricWriter
 from beit_ds.recipe import TrainingRecipe
 
@@ -49,10 +52,13 @@ class StepOutput:
 
 
 class Task(Generic[R]):
-    """Base of every task; subclasses set ``kind`` and ``recipe_type`` and override what they do."""
+    """Base of every task; subclasses set ``kind`` and ``recipe_type`` and override what they do.
+    ``backbone_prefix``: where the pre-trained model sits in this kind's checkpoint weights (what
+    ``finetune.init`` of such a checkpoint loads)."""
 
     kind: ClassVar[str]
     recipe_type: ClassVar[type[TrainingRecipe]]
+    backbone_prefix: ClassVar[str] = ""
     has_evaluate: bool = False  # per run: a task may decide from its recipe
     has_samples: bool = False
 
@@ -69,7 +75,7 @@ class Task(Generic[R]):
     def build_loader(self) -> Any:
         raise NotImplementedError(f"{type(self).__name__}: a task defines build_loader()")
 
-    def attach(self, engine: Any, dtype: torch.dtype) -> None:
+    def attach(self, engine: Any, dtype: torch.dtype, plan: LoopPlan) -> None:
         """Called once the engine exists, before a resume restores the RNG state."""
 
     def forward(self, model: Any, batch: Any, step: int) -> StepOutput:
@@ -79,8 +85,8 @@ class Task(Generic[R]):
         """Called before each micro-batch's forward, after the loop set the lr and weight decay
         of optimizer step ``step``: the task's own changes to the optimizer's groups or state."""
 
-    def after_optimizer_step(self, engine: Any) -> None:
-        """Called after each optimizer step (e.g. an EMA update)."""
+    def after_optimizer_step(self, engine: Any, step: int) -> None:
+        """Called after optimizer step ``step`` (the number its forwards received), e.g. an EMA update."""
 
     def extra_state(self) -> dict[str, Any]:
         return {}
@@ -95,43 +101,21 @@ class Task(Generic[R]):
         """Rank 0, after each checkpoint (when ``has_samples``), e.g. reconstructions."""
 
     @classmethod
-    def export(cls, tag_dir: Path, out_dir: Path, client: dict[str, Any]) -> list[Path]:
-        """Export the checkpoint ``tag_dir`` (its client state ``client``) into ``out_dir``."""
+    def export(cls, saved: SavedCheckpoint, out_dir: Path) -> list[Path]:
+        """Export the checkpoint ``saved`` into ``out_dir``."""
         raise NotImplementedError(f"{cls.__name__}: a task defines export()")
 
     @classmethod
-    def evaluate_checkpoint(cls, tag_dir: Path, client: dict[str, Any]) -> dict[str, float]:
-        """This kind's evaluation of the checkpoint ``tag_dir`` on its recipe's data (rank 0)."""
-        raise ConfigError(f"checkpoint {tag_dir}: a {cls.kind} checkpoint has no evaluation")
+    def evaluate_checkpoint(cls, saved: SavedCheckpoint) -> dict[str, float]:
+        """This kind's evaluation of the checkpoint ``saved`` on its recipe's data (rank 0)."""
+        raise ConfigError(f"checkpoint {saved.tag_dir}: a {cls.kind} checkpoint has no evaluation")
 
-
-TASKS: dict[str, type[Task[Any]]] = {}
-# where each kind's task registers itself: imported on the first look-up only
-MODULES = {
-    "pretrain": "beit_ds.engine.pretrain",
-    "finetune": "beit_ds.engine.finetune",
-    "linear_probe": "beit_ds.engine.finetune",
-    "tokenizer": "beit_ds.engine.tokenizer_train",
-    "segmentation": "beit_ds.engine.segment",
-    "dino": "beit_ds.engine.dino",
-}
-
-T = TypeVar("T", bound=type[Task[Any]])
-
-
-def register(cls: T) -> T:
-    """Class decorator: file ``cls`` under ``cls.kind``."""
-    TASKS[cls.kind] = cls
-    return cls
-
-
-def task_type(kind: str, where: str = "checkpoint") -> type[Task[Any]]:
-    """The task class of ``kind`` (one-line ``ConfigError`` for an unknown kind)."""
-    if kind not in TASKS and kind in MODULES:
-        importlib.import_module(MODULES[kind])
-    if kind not in TASKS:
-        raise ConfigError(f"{where}: kind={kind!r}: expected one of {', '.join(sorted(MODULES))}")
-    return TASKS[kind]
+    @classmethod
+    def evaluate_recipe(cls, recipe: R, out_json: Path | None) -> dict[str, float]:
+        """Evaluate the weights ``recipe`` names (``finetune.init``) on its evaluation data, every
+        rank taking a share; the numbers also as JSON in ``out_json``."""
+        raise ConfigError(f"kind={cls.kind!r}: a recipe of this kind names no weights to evaluate; evaluate a"
+                          " checkpoint (beit-ds evaluate <checkpoint>) or give a fine-tuning recipe")
 
 
 def hooks_after_save(task: Task[Any], place: ProcessPlace) -> list[Callable[[nn.Module, MetricWriter, int], None]]:

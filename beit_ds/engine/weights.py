@@ -2,11 +2,10 @@
 
 ``read_weights(path)`` returns a state dict in our layout from any of:
 
-* a DeepSpeed checkpoint of ours (pre-training, MIM + DINO, fine-tuning): a ``step_*`` folder
-  with ``COMPLETE.json``, the ``checkpoints/`` folder holding ``latest.json``, or the run folder
-  above it (the newest complete checkpoint). ZeRO shards are consolidated in fp32; no conversion
-  step. A MIM + DINO checkpoint gives its student's MIM model (``dino_head.*`` dropped), as its
-  export's ``model.safetensors`` does;
+* a DeepSpeed checkpoint of ours: a ``step_*`` folder with ``COMPLETE.json``, the
+  ``checkpoints/`` folder holding ``latest.json``, or the run folder above it (the newest complete
+  checkpoint). ZeRO shards are consolidated in fp32; no conversion step. Its ``kind`` comes with
+  it: which part of a task's model is the backbone is the task's to say (``beit_ds.tasks.weights``);
 * a ``.safetensors`` file: our export, timm's or Hugging Face's (told apart by their keys);
 * a ``.pth`` / ``.pt`` / ``.bin`` file: unilm / timm checkpoints (``{"model": …}``,
   ``{"module": …}``, ``{"state_dict": …}`` or a bare state dict) and Hugging Face's;
@@ -24,15 +23,13 @@ import torch
 from beit_ds.config import ConfigError
 from beit_ds.engine import safe_load
 from beit_ds.engine.checkpoint import CheckpointError, is_checkpoint_path, read_marker, resolve
-from beit_ds.engine.export import consolidated_state_dict
+from beit_ds.engine.consolidate import consolidated_state_dict
 from beit_ds.models.convert import from_hf_state_dict, from_timm_state_dict
 
 Tensors = dict[str, torch.Tensor]
 WRAPPER_KEYS = ("model", "module", "state_dict")  # unilm / DeepSpeed / Lightning-style containers
 HF_MARKERS = ("beit.", "embeddings.", "encoder.layer.", "layers.0.attention.")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-# checkpoint kinds whose module wraps the pre-training model: kind -> that model's key prefix
-WRAPPED_MODEL = {"dino": "mim."}  # models/dino.BeitDinoStudent: mim + dino_head
 
 
 def checkpoint_dir(path: Path) -> Path | None:
@@ -86,15 +83,9 @@ def to_our_layout(sd: Tensors, source: str) -> Tensors:
         raise ConfigError(f"finetune.init={source!r}: {err}") from None
 
 
-def read_weights(spec: str) -> tuple[Tensors, str]:
-    """(state dict in our layout, a description of where it came from) for ``finetune.init``."""
-    sd, source = read_raw_weights(spec)
-    return to_our_layout(sd, spec), source
-
-
-def read_raw_weights(spec: str) -> tuple[Tensors, str]:
-    """``read_weights`` before the layout conversion: the state dict as the file (or the
-    consolidated checkpoint) holds it, unwrapped, for tasks whose models have more than a backbone."""
+def read_raw_weights(spec: str) -> tuple[Tensors, str, str | None]:
+    """The state dict as the file (or the consolidated checkpoint) holds it, unwrapped from
+    unilm / DeepSpeed containers; where it came from; and the checkpoint's ``kind`` (None for a file)."""
     path = Path(spec).expanduser()
     if not path.exists():
         raise ConfigError(
@@ -104,17 +95,9 @@ def read_raw_weights(spec: str) -> tuple[Tensors, str]:
     try:
         tag_dir = checkpoint_dir(path) if path.is_dir() else None
         if tag_dir is not None:
-            return _checkpoint_model(tag_dir), f"DeepSpeed checkpoint {tag_dir}"
+            kind = str(read_marker(tag_dir).get("kind", "pretrain"))
+            return consolidated_state_dict(tag_dir), f"DeepSpeed checkpoint {tag_dir}", kind
     except CheckpointError as err:
         raise ConfigError(f"finetune.init={spec!r}: {err}") from None
     file = _weights_file(path)
-    return _load_file(file), str(file)
-
-
-def _checkpoint_model(tag_dir: Path) -> Tensors:
-    """The consolidated weights of ``tag_dir``; of a wrapping model's checkpoint, the wrapped one."""
-    sd = consolidated_state_dict(tag_dir)
-    prefix = WRAPPED_MODEL.get(str(read_marker(tag_dir).get("kind")))
-    if prefix is None:
-        return sd
-    return {k.removeprefix(prefix): v for k, v in sd.items() if k.startswith(prefix)}
+    return _load_file(file), str(file), None

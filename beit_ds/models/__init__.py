@@ -7,7 +7,6 @@ from typing import Any
 from beit_ds.config import ConfigError, MIMConfig, ModelConfig
 from beit_ds.models.beit import Beit
 from beit_ds.models.classification import BeitForImageClassification, ClassifierOutput
-from beit_ds.models.exported import load_export
 from beit_ds.models.loading import load_backbone
 from beit_ds.models.mim import BeitForMaskedImageModeling, MIMOutput
 from beit_ds.models.presets import PRESETS
@@ -24,7 +23,6 @@ __all__ = [
     "create_model",
     "list_models",
     "load_backbone",
-    "load_export",
     "model_config",
 ]
 

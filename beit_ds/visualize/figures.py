@@ -6,20 +6,20 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from beit_ds.cli import recipe_parser
-from beit_ds.config import ConfigError
+from beit_ds.config import ConfigError, MIMConfig, ModelConfig
+from beit_ds.config_io import recipe_parser
 from beit_ds.models.beit import Beit
 from beit_ds.models.mim import BeitForMaskedImageModeling
 from beit_ds.recipe import PretrainRecipe
 from beit_ds.visualize.attention import Query, attention_figure, attention_maps, parse_query
 from beit_ds.visualize.canvas import save_png
-from beit_ds.visualize.inputs import load_model, normalize, read_images
+from beit_ds.visualize.inputs import normalize, read_images
 
 MODES = ("attention", "mim", "curves")
 # The most patches per image: one block's attention maps are (1 + N)² per head and image, computed
@@ -32,8 +32,10 @@ MAX_SCALE = 8
 class Look:
     """What to look at: ``weights`` ("" = random init, seeded by ``seed``), the ``images`` source
     (first ``limit``; 0 = all) at ``size = (H, W)`` (None: the model's), where the PNG goes and
-    how much each panel is enlarged."""
+    how much each panel is enlarged. ``load(weights, model, mim)`` builds the model (the caller's:
+    the pictures know no weight formats)."""
 
+    load: Callable[[str, ModelConfig, MIMConfig | None], Beit]
     weights: str = ""
     images: str = "demo"
     size: tuple[int, int] | None = None
@@ -46,7 +48,7 @@ class Look:
 def _inputs(recipe: PretrainRecipe, look: Look, mim: bool) -> tuple[Beit, torch.Tensor, torch.Tensor]:
     """(model, images in [0, 1], the normalised patch view) of ``look``."""
     torch.manual_seed(look.seed)
-    model = load_model(look.weights, recipe.model, recipe.mim if mim else None)
+    model = look.load(look.weights, recipe.model, recipe.mim if mim else None)
     size = look.size or (model.cfg.img_size, model.cfg.img_size)
     check_size(size, model.patch_embed.patch_size)
     _, pixels = read_images(look.images, size, look.limit, recipe.data.max_image_pixels)
@@ -124,7 +126,7 @@ def mim_png(recipe: PretrainRecipe, look: Look, mask_seed: int = 0) -> tuple[Pat
 
 
 def parse(mode: str, argv: list[str]) -> argparse.Namespace:
-    """The options of ``launch/visualize.py MODE`` (the recipe options of ``cli.recipe_parser``)."""
+    """The options of ``beit-ds visualize MODE`` (with the recipe options of ``config_io.recipe_parser``)."""
     if mode == "curves":
         parser = argparse.ArgumentParser(description="curves of several runs' metrics.jsonl, one PNG")
         parser.add_argument("runs", nargs="+", help="run folders or metrics.jsonl files")

@@ -1,8 +1,6 @@
-"""What the pictures are made of: the weights to look inside and the images to look at.
+"""What the pictures are made of: the images to look at (the model to look inside is loaded by
+whoever asks for a picture: ``tasks/weights.model_to_inspect``).
 
-Weights: an export folder (``models.load_export``), anything ``finetune.init`` accepts
-(``engine.weights.read_weights``: DeepSpeed checkpoints, timm / unilm / Hugging Face files) built
-on the recipe's ``model`` section, or nothing (the same network at random initialisation).
 Images: ``demo`` (the bundled scikit-image photographs), a folder, a text file list, or one file,
 resized to the size asked for and kept in [0, 1]; a file that is no image or has more pixels than
 ``data.max_image_pixels`` (a decompression bomb) is a one-line ``DataError``.
@@ -16,55 +14,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from beit_ds.config import ConfigError, DataConfig, MIMConfig, ModelConfig
+from beit_ds.config import DataConfig
 from beit_ds.data.decode import decode, open_image
 from beit_ds.data.skips import DataError, SkipSample
-from beit_ds.models.beit import Beit
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MAX_IMAGE_PIXELS = DataConfig.max_image_pixels  # the default of data.max_image_pixels
-
-
-def is_export(path: str | Path) -> bool:
-    """An export folder of beit_ds: ``model.safetensors`` next to ``recipe.json``."""
-    p = Path(path)
-    return (p / "model.safetensors").is_file() and (p / "recipe.json").is_file()
-
-
-def load_model(weights: str, model_cfg: ModelConfig, mim: MIMConfig | None = None) -> Beit:
-    """The model to look inside, in eval mode on the CPU.
-
-    ``weights``: an export folder (its own architecture), a ``finetune.init`` source loaded into
-    the ``model_cfg`` backbone (or, given ``mim`` and MIM weights, the whole MIM model), or ``""``
-    for random initialisation (``torch.manual_seed`` decides it)."""
-    from beit_ds.models import build_mim_model, build_model, load_backbone, load_export
-
-    if weights and is_export(weights):
-        model = load_export(weights)
-        if not isinstance(model, Beit):
-            raise ConfigError(f"{weights}: not a BEiT export")
-        return model
-    if not weights:
-        return (build_mim_model(model_cfg, mim) if mim else build_model(_backbone_cfg(model_cfg, {}))).eval()
-    from beit_ds.engine.weights import read_weights
-
-    sd, source = read_weights(weights)
-    if mim is not None and "lm_head.weight" in sd:
-        model = build_mim_model(model_cfg, mim)
-        model.load_state_dict(sd, strict=True)
-        return model.eval()
-    backbone = build_model(_backbone_cfg(model_cfg, sd))
-    try:
-        load_backbone(backbone, sd, "reset", source)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    return backbone.eval()
-
-
-def _backbone_cfg(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> ModelConfig:
-    """The backbone of ``cfg`` without a classifier, with the final norm ``sd`` has (fine-tuned
-    weights carry ``fc_norm``, pre-trained ones ``norm``)."""
-    return cfg.replace(num_classes=0, global_pool="avg" if "fc_norm.weight" in sd else "none")
 
 
 def image_paths(source: str | Path) -> list[Path]:

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from beit_ds.engine.export import checkpoint_client_state
+from beit_ds.engine.saved import checkpoint_client_state
 from tests.e2e.test_pretrain_launcher import _launch, _losses, _rows, _wait
 
 pytestmark = pytest.mark.slow

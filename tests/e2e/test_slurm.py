@@ -1,5 +1,5 @@
 """SLURM for real: a cluster of one on localhost (tests/slurm/up.sh starts munged, slurmctld and
-slurmd), ``launch/slurm/pretrain.sbatch`` submitted with 2 tasks on CPU (gloo). Skipped only
+slurmd), ``launch/slurm/train.sbatch`` submitted with 2 tasks on CPU (gloo). Skipped only
 where SLURM cannot be installed or started without root."""
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def slurm(tmp_path_factory):
 
 def _sbatch(env: dict, out: Path, extra: list[str], *, wait: bool) -> subprocess.CompletedProcess:
     cmd = ["sbatch", "--wait" if wait else "--parsable", "--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0",
-           "--cpus-per-task=1", "--time=10", f"--output={out.parent}/{out.name}-%j.out", "launch/slurm/pretrain.sbatch",
+           "--cpus-per-task=1", "--time=10", f"--output={out.parent}/{out.name}-%j.out", "launch/slurm/train.sbatch",
+           "--config", "pretrain_demo_cpu",
            "--deepspeed_config", "ds_configs/zero2_fp32_cpu.json", f"checkpoint.output_dir={out}", *SMALL, *extra]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 

@@ -125,7 +125,7 @@ def test_universal_checkpoint_resumes_exactly(ds_single_rank, tmp_path, config):
 def test_stage0_checkpoint_exports_its_fp32_masters_and_needs_no_universal_form(ds_single_rank, tmp_path, config):
     """DeepSpeed's ``zero_to_fp32`` reads only ZeRO shards; a stage-0 checkpoint keeps the fp32
     masters in its model states file (bf16: the optimizer's unnamed ``fp32_groups``)."""
-    from beit_ds.engine.export import consolidated_state_dict
+    from beit_ds.engine.consolidate import consolidated_state_dict
 
     engine = _engine(ds_single_rank, config)
     manager = CheckpointManager(tmp_path, keep_last=1, place=ProcessPlace(), global_batch=4)

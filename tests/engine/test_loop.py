@@ -10,7 +10,8 @@ import torch
 
 from beit_ds.distributed import ProcessPlace
 from beit_ds.engine.checkpoint import CheckpointManager
-from beit_ds.engine.loop import LoopIO, LoopPlan, NonFiniteLossError, run_loop
+from beit_ds.engine.loop import LoopIO, NonFiniteLossError, run_loop
+from beit_ds.engine.plan import LoopPlan
 from beit_ds.engine.state import TrainState
 from beit_ds.engine.task import StepOutput, Task
 from beit_ds.metrics import MetricWriter

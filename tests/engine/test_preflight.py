@@ -9,8 +9,8 @@ import pytest
 
 from beit_ds.config import ConfigError
 from beit_ds.config_io import RECIPES_DIR, load_recipe
-from beit_ds.engine.pretrain import preflight
 from beit_ds.recipe import PretrainRecipe
+from beit_ds.tasks.pretrain import preflight
 
 ROOT = Path(__file__).resolve().parents[2]
 FP32 = ROOT / "ds_configs/zero2_fp32_cpu.json"
@@ -41,9 +41,9 @@ def test_every_shipped_recipe_loads(name):
     "name", sorted(p.stem for p in RECIPES_DIR.glob("*.yaml") if p.stem.startswith(("finetune_", "linprobe_")))
 )
 def test_every_shipped_classification_recipe_loads(name):
-    from beit_ds.engine.finetune import check_recipe, load_class_recipe
+    from beit_ds.tasks.finetune import check_recipe
 
-    recipe = load_class_recipe(name, [])
+    recipe = load_recipe(None, name, [])
     check_recipe(recipe)
     assert recipe.model.img_size == recipe.data.transform.input_size and recipe.model.num_classes > 0
 

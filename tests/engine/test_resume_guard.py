@@ -9,9 +9,9 @@ import pytest
 
 from beit_ds.config import ConfigError
 from beit_ds.config_io import load_recipe
-from beit_ds.engine.pretrain import pretrain
 from beit_ds.engine.resume_guard import check_layout, optimizer_layout
 from beit_ds.recipe import PretrainRecipe
+from beit_ds.tasks import train
 
 ROOT = Path(__file__).resolve().parents[2]
 TAG = Path("run/checkpoints/step_00000001")
@@ -53,10 +53,10 @@ def test_checkpoints_without_the_record_are_read_from_their_files():
 def test_resuming_a_zero2_run_with_a_stage0_config_is_refused_before_deepspeed(ds_single_rank, tmp_path):
     sets = ["model.depth=1", "data.num_workers=0", "schedule.micro_batch_size=8", "log.progress_bar=false",
             "log.tensorboard=false", "checkpoint.export_at_end=false", f"checkpoint.output_dir={tmp_path}"]
-    pretrain(load_recipe(PretrainRecipe, "pretrain_demo_cpu", [*sets, "schedule.max_steps=1"]),
+    train(load_recipe(PretrainRecipe, "pretrain_demo_cpu", [*sets, "schedule.max_steps=1"]),
              ROOT / "ds_configs/zero2_fp32_cpu.json", resume="none")
     more = load_recipe(PretrainRecipe, "pretrain_demo_cpu", [*sets, "schedule.max_steps=2"])
     with pytest.raises(ConfigError, match="saved with ZeRO stage 1/2 in fp32, this run's --deepspeed_config is"
                                           " ZeRO stage 0 in fp32"):
-        pretrain(more, ROOT / "ds_configs/zero0_fp32_cpu.json", resume="auto")
-    assert pretrain(more, ROOT / "ds_configs/zero1_fp32_cpu.json", resume="auto").step == 2
+        train(more, ROOT / "ds_configs/zero0_fp32_cpu.json", resume="auto")
+    assert train(more, ROOT / "ds_configs/zero1_fp32_cpu.json", resume="auto").step == 2

@@ -23,11 +23,11 @@ from beit_ds.config_io import to_dict
 from beit_ds.distributed import ProcessPlace
 from beit_ds.engine import integrity, safe_load
 from beit_ds.engine.checkpoint import MARKER, CheckpointError, CheckpointManager, to_universal
-from beit_ds.engine.export import export_checkpoint
 from beit_ds.engine.state import TrainState
-from beit_ds.engine.weights import read_weights
 from beit_ds.models import build_model, model_config
 from beit_ds.recipe import PretrainRecipe
+from beit_ds.tasks import export as export_any
+from beit_ds.tasks.weights import read_init_weights as read_weights
 from tests.engine.test_checkpoint import _engine, _step
 
 
@@ -85,7 +85,7 @@ def test_a_crafted_file_in_a_checkpoint_runs_no_code(saved, name, tmp_path):
     with pytest.raises(ConfigError, match=name):
         read_weights(str(bad))  # finetune.init: ZeRO consolidation
     with pytest.raises(CheckpointError, match=name):
-        export_checkpoint(bad, tmp_path / "export")
+        export_any(bad, tmp_path / "export")
     with pytest.raises(CheckpointError, match=name):
         to_universal(bad, tmp_path / "universal")
     # DeepSpeed's own readers, with our pre-check bypassed: the forced restricted unpickler refuses

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from beit_ds.artifacts import save_weights
 from beit_ds.config import MIMConfig
 from beit_ds.config_io import to_dict
-from beit_ds.engine.export import save_weights
 from beit_ds.models import (
     Beit,
     BeitForImageClassification,
@@ -20,9 +20,9 @@ from beit_ds.models import (
     build_mim_model,
     build_model,
     load_backbone,
-    load_export,
     model_config,
 )
+from beit_ds.tasks.exported import load_export
 from tests.models.conftest import randomise as _randomise
 
 DEBUG = "beit_debug_patch4_32"

@@ -11,9 +11,10 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from beit_ds.models import build_model, model_config
+from beit_ds.tasks.weights import model_to_inspect as load_model
 from beit_ds.visualize.attention import Query, attention_maps, jaccard, keep_mass
 from beit_ds.visualize.canvas import upsample
-from beit_ds.visualize.inputs import image_paths, load_model, read_images
+from beit_ds.visualize.inputs import image_paths, read_images
 
 
 def test_weights_file_gives_the_same_attention(tmp_path) -> None:

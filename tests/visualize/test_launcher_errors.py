@@ -1,34 +1,22 @@
-"""``launch/visualize.py``: every bad input a user can give ends with one ``error:`` line, exit 2."""
+"""``beit-ds visualize`` (``launch/visualize.py``): every bad input a user can give ends with one
+``error:`` line, exit 2."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from beit_ds.cli import run_cli
+from beit_ds.cli import main
 from beit_ds.visualize.figures import MAX_PATCHES, MAX_SCALE
-
-LAUNCHER = Path(__file__).resolve().parents[2] / "launch" / "visualize.py"
-
-
-def _launcher():
-    spec = importlib.util.spec_from_file_location("visualize_launcher", LAUNCHER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _fails(monkeypatch, capsys, argv: list[str]) -> str:
-    """Run the launcher with ``argv``; the one stderr line of its exit-2 failure."""
-    monkeypatch.setattr(sys, "argv", ["visualize.py", *argv])
+    """Run ``beit-ds visualize`` with ``argv``; the one stderr line of its exit-2 failure."""
     with pytest.raises(SystemExit) as stop:
-        run_cli(_launcher().main)
+        main(["visualize", *argv])
     err = capsys.readouterr().err.strip()
     assert stop.value.code == 2, err
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err

@@ -10,6 +10,7 @@ from beit_ds.config import MaskingConfig, MIMConfig, TokenizerConfig
 from beit_ds.config_io import load_recipe
 from beit_ds.models import build_mim_model, model_config
 from beit_ds.recipe import PretrainRecipe
+from beit_ds.tasks.weights import model_to_inspect
 from beit_ds.tokenizers import build_tokenizer
 from beit_ds.visualize.figures import Look, mim_png
 from beit_ds.visualize.mim import blockwise_masks, mim_figure, predict_tokens
@@ -56,12 +57,12 @@ def test_accuracy_per_image_matches_the_model_loss_path() -> None:
 
 def test_mim_png_reads_back(tmp_path) -> None:
     recipe = load_recipe(PretrainRecipe, "pretrain_demo_cpu", ["model.depth=1"])
-    look = Look(images="demo", limit=2, out=str(tmp_path / "mim.png"), scale=2)
+    look = Look(model_to_inspect, images="demo", limit=2, out=str(tmp_path / "mim.png"), scale=2)
     path, accuracy = mim_png(recipe, look, mask_seed=0)
     arr = np.asarray(Image.open(path).convert("RGB")).astype(int)
     assert arr.shape == (2 + 2 * (64 + 12 + 2), 2 + 4 * (64 + 2), 3)
     assert arr.std() > 20 and len(accuracy) == 2 and all(0 <= a <= 1 for a in accuracy)
     masked = arr[14:78, 68:132]
     assert (masked.sum(-1) == 0).mean() > 0.3  # ~40 % of the patches blacked out
-    again, _ = mim_png(recipe, Look(images="demo", limit=2, out=str(tmp_path / "again.png"), scale=2), 0)
+    again, _ = mim_png(recipe, Look(model_to_inspect, images="demo", limit=2, out=str(tmp_path / "again.png"), scale=2), 0)
     assert again.read_bytes() == path.read_bytes()

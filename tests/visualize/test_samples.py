@@ -8,8 +8,8 @@ import torch
 
 from beit_ds.config_io import load_recipe
 from beit_ds.distributed import ProcessPlace
-from beit_ds.engine.pretrain import PretrainTask
 from beit_ds.recipe import PretrainRecipe
+from beit_ds.tasks.pretrain import PretrainTask
 
 
 class Recorder:
@@ -30,7 +30,7 @@ def test_samples_hook_draws_pictures_and_leaves_the_rng_stream(monkeypatch) -> N
     assert task.has_samples
     model = task.build_model().train()
     task.build_loader()
-    task.attach(SimpleNamespace(device=torch.device("cpu")), torch.float32)
+    task.attach(SimpleNamespace(device=torch.device("cpu")), torch.float32, SimpleNamespace())  # type: ignore[arg-type]
     rec = Recorder()
     writer = SimpleNamespace(images=rec.images_)
     torch.manual_seed(123)

@@ -1,4 +1,4 @@
-"""Semantic segmentation fine-tuning (seed §3.2, App. A, B, I; issue 15) as a ``run_job`` task.
+"""Semantic segmentation fine-tuning (seed §3.2, App. A, B, I): the task of ``kind: segmentation``.
 
 ``SegmentationTask`` (``kind: segmentation``) trains a ``BeitForSegmentation`` (UperNet or
 SETR-PUP on the BEiT backbone) started from ``finetune.init`` on labelled crops, through the
@@ -10,7 +10,7 @@ mAcc and aAcc (mmseg's definitions, summed over ranks) are logged under ``val/``
 table; rank 0 writes prediction overlays of the first ``inference.overlays`` images as a PNG.
 A validation pair that cannot be read is never scored nor replaced: it is counted (``val/skipped``,
 in the log and the JSON) and more than ``data.max_skip_fraction`` of them stop with one line.
-``evaluate_recipe`` is the same evaluation without training (``launch/evaluate_segmentation.py``).
+``evaluate_recipe`` is the same evaluation without training (``launch/evaluate.py``).
 """
 
 from __future__ import annotations
@@ -22,16 +22,18 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from beit_ds.artifacts import save_weights
 from beit_ds.config import ConfigError
 from beit_ds.data import LoaderPlace
 from beit_ds.data.segmentation import build_segmentation_loader
 from beit_ds.distributed import ProcessPlace, place_from_env
-from beit_ds.engine.export import checkpoint_task, save_weights
-from beit_ds.engine.job import loader_place, run_job
+from beit_ds.engine.consolidate import checkpoint_task
+from beit_ds.engine.job import loader_place
+from beit_ds.engine.plan import LoopPlan
 from beit_ds.engine.runtime import init_distributed
-from beit_ds.engine.state import TrainState
-from beit_ds.engine.task import StepOutput, Task, register
-from beit_ds.engine.weights import read_raw_weights, to_our_layout
+from beit_ds.engine.saved import SavedCheckpoint
+from beit_ds.engine.task import StepOutput, Task
+from beit_ds.engine.weights import to_our_layout
 from beit_ds.logger import get_logger, init_logging
 from beit_ds.metrics import MetricWriter
 from beit_ds.recipe import SegmentationRecipe, TrainingRecipe
@@ -41,6 +43,8 @@ from beit_ds.segmentation.convert import to_hf_segmentation, to_mmseg_state_dict
 from beit_ds.segmentation.layers import resize, sync_batchnorm
 from beit_ds.segmentation.loading import is_segmentation_state_dict, load_segmentation_weights
 from beit_ds.segmentation.model import BeitForSegmentation
+from beit_ds.tasks.registry import register
+from beit_ds.tasks.weights import read_init_raw
 from beit_ds.visualize.samples import unnormalize
 from beit_ds.visualize.segmentation import overlay_figure, palette, save_overlays
 
@@ -65,7 +69,7 @@ def build_segmenter(r: SegmentationRecipe, init: bool = True) -> BeitForSegmenta
     if not (init and r.finetune.init):
         get_logger().info("segmentation: random initialisation (finetune.init is empty)")
         return model
-    sd, source = read_raw_weights(r.finetune.init)
+    sd, source = read_init_raw(r.finetune.init, whole="segmentation")
     if not is_segmentation_state_dict(sd):  # a backbone: timm / unilm / ours / HF into our layout
         sd = to_our_layout(sd, r.finetune.init)
     try:
@@ -139,6 +143,7 @@ class SegmentationTask(Task[SegmentationRecipe]):
 
     kind = "segmentation"
     recipe_type: ClassVar[type[TrainingRecipe]] = SegmentationRecipe
+    backbone_prefix = "backbone."
 
     def __init__(self, recipe: SegmentationRecipe, place: ProcessPlace) -> None:
         super().__init__(recipe, place)
@@ -169,7 +174,7 @@ class SegmentationTask(Task[SegmentationRecipe]):
         r = self.recipe
         return build_segmentation_loader(r.data, "train", loader_place(r, self.place), r.decode.num_classes)
 
-    def attach(self, engine: Any, dtype: torch.dtype) -> None:
+    def attach(self, engine: Any, dtype: torch.dtype, plan: LoopPlan) -> None:
         self.dtype = dtype
 
     def forward(self, model: Any, batch: Any, step: int) -> StepOutput:
@@ -188,15 +193,19 @@ class SegmentationTask(Task[SegmentationRecipe]):
         get_logger().info("per-class IoU at step %d:\n%s", step, metrics.table(class_names(r)))
 
     @classmethod
-    def export(cls, tag_dir: Path, out_dir: Path, client: dict[str, Any]) -> list[Path]:
-        return export_segmenter(tag_dir, out_dir, client)
+    def export(cls, saved: SavedCheckpoint, out_dir: Path) -> list[Path]:
+        return export_segmenter(saved, out_dir)
 
     @classmethod
-    def evaluate_checkpoint(cls, tag_dir: Path, client: dict[str, Any]) -> dict[str, float]:
-        task, model = checkpoint_task(cls, tag_dir, client)
+    def evaluate_checkpoint(cls, saved: SavedCheckpoint) -> dict[str, float]:
+        task, model = checkpoint_task(cls, saved)
         r: SegmentationRecipe = task.recipe
         loader = build_segmentation_loader(r.data, "eval", _eval_place(r, ProcessPlace()), r.decode.num_classes)
         return evaluate_segmentation(model, loader, r, torch.float32).as_dict()  # type: ignore[arg-type]
+
+    @classmethod
+    def evaluate_recipe(cls, recipe: SegmentationRecipe, out_json: Path | None) -> dict[str, float]:
+        return evaluate_recipe(recipe, out_json)
 
 
 def class_names(r: SegmentationRecipe) -> list[str]:
@@ -204,17 +213,18 @@ def class_names(r: SegmentationRecipe) -> list[str]:
     return list(r.decode.class_names) or [f"class {i}" for i in range(r.decode.num_classes)]
 
 
-def export_segmenter(tag_dir: Path, out_dir: Path, client: dict[str, Any]) -> list[Path]:
+def export_segmenter(saved: SavedCheckpoint, out_dir: Path) -> list[Path]:
     """``model.safetensors`` (ours), ``mmseg/model.safetensors`` (unilm's layout),
     ``hf/`` (``BeitForSemanticSegmentation``, UperNet with channels = the backbone width) and
-    ``recipe.json`` of the segmentation checkpoint ``tag_dir``."""
-    _, model = checkpoint_task(SegmentationTask, Path(tag_dir), client)
+    ``recipe.json`` of the segmentation checkpoint ``saved``."""
+    _, model = checkpoint_task(SegmentationTask, saved)
+    tag_dir = saved.tag_dir
     out_dir = make_dir(out_dir, link_ok=True)
     make_dir(out_dir / "mmseg")
     sd = model.state_dict()
     paths = [save_weights(sd, out_dir / "model.safetensors", source=str(tag_dir)),
              save_weights(to_mmseg_state_dict(sd), out_dir / "mmseg" / "model.safetensors", source=str(tag_dir))]
-    write_text(out_dir / "recipe.json", json.dumps(client["recipe"], indent=1))
+    write_text(out_dir / "recipe.json", json.dumps(saved.recipe, indent=1))
     try:
         config, hf_sd = to_hf_segmentation(model)  # type: ignore[arg-type]
     except ValueError as err:
@@ -225,11 +235,6 @@ def export_segmenter(tag_dir: Path, out_dir: Path, client: dict[str, Any]) -> li
     full = {"model_type": "beit", "architectures": ["BeitForSemanticSegmentation"], **config}
     write_text(out_dir / "hf" / "config.json", json.dumps(full, indent=1))
     return paths
-
-
-def segment(recipe: SegmentationRecipe, ds_path: str | Path, resume: str = "auto", overwrite: bool = False) -> TrainState:
-    """Fine-tune a segmentation model as ``recipe`` says; returns the final ``TrainState``."""
-    return run_job(SegmentationTask(recipe, place_from_env()), ds_path, resume, overwrite)
 
 
 def evaluate_recipe(recipe: SegmentationRecipe, out_json: Path | None = None) -> dict[str, float]:

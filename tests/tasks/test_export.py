@@ -14,10 +14,10 @@ from beit_ds.config import ConfigError, MIMConfig
 from beit_ds.config_io import to_dict
 from beit_ds.distributed import ProcessPlace
 from beit_ds.engine.checkpoint import CheckpointManager
-from beit_ds.engine.export import export_any
 from beit_ds.engine.state import TrainState
 from beit_ds.models import model_config
 from beit_ds.recipe import PretrainRecipe
+from beit_ds.tasks import export as export_any
 from tests.engine.test_checkpoint import _engine, _step
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,13 +15,13 @@ from beit_ds.config import ConfigError
 from beit_ds.config_io import load_recipe
 from beit_ds.data.collate import ClassBatch
 from beit_ds.engine.ds_setup import resolve_ds_config
-from beit_ds.engine.finetune import build_finetune_model, evaluate, finetune
-from beit_ds.engine.pretrain import pretrain
 from beit_ds.engine.runtime import init_engine
-from beit_ds.engine.weights import read_weights
 from beit_ds.models import build_classifier
 from beit_ds.optim import apply_schedule
 from beit_ds.recipe import FinetuneRecipe, LinearProbeRecipe, OptimConfig, PretrainRecipe, ScheduleConfig
+from beit_ds.tasks import train
+from beit_ds.tasks.finetune import build_finetune_model, evaluate
+from beit_ds.tasks.weights import read_init_weights as read_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 FP32 = ROOT / "ds_configs/zero2_fp32_cpu.json"
@@ -43,7 +43,7 @@ def pretrained(ds_single_rank, tmp_path_factory) -> Path:
     recipe = load_recipe(
         PretrainRecipe, "pretrain_demo_cpu", [*TINY, "schedule.max_steps=2", f"checkpoint.output_dir={out}"]
     )
-    pretrain(recipe, FP32, resume="none")
+    train(recipe, FP32, resume="none")
     return out
 
 
@@ -150,10 +150,10 @@ def test_evaluate_counts_top1_top5_and_loss():
 def test_resume_is_exact_with_ema_mixup_and_randaugment(pretrained, tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     extra = ("finetune.ema_decay=0.9", "augment.rand_augment_ops=2", "augment.random_erasing=0.5")
-    state = finetune(_recipe(full, str(pretrained), *extra), FP32, resume="auto")
+    state = train(_recipe(full, str(pretrained), *extra), FP32, resume="auto")
     assert state.step == 6  # 28 images, batch 8: 3 steps an epoch, 2 epochs
-    finetune(_recipe(part, str(pretrained), *extra, "schedule.max_steps=3"), FP32, resume="auto")
-    finetune(_recipe(part, str(pretrained), *extra), FP32, resume="auto")
+    train(_recipe(part, str(pretrained), *extra, "schedule.max_steps=3"), FP32, resume="auto")
+    train(_recipe(part, str(pretrained), *extra), FP32, resume="auto")
     a, b = _losses(full), _losses(part)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
     assert all(a[s] == b[s] for s in range(1, 7)), (a, b)
@@ -187,7 +187,7 @@ def test_linear_probe_trains_only_the_head(pretrained, tmp_path):
             "probe.layer=1",
         ],
     )
-    finetune(recipe, FP32, resume="none")
+    train(recipe, FP32, resume="none")
     exported = load_file(out / "export/model.safetensors")
     start, _ = read_weights(str(pretrained))
     assert sorted(k for k in exported if k.startswith("blocks.1")) == []  # blocks after the tap dropped
@@ -226,13 +226,12 @@ def test_bad_inputs_are_one_line_errors(pretrained, tmp_path):
     save_file({"blocks.0.attn.qkv.bias": torch.zeros(3)}, vit)
     assert "not a beit_ds/timm/unilm BEiT state dict" in error(lambda: read_weights(str(vit)))
     classes = _recipe(tmp_path / "c", "", "model.num_classes=10")
-    assert "model.num_classes=10: the training set has 14 classes" in error(lambda: finetune(classes, FP32))
+    assert "model.num_classes=10: the training set has 14 classes" in error(lambda: train(classes, FP32))
 
 
 def test_paper_recipes_have_the_seed_settings():
-    from beit_ds.engine.finetune import load_class_recipe
 
-    b = load_class_recipe("finetune_base_in1k", [])
+    b = load_recipe(None, "finetune_base_in1k", [])
     assert (b.optim.base_lr, b.optim.base_batch, b.optim.layer_decay, b.optim.min_lr) == (
         4e-3,
         1024,
@@ -256,21 +255,21 @@ def test_paper_recipes_have_the_seed_settings():
         9,
         "avg",
     )
-    hi = load_class_recipe("finetune_base_in1k_384", [])
+    hi = load_recipe(None, "finetune_base_in1k_384", [])
     assert (hi.model.img_size, hi.data.transform.input_size, hi.schedule.epochs) == (384, 384, 10)
     # DeiT's 384² setting (seed §3.1): lr 5e-6 at batch 512, constant (min-lr 5e-6), wd 1e-8, no layer decay
     assert (hi.optim.base_lr, hi.optim.base_batch, hi.optim.min_lr) == (5e-6, 512, 5e-6)
     assert (hi.optim.weight_decay, hi.optim.layer_decay) == (1e-8, 1.0)
-    inter = load_class_recipe("finetune_base_in22k_intermediate", [])
+    inter = load_recipe(None, "finetune_base_in22k_intermediate", [])
     assert (inter.model.num_classes, inter.schedule.epochs, inter.model.rel_pos_bias) == (
         21841,
         90,
         "per_layer",
     )
-    assert load_class_recipe("finetune_base_in22k_to_1k", []).finetune.init == inter.checkpoint.output_dir
-    assert load_class_recipe("finetune_large_in1k", []).optim.layer_decay == 0.75
-    assert load_class_recipe("finetune_cifar100", []).model.num_classes == 100
-    probe = load_class_recipe("linprobe_base", [])
+    assert load_recipe(None, "finetune_base_in22k_to_1k", []).finetune.init == inter.checkpoint.output_dir
+    assert load_recipe(None, "finetune_large_in1k", []).optim.layer_decay == 0.75
+    assert load_recipe(None, "finetune_cifar100", []).model.num_classes == 100
+    probe = load_recipe(None, "linprobe_base", [])
     assert isinstance(probe, LinearProbeRecipe) and probe.probe.layer == 9
     assert (probe.optim.base_lr, probe.optim.base_batch, probe.optim.weight_decay, probe.schedule.epochs) == (
         4e-3,

@@ -20,17 +20,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from beit_ds.artifacts import save_weights
 from beit_ds.config import ConfigError
 from beit_ds.config_io import build_dataclass
 from beit_ds.data.multicrop import MultiCrop, build_dino_loader
-from beit_ds.distributed import ProcessPlace, all_reduce_sum, place_from_env
+from beit_ds.distributed import ProcessPlace, all_reduce_sum
 from beit_ds.engine.checkpoint import CheckpointError, verify
+from beit_ds.engine.consolidate import consolidated_state_dict
 from beit_ds.engine.ema import fp32_master
-from beit_ds.engine.export import consolidated_state_dict, save_weights, write_timm_and_hf
-from beit_ds.engine.job import loader_place, run_job
-from beit_ds.engine.pretrain import _tokenizer, check_views
-from beit_ds.engine.state import TrainState
-from beit_ds.engine.task import StepOutput, Task, register
+from beit_ds.engine.job import loader_place
+from beit_ds.engine.plan import LoopPlan
+from beit_ds.engine.saved import SavedCheckpoint
+from beit_ds.engine.task import StepOutput, Task
 from beit_ds.models import build_mim_model, build_model
 from beit_ds.models.convert import backbone_state_dict
 from beit_ds.models.dino import LAST_LAYER, BeitDinoStudent, DinoLoss, teacher_temperature
@@ -38,6 +39,9 @@ from beit_ds.optim import restart_groups
 from beit_ds.recipe import DinoPretrainRecipe
 from beit_ds.safe_write import make_dir, write_text
 from beit_ds.schedules import cosine
+from beit_ds.tasks.formats import write_timm_and_hf
+from beit_ds.tasks.pretrain import check_views, frozen_tokenizer
+from beit_ds.tasks.registry import register
 
 
 def build_student(recipe: DinoPretrainRecipe) -> BeitDinoStudent:
@@ -72,6 +76,7 @@ class DinoPretrainTask(Task[DinoPretrainRecipe]):
 
     kind = "dino"
     recipe_type = DinoPretrainRecipe
+    backbone_prefix = "mim."  # BeitDinoStudent: the MIM model + dino_head
 
     def __init__(self, recipe: DinoPretrainRecipe, place: ProcessPlace) -> None:
         super().__init__(recipe, place)
@@ -79,8 +84,7 @@ class DinoPretrainTask(Task[DinoPretrainRecipe]):
         self.dtype = torch.float32
         self.teacher: BeitDinoStudent | None = None
         self.loss = DinoLoss(recipe.dino.head.out_dim, recipe.dino.student_temp, recipe.dino.center_momentum)
-        self.steps_per_epoch = 1
-        self.step = 0  # the step of the last forward: the teacher update after it reads its momentum
+        self.plan: LoopPlan | None = None  # the run's clock, handed over by attach()
 
     def check(self) -> None:
         check_dino(self.recipe)
@@ -93,29 +97,32 @@ class DinoPretrainTask(Task[DinoPretrainRecipe]):
     def build_loader(self) -> Any:
         r, d = self.recipe, self.recipe.dino
         crops = MultiCrop(d.local_crops, d.local_crop_size, (float(d.local_scale[0]), float(d.local_scale[1])))
-        loader = build_dino_loader(r.data, r.masking, r.model.grid_size, crops, loader_place(r, self.place))
-        self.steps_per_epoch = max(1, len(loader) // r.schedule.grad_accum)
-        return loader
+        return build_dino_loader(r.data, r.masking, r.model.grid_size, crops, loader_place(r, self.place))
 
-    def attach(self, engine: Any, dtype: torch.dtype) -> None:
-        self.tokenizer, self.dtype = _tokenizer(self.recipe, engine.device, dtype), dtype
+    def attach(self, engine: Any, dtype: torch.dtype, plan: LoopPlan) -> None:
+        self.plan = plan
+        self.tokenizer, self.dtype = frozen_tokenizer(self.recipe, engine.device, dtype), dtype
         assert self.teacher is not None, "build_model() runs before attach()"
         self.teacher.to(engine.device)
         self.loss.to(engine.device)
 
-    # --- schedules: pure functions of the step ---------------------------------------------
+    # --- schedules: pure functions of the step and the run's plan --------------------------
+    def _clock(self) -> LoopPlan:
+        assert self.plan is not None, "attach() hands the task its plan before any step"
+        return self.plan
+
     def momentum_at(self, step: int) -> float:
-        """Teacher momentum after optimizer step ``step`` (0-based): cosine ``teacher_momentum`` → 1."""
-        total = self.recipe.schedule.epochs * self.steps_per_epoch
-        return cosine(step, total, self.recipe.dino.teacher_momentum, 1.0)
+        """Teacher momentum after optimizer step ``step`` (0-based): cosine ``teacher_momentum`` → 1
+        over the steps every schedule of the run spans (``schedule.steps``, or epochs x steps per epoch)."""
+        return cosine(step, self._clock().schedule_steps, self.recipe.dino.teacher_momentum, 1.0)
 
     def temperature_at(self, step: int) -> float:
         d = self.recipe.dino
-        warmup = int(round(d.warmup_teacher_temp_epochs * self.steps_per_epoch))
+        warmup = int(round(d.warmup_teacher_temp_epochs * self._clock().steps_per_epoch))
         return teacher_temperature(step, warmup, d.warmup_teacher_temp, d.teacher_temp)
 
     def last_layer_frozen(self, step: int) -> bool:
-        return step < self.recipe.dino.freeze_last_layer_epochs * self.steps_per_epoch
+        return step < self.recipe.dino.freeze_last_layer_epochs * self._clock().steps_per_epoch
 
     def schedule_optimizer(self, optimizer: Any, step: int) -> None:
         """DINO's last-layer freezing as its ``p.grad = None`` does it: while frozen the layer's
@@ -137,7 +144,6 @@ class DinoPretrainTask(Task[DinoPretrainRecipe]):
             return self.teacher.teacher_logits(images)
 
     def forward(self, model: Any, batch: Any, step: int) -> StepOutput:
-        self.step = step
         batch = batch.to(model.device)
         if self.tokenizer is None:
             target = batch.tokenizer_images
@@ -161,9 +167,9 @@ class DinoPretrainTask(Task[DinoPretrainRecipe]):
         }
         return StepOutput(loss, metrics)
 
-    def after_optimizer_step(self, engine: Any) -> None:
+    def after_optimizer_step(self, engine: Any, step: int) -> None:
         assert self.teacher is not None
-        update_teacher(self.teacher, engine.module, self.momentum_at(self.step))
+        update_teacher(self.teacher, engine.module, self.momentum_at(step))
 
     # --- checkpoint state ------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
@@ -178,15 +184,15 @@ class DinoPretrainTask(Task[DinoPretrainRecipe]):
         self.loss.center.copy_(client["dino_center"])
 
     @classmethod
-    def export(cls, tag_dir: Path, out_dir: Path, client: dict[str, Any]) -> list[Path]:
+    def export(cls, saved: SavedCheckpoint, out_dir: Path) -> list[Path]:
         """The student as pre-training exports it (``model.safetensors`` = the MIM model, ``timm/``,
         ``hf/``) + ``dino_head.safetensors``; with ``dino.export_teacher`` the same under ``teacher/``."""
-        tag_dir, out_dir = Path(tag_dir), Path(out_dir)
-        verify(tag_dir, checksums=False)
-        recipe = build_dataclass(DinoPretrainRecipe, client["recipe"])
-        paths = export_student(recipe, consolidated_state_dict(tag_dir), out_dir, client["recipe"], str(tag_dir))
+        verify(saved.tag_dir, checksums=False)
+        recipe = build_dataclass(DinoPretrainRecipe, saved.recipe)
+        source = str(saved.tag_dir)
+        paths = export_student(recipe, consolidated_state_dict(saved.tag_dir), out_dir, saved.recipe, source)
         if recipe.dino.export_teacher:
-            paths += export_student(recipe, client["dino_teacher"], out_dir / "teacher", client["recipe"], str(tag_dir))
+            paths += export_student(recipe, saved.client["dino_teacher"], out_dir / "teacher", saved.recipe, source)
         return paths
 
 
@@ -207,10 +213,3 @@ def export_student(
     backbone = build_model(recipe.model)
     backbone.load_state_dict(backbone_state_dict(student.mim.state_dict()), strict=True)
     return [ours, head, *write_timm_and_hf(backbone, out_dir)]
-
-
-def dino_pretrain(
-    recipe: DinoPretrainRecipe, ds_path: str | Path, resume: str = "auto", overwrite: bool = False
-) -> TrainState:
-    """Run (or resume) MIM + DINO pre-training; returns the final ``TrainState``."""
-    return run_job(DinoPretrainTask(recipe, place_from_env()), ds_path, resume, overwrite)

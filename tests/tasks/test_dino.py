@@ -12,14 +12,14 @@ import torch
 from beit_ds.config import ConfigError
 from beit_ds.config_io import load_recipe, to_dict
 from beit_ds.distributed import ProcessPlace
-from beit_ds.engine.dino import DinoPretrainTask
-from beit_ds.engine.job import preflight
+from beit_ds.engine.job import loop_plan, preflight
 from beit_ds.engine.resume_guard import architecture_diff
 from beit_ds.engine.runtime import init_engine
-from beit_ds.engine.task import task_type
 from beit_ds.models.dino import LAST_LAYER
 from beit_ds.optim import apply_schedule, base_optimizer
 from beit_ds.recipe import DinoPretrainRecipe, PretrainRecipe
+from beit_ds.tasks.dino import DinoPretrainTask
+from beit_ds.tasks.registry import task_type
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["model.depth=2", "data.num_workers=0", "schedule.micro_batch_size=4", "optim.lr=2e-3",
@@ -35,7 +35,7 @@ def _setup(ds_single_rank, tmp_path, *extra: str, ds: str = "zero2_fp32_cpu.json
     torch.manual_seed(0)
     engine = init_engine(task.build_model(), recipe.optim, flight.ds_config)
     loader = task.build_loader()
-    task.attach(engine, torch.bfloat16 if "bf16" in ds else torch.float32)
+    task.attach(engine, torch.bfloat16 if "bf16" in ds else torch.float32, loop_plan(recipe, flight, len(loader), 1))
     return task, engine, loader
 
 
@@ -48,7 +48,7 @@ def _train_step(task, engine, batch, step, schedule: tuple[float, float] | None 
     out = task.forward(engine, batch, step)
     engine.backward(out.loss)
     engine.step()
-    task.after_optimizer_step(engine)
+    task.after_optimizer_step(engine, step)
     return {k: float(v) for k, v in {"loss": out.loss, **out.metrics}.items()}
 
 
@@ -85,11 +85,21 @@ def test_teacher_is_outside_deepspeed_and_follows_with_the_momentum(ds_single_ra
     student = dict(engine.module.named_parameters())
     for name, value in teacher.named_parameters():
         torch.testing.assert_close(value, m * before[name] + (1 - m) * student[name].detach())
-    total = task.recipe.schedule.epochs * task.steps_per_epoch
+    per_epoch = task.plan.steps_per_epoch
+    total = task.recipe.schedule.epochs * per_epoch
+    assert task.plan.schedule_steps == total
     assert task.momentum_at(total // 2) == pytest.approx(0.998, abs=1e-5) and task.momentum_at(total) == 1.0
-    warm = int(task.recipe.dino.warmup_teacher_temp_epochs * task.steps_per_epoch)
+    warm = int(task.recipe.dino.warmup_teacher_temp_epochs * per_epoch)
     assert task.temperature_at(0) == 0.04 and task.temperature_at(warm) == 0.07
-    assert task.last_layer_frozen(0) and not task.last_layer_frozen(task.steps_per_epoch)
+    assert task.last_layer_frozen(0) and not task.last_layer_frozen(per_epoch)
+
+
+def test_the_momentum_cosine_spans_schedule_steps_when_the_recipe_sets_them(ds_single_rank, tmp_path):
+    """With ``schedule.steps`` the teacher momentum reaches 1 at that step (it used to be sized as
+    ``schedule.epochs`` x steps per epoch whatever the recipe said)."""
+    task, _, _ = _setup(ds_single_rank, tmp_path, "schedule.steps=40", "schedule.epochs=300", "schedule.max_steps=4")
+    assert task.plan.schedule_steps == 40 and task.plan.total_steps == 4
+    assert task.momentum_at(20) == pytest.approx(0.998, abs=1e-5) and task.momentum_at(40) == 1.0
 
 
 def test_a_few_steps_lower_the_mim_loss_and_the_kl(ds_single_rank, tmp_path):
@@ -164,17 +174,18 @@ def test_a_dino_run_initialises_fine_tuning_probing_and_segmentation(ds_single_r
     fine-tuning, the linear probe and segmentation (which reads it as a backbone)."""
     from safetensors.torch import load_file
 
-    from beit_ds.engine.dino import dino_pretrain
-    from beit_ds.engine.finetune import build_finetune_model
-    from beit_ds.engine.weights import read_raw_weights, read_weights
     from beit_ds.recipe import FinetuneRecipe, LinearProbeRecipe
     from beit_ds.segmentation.loading import is_segmentation_state_dict
+    from beit_ds.tasks import train
+    from beit_ds.tasks.finetune import build_finetune_model
+    from beit_ds.tasks.weights import read_init_raw as read_raw_weights
+    from beit_ds.tasks.weights import read_init_weights as read_weights
 
     run = tmp_path / "dino"
     recipe = load_recipe(PretrainRecipe, "pretrain_dino_demo_cpu", [
         *SMALL, "model.depth=4", "schedule.max_steps=1", f"checkpoint.output_dir={run}", "log.progress_bar=false",
         "log.tensorboard=false"])
-    dino_pretrain(recipe, ROOT / "ds_configs/zero2_fp32_cpu.json", resume="none")
+    train(recipe, ROOT / "ds_configs/zero2_fp32_cpu.json", resume="none")
     exported = load_file(run / "export/model.safetensors")
     tag = sorted((run / "checkpoints").glob("step_*"))[-1]
     for source in (run, tag):

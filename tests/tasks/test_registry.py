@@ -14,19 +14,19 @@ from safetensors.torch import load_file
 
 from beit_ds.config import ConfigError
 from beit_ds.config_io import load_recipe
-from beit_ds.engine.export import export_any
-from beit_ds.engine.finetune import evaluate_recipe, finetune
-from beit_ds.engine.task import MODULES, task_type
-from beit_ds.engine.tokenizer_train import train_tokenizer
 from beit_ds.recipe import FinetuneRecipe, LinearProbeRecipe, TokenizerRecipe
+from beit_ds.tasks import export as export_any
+from beit_ds.tasks import train
+from beit_ds.tasks.finetune import evaluate_recipe
+from beit_ds.tasks.registry import MODULES, task_type
 from tests.conftest import require_module
-from tests.engine.test_finetune import FP32, TINY, _recipe, pretrained  # noqa: F401
+from tests.tasks.test_finetune import FP32, TINY, _recipe, pretrained  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_registry_imports_no_task_until_a_kind_is_looked_up():
-    code = ("import sys, beit_ds.engine.task as t; assert not any(m in sys.modules for m in set(t.MODULES.values()));"
+    code = ("import sys, beit_ds.tasks.registry as t; assert not any(m in sys.modules for m in set(t.MODULES.values()));"
             " print(sorted(t.task_type(k).kind for k in t.MODULES))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -39,17 +39,17 @@ def test_the_registry_imports_no_task_until_a_kind_is_looked_up():
 def runs(pretrained, tmp_path_factory):  # noqa: F811
     """One finished run of each kind (CPU, a few steps)."""
     root = tmp_path_factory.mktemp("kinds")
-    finetune(_recipe(root / "finetune", str(pretrained), "schedule.max_steps=2", "checkpoint.export_at_end=false"),
+    train(_recipe(root / "finetune", str(pretrained), "schedule.max_steps=2", "checkpoint.export_at_end=false"),
              FP32, resume="none")
     probe = _recipe(root / "probe", str(pretrained), "schedule.max_steps=2", "checkpoint.export_at_end=false",
                     cls=LinearProbeRecipe, name="linprobe_demo_cpu")
-    finetune(probe, FP32, resume="none")
+    train(probe, FP32, resume="none")
     no_model = [o for o in TINY if not o.startswith("model.")]
     tok = load_recipe(TokenizerRecipe, "tokenizer_demo_cpu", [*no_model, "schedule.max_steps=2", "data.repeats=1",
                                                               "schedule.micro_batch_size=8",
                                                               f"checkpoint.output_dir={root / 'tokenizer'}",
                                                               "checkpoint.export_at_end=false"])
-    train_tokenizer(tok, FP32, resume="none")
+    train(tok, FP32, resume="none")
     return {"pretrain": pretrained, "finetune": root / "finetune", "linear_probe": root / "probe",
             "tokenizer": root / "tokenizer"}
 
@@ -66,7 +66,7 @@ def test_export_dispatches_on_the_stored_kind(runs, tmp_path):
     assert files["linear_probe"] == ["model.safetensors"]
     assert files["tokenizer"] == ["report.json", "tokenizer.safetensors"]
     # the fine-tuned classifier loads into Hugging Face's BeitForImageClassification, same logits
-    from beit_ds.engine.finetune import build_finetune_model
+    from beit_ds.tasks.finetune import build_finetune_model
 
     hf = transformers.BeitForImageClassification.from_pretrained(tmp_path / "finetune" / "hf").eval()
     ours = build_finetune_model(_recipe(tmp_path / "x", str(tmp_path / "finetune" / "model.safetensors"),

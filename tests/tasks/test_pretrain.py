@@ -13,8 +13,8 @@ import torch
 from beit_ds.config import TokenizerConfig
 from beit_ds.config_io import load_recipe
 from beit_ds.data.collate import MIMBatch
-from beit_ds.engine.pretrain import _tokenizer, mim_forward
 from beit_ds.recipe import PretrainRecipe
+from beit_ds.tasks.pretrain import frozen_tokenizer, mim_forward
 from beit_ds.tokenizers import build_tokenizer
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
@@ -56,7 +56,7 @@ class _Engine:
 def test_tokenizer_view_is_not_cast_to_the_run_precision(photo_crops):
     recipe = load_recipe(PretrainRecipe, "pretrain_demo_cpu")
     assert recipe.tokenizer.dtype == "float32"  # the default
-    tokenizer = _tokenizer(recipe, torch.device("cpu"), torch.bfloat16)
+    tokenizer = frozen_tokenizer(recipe, torch.device("cpu"), torch.bfloat16)
     seen = []
     encode = tokenizer.encode
     tokenizer.encode = lambda x: seen.append(x.dtype) or encode(x)
@@ -83,10 +83,10 @@ def test_default_precision_keeps_the_fp32_tokens_on_photographs(photo_crops):
     fp32 = build_tokenizer(TokenizerConfig(name="dvae", path=DEMO_DVAE, image_size=32))
     reference = fp32.encode(photo_crops)
     recipe = load_recipe(PretrainRecipe, "pretrain_demo_cpu")
-    default = _tokenizer(recipe, torch.device("cpu"), torch.bfloat16)
+    default = frozen_tokenizer(recipe, torch.device("cpu"), torch.bfloat16)
     assert _agreement(default, photo_crops, reference) >= 0.995  # measured 1.0
     auto = load_recipe(PretrainRecipe, "pretrain_demo_cpu", ["tokenizer.dtype=auto"])
-    bf16 = _tokenizer(auto, torch.device("cpu"), torch.bfloat16)
+    bf16 = frozen_tokenizer(auto, torch.device("cpu"), torch.bfloat16)
     agreement = _agreement(bf16, photo_crops, reference)
     assert agreement < 0.995
     assert agreement == pytest.approx(0.940, abs=0.03)

@@ -19,9 +19,7 @@ from torch import nn
 
 from beit_ds.config import MIMConfig, ModelConfig
 from beit_ds.config_io import build_dataclass
-from beit_ds.models.beit import Beit
-from beit_ds.models.classification import BeitForImageClassification
-from beit_ds.models.mim import BeitForMaskedImageModeling
+from beit_ds.models import Beit, BeitForImageClassification, BeitForMaskedImageModeling
 
 Tensors = dict[str, torch.Tensor]
 

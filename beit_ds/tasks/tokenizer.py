@@ -1,4 +1,4 @@
-"""Training our own visual tokenizer, the dVAE of seed App. C, as a ``run_job``.
+"""Training our own visual tokenizer, the dVAE of seed App. C: the task of ``kind: tokenizer``.
 
 The dVAE learns on the tokenizer view of the pre-training pipeline (same crops, flips and jitter,
 ``tokenizer_view: raw``), with the Gumbel temperature and KL weight as pure functions of the
@@ -18,14 +18,16 @@ from torch import nn
 
 from beit_ds.config import ConfigError, DVAEConfig, MaskingConfig
 from beit_ds.data import build_pretrain_loader
-from beit_ds.distributed import ProcessPlace, place_from_env
-from beit_ds.engine.export import checkpoint_task
-from beit_ds.engine.job import loader_place, run_job
-from beit_ds.engine.state import TrainState
-from beit_ds.engine.task import StepOutput, Task, register
+from beit_ds.distributed import ProcessPlace
+from beit_ds.engine.consolidate import checkpoint_task
+from beit_ds.engine.job import loader_place
+from beit_ds.engine.plan import LoopPlan
+from beit_ds.engine.saved import SavedCheckpoint
+from beit_ds.engine.task import StepOutput, Task
 from beit_ds.metrics import MetricWriter
 from beit_ds.recipe import TokenizerRecipe
 from beit_ds.safe_write import make_dir, write_text
+from beit_ds.tasks.registry import register
 from beit_ds.tokenizers import DiscreteVAE, code_usage, dvae_schedule, save_dvae
 
 
@@ -105,7 +107,7 @@ class TokenizerTask(Task[TokenizerRecipe]):
         self.loader = _loader(self.recipe, self.place)
         return self.loader
 
-    def attach(self, engine: Any, dtype: torch.dtype) -> None:
+    def attach(self, engine: Any, dtype: torch.dtype, plan: LoopPlan) -> None:
         self.dtype = dtype
 
     def forward(self, model: Any, batch: Any, step: int) -> StepOutput:
@@ -117,9 +119,9 @@ class TokenizerTask(Task[TokenizerRecipe]):
         reconstruction_samples(model, self.fixed, writer, step)
 
     @classmethod
-    def export(cls, tag_dir: Path, out_dir: Path, client: dict[str, Any]) -> list[Path]:
+    def export(cls, saved: SavedCheckpoint, out_dir: Path) -> list[Path]:
         """``tokenizer.safetensors`` and, when the recipe's data is readable here, ``report.json``."""
-        task, model = checkpoint_task(cls, tag_dir, client)
+        task, model = checkpoint_task(cls, saved)
         make_dir(out_dir, link_ok=True)
         save_dvae(cast(DiscreteVAE, model).eval(), out_dir / "tokenizer.safetensors")
         paths = [out_dir / "tokenizer.safetensors"]
@@ -131,14 +133,7 @@ class TokenizerTask(Task[TokenizerRecipe]):
         return paths
 
     @classmethod
-    def evaluate_checkpoint(cls, tag_dir: Path, client: dict[str, Any]) -> dict[str, float]:
+    def evaluate_checkpoint(cls, saved: SavedCheckpoint) -> dict[str, float]:
         """Hard-token reconstruction MSE vs the mean image, and code usage, of the checkpoint."""
-        task, model = checkpoint_task(cls, tag_dir, client)
+        task, model = checkpoint_task(cls, saved)
         return {k: float(v) for k, v in reconstruction_report(model.eval(), task.build_loader()).items()}
-
-
-def train_tokenizer(
-    recipe: TokenizerRecipe, ds_path: str | Path, resume: str = "auto", overwrite: bool = False
-) -> TrainState:
-    """Train (or resume) the dVAE; the export holds ``tokenizer.safetensors`` and ``report.json``."""
-    return run_job(TokenizerTask(recipe, place_from_env()), ds_path, resume, overwrite)

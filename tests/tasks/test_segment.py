@@ -17,9 +17,10 @@ from beit_ds.config import ConfigError
 from beit_ds.config_io import load_recipe
 from beit_ds.data import DataError
 from beit_ds.engine import job
-from beit_ds.engine.segment import build_segmenter, check_recipe, evaluate_recipe, segment
-from beit_ds.engine.task import task_type
 from beit_ds.recipe import SegmentationRecipe
+from beit_ds.tasks import train
+from beit_ds.tasks.registry import task_type
+from beit_ds.tasks.segment import build_segmenter, check_recipe, evaluate_recipe
 from tests.e2e.test_segment_launcher import make_pairs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,7 +86,7 @@ def test_the_kind_is_registered() -> None:
 
 def test_one_image_per_batchnorm_is_refused_before_training() -> None:
     from beit_ds.distributed import ProcessPlace
-    from beit_ds.engine.segment import SegmentationTask
+    from beit_ds.tasks.segment import SegmentationTask
 
     r = recipe("seg_camvid_demo_cpu", "schedule.micro_batch_size=1")
     with pytest.raises(ConfigError, match="at least 2 images"):
@@ -112,7 +113,7 @@ def test_a_step_in_low_precision_keeps_batchnorm_in_fp32(ds_single_rank, tmp_pat
     engines = []
     monkeypatch.setattr(job, "init_engine", lambda *a: engines.append(job_init_engine(*a)) or engines[-1])
     r = _tiny(tmp_path, "schedule.steps=1", f"decode.head={head}", "decode.up_convs=2", "decode.aux_num_convs=1")
-    assert segment(r, ROOT / f"ds_configs/{config}.json", resume="none").step == 1
+    assert train(r, ROOT / f"ds_configs/{config}.json", resume="none").step == 1
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     loss = [row["train/loss"] for row in rows if "train/loss" in row]
     assert len(loss) == 1 and math.isfinite(loss[0]) and 0 < loss[0] < 10

@@ -1,7 +1,8 @@
-"""Image classification fine-tuning and linear probes (seed §3.1, App. D, F, H) as ``run_job`` users.
+"""Image classification fine-tuning and linear probes (seed §3.1, App. D, F, H): the tasks of
+``kind: finetune`` and ``kind: linear_probe``.
 
-``finetune`` trains a ``BeitForImageClassification`` started from ``finetune.init`` (any format
-``engine/weights.py`` reads; positions interpolated to ``model.img_size``; a shared relative bias
+Fine-tuning trains a ``BeitForImageClassification`` started from ``finetune.init`` (any format
+``tasks/weights.py`` reads; positions interpolated to ``model.img_size``; a shared relative bias
 becomes per-layer tables) with layer-wise lr decay (``optim.layer_decay``), label smoothing,
 Mixup / CutMix, RandAugment, random erasing and an optional EMA of the weights. A
 ``LinearProbeRecipe`` trains only a linear layer on a frozen backbone's block ``probe.layer``.
@@ -15,40 +16,36 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
 
+from beit_ds.artifacts import save_weights
 from beit_ds.config import AugmentConfig, ConfigError
-from beit_ds.config_io import build_dataclass, load_recipe, read_recipe, to_dict
+from beit_ds.config_io import build_dataclass, to_dict
 from beit_ds.data import build_finetune_loader
 from beit_ds.data.mixup import Mixup, mix_rng
 from beit_ds.distributed import ProcessPlace, all_reduce_sum, place_from_env
+from beit_ds.engine.consolidate import consolidated_state_dict
 from beit_ds.engine.ema import WeightEMA
-from beit_ds.engine.export import (
-    checkpoint_client_state,
-    consolidated_state_dict,
-    save_weights,
-    write_timm_and_hf,
-)
-from beit_ds.engine.job import loader_place, run_job
+from beit_ds.engine.job import loader_place
+from beit_ds.engine.plan import LoopPlan
 from beit_ds.engine.runtime import init_distributed
-from beit_ds.engine.state import TrainState
-from beit_ds.engine.task import StepOutput, Task, register, task_type
-from beit_ds.engine.weights import checkpoint_dir, read_weights
+from beit_ds.engine.saved import SavedCheckpoint, read_saved
+from beit_ds.engine.task import StepOutput, Task
+from beit_ds.engine.weights import checkpoint_dir
 from beit_ds.logger import get_logger, init_logging
 from beit_ds.metrics import MetricWriter
 from beit_ds.models import BeitForImageClassification, build_classifier
-from beit_ds.recipe import ClassificationRecipe, FinetuneRecipe, LinearProbeRecipe, TrainingRecipe
+from beit_ds.recipe import KINDS, ClassificationRecipe, FinetuneRecipe, LinearProbeRecipe, TrainingRecipe
 from beit_ds.safe_write import make_dir, write_text
+from beit_ds.tasks.formats import write_timm_and_hf
+from beit_ds.tasks.registry import register, task_type
+from beit_ds.tasks.weights import read_init_weights
 
-KINDS: dict[str, type[ClassificationRecipe]] = {"finetune": FinetuneRecipe, "linear_probe": LinearProbeRecipe}
+CLASSIFIERS = ("finetune", "linear_probe")
 NO_MIXING = AugmentConfig(rand_augment_ops=0, random_erasing=0.0, mixup=0.0, cutmix=0.0)
-
-
-def kind_of(recipe: ClassificationRecipe) -> str:
-    return "linear_probe" if isinstance(recipe, LinearProbeRecipe) else "finetune"
 
 
 def probe_layer(recipe: ClassificationRecipe) -> int | None:
@@ -82,9 +79,9 @@ def build_finetune_model(r: ClassificationRecipe, head: str | None = None) -> Be
     model = build_classifier(r.model, r.finetune.head_init_scale, probe_layer(r), probe_pool(r))
     log = get_logger()
     if not r.finetune.init:
-        log.info("%s: random initialisation (finetune.init is empty)", kind_of(r))
+        log.info("%s: random initialisation (finetune.init is empty)", r.kind)
         return model
-    sd, source = read_weights(r.finetune.init)
+    sd, source = read_init_weights(r.finetune.init)
     try:
         fresh = model.load_backbone(sd, head or r.finetune.head, source=f"finetune.init={r.finetune.init!r}")
     except ValueError as err:
@@ -139,12 +136,11 @@ def _log_eval(metrics: dict[str, float], what: str) -> None:
     )
 
 
-def export_classifier(tag_dir: Path, out_dir: Path, client: dict[str, Any] | None = None) -> list[Path]:
+def export_classifier(saved: SavedCheckpoint, out_dir: Path) -> list[Path]:
     """``model.safetensors`` (+ ``model_ema.safetensors``, ``recipe.json``) and, for fine-tuning,
-    ``timm/`` and ``hf/`` exports of the classifier in ``tag_dir``."""
-    tag_dir, out_dir = Path(tag_dir), Path(out_dir)
-    client = client if client is not None else checkpoint_client_state(tag_dir)
-    recipe = build_dataclass(KINDS[client["kind"]], client["recipe"])
+    ``timm/`` and ``hf/`` exports of the classifier in ``saved``."""
+    tag_dir, client = saved.tag_dir, saved.client
+    recipe = cast(ClassificationRecipe, build_dataclass(KINDS[saved.kind], saved.recipe))
     model = build_classifier(
         recipe.model, recipe.finetune.head_init_scale, probe_layer(recipe), probe_pool(recipe)
     )
@@ -153,7 +149,7 @@ def export_classifier(tag_dir: Path, out_dir: Path, client: dict[str, Any] | Non
     paths = [save_weights(model.state_dict(), out_dir / "model.safetensors")]
     if "ema" in client:
         paths.append(save_weights(client["ema"], out_dir / "model_ema.safetensors"))
-    write_text(out_dir / "recipe.json", json.dumps(client["recipe"], indent=1))
+    write_text(out_dir / "recipe.json", json.dumps(saved.recipe, indent=1))
     if probe_layer(recipe) is None:
         paths += write_timm_and_hf(model, out_dir)
     return paths
@@ -197,7 +193,7 @@ class FinetuneTask(Task[ClassificationRecipe]):
         self.classes = tuple(classes)
         return loader
 
-    def attach(self, engine: Any, dtype: torch.dtype) -> None:
+    def attach(self, engine: Any, dtype: torch.dtype, plan: LoopPlan) -> None:
         self.dtype = dtype
         if self.recipe.finetune.ema_decay > 0:
             self.ema = WeightEMA(engine.module, self.recipe.finetune.ema_decay)
@@ -205,7 +201,7 @@ class FinetuneTask(Task[ClassificationRecipe]):
     def forward(self, model: Any, batch: Any, step: int) -> StepOutput:
         return cls_forward(model, batch, self.mix, self.recipe.schedule.seed, self.dtype)
 
-    def after_optimizer_step(self, engine: Any) -> None:
+    def after_optimizer_step(self, engine: Any, step: int) -> None:
         if self.ema is not None:
             self.ema.update(engine.module)
 
@@ -235,8 +231,12 @@ class FinetuneTask(Task[ClassificationRecipe]):
         self.ema.load_state_dict(client["ema"])
 
     @classmethod
-    def export(cls, tag_dir: Path, out_dir: Path, client: dict[str, Any]) -> list[Path]:
-        return export_classifier(tag_dir, out_dir, client)
+    def export(cls, saved: SavedCheckpoint, out_dir: Path) -> list[Path]:
+        return export_classifier(saved, out_dir)
+
+    @classmethod
+    def evaluate_recipe(cls, recipe: ClassificationRecipe, out_json: Path | None) -> dict[str, float]:
+        return evaluate_recipe(recipe, out_json)
 
 
 @register
@@ -245,23 +245,6 @@ class LinearProbeTask(FinetuneTask):
 
     kind = "linear_probe"
     recipe_type = LinearProbeRecipe
-
-
-def task_for(recipe: ClassificationRecipe, place: ProcessPlace) -> FinetuneTask:
-    return LinearProbeTask(recipe, place) if isinstance(recipe, LinearProbeRecipe) else FinetuneTask(recipe, place)
-
-
-def finetune(
-    recipe: ClassificationRecipe, ds_path: str | Path, resume: str = "auto", overwrite: bool = False
-) -> TrainState:
-    """Fine-tune (or linear-probe) as ``recipe`` says; returns the final ``TrainState``."""
-    return run_job(task_for(recipe, place_from_env()), ds_path, resume, overwrite)
-
-
-def load_class_recipe(name_or_path: str, overrides: list[str]) -> ClassificationRecipe:
-    """A ``LinearProbeRecipe`` when the recipe has a ``probe`` section, else a ``FinetuneRecipe``."""
-    cls = LinearProbeRecipe if "probe" in read_recipe(name_or_path) else FinetuneRecipe
-    return load_recipe(cls, name_or_path, overrides)
 
 
 def evaluate_recipe(recipe: ClassificationRecipe, out_json: Path | None = None) -> dict[str, float]:
@@ -275,16 +258,15 @@ def evaluate_recipe(recipe: ClassificationRecipe, out_json: Path | None = None) 
     init = recipe.finetune.init
     tag_dir = checkpoint_dir(Path(init).expanduser()) if Path(init).expanduser().is_dir() else None
     if tag_dir is not None:
-        client = checkpoint_client_state(tag_dir)
-        kind = str(client.get("kind", "pretrain"))
-        if kind in KINDS:
-            stored = build_dataclass(KINDS[kind], client["recipe"])
+        saved = read_saved(tag_dir)
+        if saved.kind in CLASSIFIERS:
+            stored = cast(ClassificationRecipe, build_dataclass(KINDS[saved.kind], saved.recipe))
             recipe = replace(stored, data=recipe.data, finetune=replace(stored.finetune, init=init))
         else:
             init_logging(0)
-            metrics = task_type(kind, f"finetune.init={init!r}").evaluate_checkpoint(tag_dir, client)
-            get_logger().info("evaluation of %s checkpoint %s: %s", kind, tag_dir, metrics)
-            _write_json(out_json, {"init": init, "kind": kind, **metrics})
+            metrics = task_type(saved.kind, f"finetune.init={init!r}").evaluate_checkpoint(saved)
+            get_logger().info("evaluation of %s checkpoint %s: %s", saved.kind, tag_dir, metrics)
+            _write_json(out_json, {"init": init, "kind": saved.kind, **metrics})
             return metrics
     return _evaluate_classifier(recipe, out_json)
 
@@ -306,6 +288,6 @@ def _evaluate_classifier(recipe: ClassificationRecipe, out_json: Path | None) ->
     metrics = evaluate(model.to(device), loader, torch.float32)
     _log_eval(metrics, f"evaluation of {recipe.finetune.init}")
     if place.is_main:
-        _write_json(out_json, {"init": recipe.finetune.init, "kind": kind_of(recipe), **metrics,
+        _write_json(out_json, {"init": recipe.finetune.init, "kind": recipe.kind, **metrics,
                                "recipe": to_dict(recipe)})
     return metrics

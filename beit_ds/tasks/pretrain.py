@@ -1,31 +1,40 @@
-"""Masked-image-modeling pre-training (seed §2.3-2.5, §5) as a ``run_job``.
+"""Masked-image-modeling pre-training (seed §2.3-2.5, §5): the task of ``kind: pretrain``.
 
 ``check_views`` ties the model, the two data views and the tokenizer together before any
 process group starts; ``mim_forward`` is one micro-batch (tokenize under no_grad → MIM loss);
-``PretrainTask`` is the registered task (``kind: pretrain``).
+``export_mim`` writes the MIM model and its backbone in our, timm's and Hugging Face's layouts.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from beit_ds.artifacts import save_weights
 from beit_ds.assets import resolve
 from beit_ds.config import ConfigError
+from beit_ds.config_io import build_dataclass
 from beit_ds.data import build_pretrain_loader
-from beit_ds.distributed import ProcessPlace, place_from_env
-from beit_ds.engine.export import checkpoint_task, export_checkpoint
-from beit_ds.engine.job import Preflight, loader_place, run_job
+from beit_ds.distributed import ProcessPlace
+from beit_ds.engine.checkpoint import verify
+from beit_ds.engine.consolidate import checkpoint_task, consolidated_state_dict
+from beit_ds.engine.job import Preflight, loader_place
 from beit_ds.engine.job import preflight as job_preflight
+from beit_ds.engine.plan import LoopPlan
 from beit_ds.engine.runtime import warn_if_oversubscribed
-from beit_ds.engine.state import TrainState
-from beit_ds.engine.task import StepOutput, Task, register
+from beit_ds.engine.saved import SavedCheckpoint
+from beit_ds.engine.task import StepOutput, Task
 from beit_ds.masking import build_mask_generator
 from beit_ds.metrics import MetricWriter
-from beit_ds.models import build_mim_model
+from beit_ds.models import build_mim_model, build_model
+from beit_ds.models.convert import backbone_state_dict
 from beit_ds.recipe import PretrainRecipe
+from beit_ds.safe_write import make_dir, write_text
+from beit_ds.tasks.formats import write_timm_and_hf
+from beit_ds.tasks.registry import register
 from beit_ds.tokenizers import build_tokenizer
 
 
@@ -73,7 +82,7 @@ def mim_forward(model: Any, batch: Any, tokenizer: Any, dtype: torch.dtype) -> S
     return StepOutput(out.loss, {"mim_accuracy": out.accuracy})
 
 
-def _tokenizer(recipe: PretrainRecipe, device: torch.device, dtype: torch.dtype) -> Any:
+def frozen_tokenizer(recipe: PretrainRecipe, device: torch.device, dtype: torch.dtype) -> Any:
     """The frozen tokenizer on the engine's device, in ``tokenizer.dtype`` (default float32);
     ``auto`` runs it in the run's precision (bf16 / fp16 / fp32)."""
     if recipe.mim.target != "tokens":
@@ -118,8 +127,8 @@ class PretrainTask(Task[PretrainRecipe]):
         warn_if_oversubscribed(r.data.num_workers)
         return self.loader
 
-    def attach(self, engine: Any, dtype: torch.dtype) -> None:
-        self.tokenizer, self.dtype = _tokenizer(self.recipe, engine.device, dtype), dtype
+    def attach(self, engine: Any, dtype: torch.dtype, plan: LoopPlan) -> None:
+        self.tokenizer, self.dtype = frozen_tokenizer(self.recipe, engine.device, dtype), dtype
 
     def forward(self, model: Any, batch: Any, step: int) -> StepOutput:
         return mim_forward(model, batch, self.tokenizer, self.dtype)
@@ -134,16 +143,16 @@ class PretrainTask(Task[PretrainRecipe]):
         pretrain_samples(model, self.tokenizer, self.fixed, writer, step, (t.mean, t.std))
 
     @classmethod
-    def export(cls, tag_dir: Path, out_dir: Path, client: dict[str, Any]) -> list[Path]:
-        return export_checkpoint(tag_dir, out_dir, client)
+    def export(cls, saved: SavedCheckpoint, out_dir: Path) -> list[Path]:
+        return export_mim(saved, out_dir)
 
     @classmethod
     @torch.no_grad()
-    def evaluate_checkpoint(cls, tag_dir: Path, client: dict[str, Any], batches: int = 8) -> dict[str, float]:
+    def evaluate_checkpoint(cls, saved: SavedCheckpoint, batches: int = 8) -> dict[str, float]:
         """MIM loss and masked-token accuracy of the checkpoint on ``batches`` batches of its data."""
-        task, model = checkpoint_task(cls, tag_dir, client)
+        task, model = checkpoint_task(cls, saved)
         model.eval()
-        tokenizer = _tokenizer(task.recipe, torch.device("cpu"), torch.float32)
+        tokenizer = frozen_tokenizer(task.recipe, torch.device("cpu"), torch.float32)
         totals, n = torch.zeros(2, dtype=torch.float64), 0
         for batch, _ in zip(task.build_loader().at(0), range(batches)):
             target = batch.tokenizer_images if tokenizer is None else tokenizer.encode(batch.tokenizer_images)
@@ -154,8 +163,16 @@ class PretrainTask(Task[PretrainRecipe]):
         return {"mim_loss": loss, "mim_accuracy": accuracy, "images": float(n)}
 
 
-def pretrain(
-    recipe: PretrainRecipe, ds_path: str | Path, resume: str = "auto", overwrite: bool = False
-) -> TrainState:
-    """Run (or resume) pre-training; returns the final ``TrainState``."""
-    return run_job(PretrainTask(recipe, place_from_env()), ds_path, resume, overwrite)
+def export_mim(saved: SavedCheckpoint, out_dir: Path) -> list[Path]:
+    """``model.safetensors`` (the MIM model, our = unilm layout) + ``recipe.json``, and the backbone
+    in ``timm/`` and ``hf/``, from the pre-training checkpoint ``saved``."""
+    verify(saved.tag_dir, checksums=False)
+    recipe = build_dataclass(PretrainRecipe, saved.recipe)
+    model = build_mim_model(recipe.model, recipe.mim)
+    model.load_state_dict(consolidated_state_dict(saved.tag_dir), strict=True)
+    make_dir(out_dir, link_ok=True)
+    ours = save_weights(model.state_dict(), out_dir / "model.safetensors", source=str(saved.tag_dir))
+    write_text(out_dir / "recipe.json", json.dumps(saved.recipe, indent=1))
+    backbone = build_model(recipe.model)
+    backbone.load_state_dict(backbone_state_dict(model.state_dict()), strict=True)
+    return [ours, *write_timm_and_hf(backbone, out_dir)]

@@ -1,0 +1,70 @@
+"""A checkpoint's weights in one piece: fp32, gathered from every rank's ZeRO shards (or from a
+stage-0 checkpoint's model states and fp32 masters), read without running code; and a task with
+its model rebuilt from a checkpoint, which a task's export or evaluation starts from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from beit_ds.config_io import build_dataclass
+from beit_ds.distributed import ProcessPlace
+from beit_ds.engine import elastic, safe_load
+from beit_ds.engine.checkpoint import GROUP_NAMES, CheckpointError
+from beit_ds.engine.saved import SavedCheckpoint, checkpoint_client_state
+from beit_ds.engine.task import Task
+
+T = TypeVar("T", bound=Task[Any])
+
+
+def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
+    """fp32 weights gathered from every rank's ZeRO shards, or of a stage-0 checkpoint (every file
+    read without running code)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    try:
+        safe_load.check_files(tag_dir, "checkpoint")
+        if not elastic.has_zero_shards(p.name for p in tag_dir.iterdir()):
+            return stage0_state_dict(tag_dir)
+        with safe_load.weights_only_loading():
+            sd = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    except safe_load.UnsafeFileError as err:
+        raise CheckpointError(str(err)) from None
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
+def stage0_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
+    """The fp32 weights of a ZeRO stage-0 checkpoint (no optimizer shards; DeepSpeed's
+    ``zero_to_fp32`` reads only ZeRO ones): the module's own weights in an fp32 run; in bf16 /
+    fp16, the optimizer's fp32 master copies (``fp32_groups``), named by the group order the
+    save recorded (``checkpoint.fp32_group_names``), and the module's buffers."""
+    states = checkpoint_client_state(tag_dir)
+    sd = {k: v.float().contiguous() for k, v in states["module"].items()}
+    masters = (states.get("optimizer") or {}).get("fp32_groups")
+    if masters is None:
+        return sd
+    names = states.get(GROUP_NAMES)
+    if names is None:
+        raise CheckpointError(f"checkpoint {tag_dir}: a stage-0 bf16/fp16 checkpoint without {GROUP_NAMES}"
+                              " (saved before beit_ds recorded them): its fp32 master weights cannot be named")
+    for group_names, tensors in zip(names, masters, strict=True):
+        for name, tensor in zip(group_names, tensors, strict=True):
+            if tuple(tensor.shape) != tuple(sd[name].shape):
+                raise CheckpointError(f"checkpoint {tag_dir}: fp32 master of {name} has shape {tuple(tensor.shape)},"
+                                      f" the module's {tuple(sd[name].shape)}")
+            sd[name] = tensor.float().contiguous()
+    return sd
+
+
+def checkpoint_task(task_cls: type[T], saved: SavedCheckpoint) -> tuple[T, nn.Module]:
+    """A ``task_cls`` of the recipe ``saved`` holds (checked, on one process) and its model with the
+    consolidated weights: what a task's export or evaluation of a checkpoint starts from."""
+    task = task_cls(build_dataclass(task_cls.recipe_type, saved.recipe), ProcessPlace())
+    task.check()
+    model = task.build_model()
+    model.load_state_dict(consolidated_state_dict(saved.tag_dir), strict=True)
+    return task, model

@@ -1,0 +1,49 @@
+"""A checkpoint as a run left it, for whatever reads it without a job (export, evaluation,
+``finetune.init``): its kind, its recipe and its client state.
+
+The kind and the recipe are stored once per checkpoint, in ``COMPLETE.json``; checkpoints written
+before they were recorded there have them in the client state (older still: no kind, which was
+pre-training). The client state (``TrainState``, a task's ``extra_state``) is read from rank 0's
+model-states file with the restricted unpickler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from beit_ds.engine import safe_load
+from beit_ds.engine.checkpoint import CheckpointError, read_marker
+
+
+def checkpoint_client_state(tag_dir: Path) -> dict[str, Any]:
+    """The client state rank 0 stored with DeepSpeed's model states (read without running code)."""
+    files = sorted(tag_dir.glob("mp_rank_*_model_states.pt"))
+    if not files:
+        raise CheckpointError(f"checkpoint {tag_dir}: no mp_rank_*_model_states.pt (not a DeepSpeed checkpoint)")
+    try:
+        return safe_load.load(files[0], "checkpoint file")
+    except safe_load.UnsafeFileError as err:
+        raise CheckpointError(str(err)) from None
+
+
+@dataclass
+class SavedCheckpoint:
+    """``tag_dir``, the ``kind`` and ``recipe`` (plain mapping) it was saved with, its client state."""
+
+    tag_dir: Path
+    kind: str
+    recipe: dict[str, Any]
+    client: dict[str, Any]
+
+
+def read_saved(tag_dir: Path) -> SavedCheckpoint:
+    """The ``SavedCheckpoint`` of ``tag_dir`` (one-line ``CheckpointError`` when unreadable)."""
+    info = read_marker(tag_dir)
+    client = checkpoint_client_state(tag_dir)
+    kind = info.get("kind", client.get("kind", "pretrain"))
+    recipe = info.get("recipe", client.get("recipe"))
+    if not isinstance(recipe, dict):
+        raise CheckpointError(f"checkpoint {tag_dir}: no recipe recorded (in {tag_dir / 'COMPLETE.json'} or its client state)")
+    return SavedCheckpoint(tag_dir, str(kind), recipe, client)
