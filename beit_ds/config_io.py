@@ -12,6 +12,7 @@ can be named without their path. ``inherit: <recipe>`` is read beside the recipe
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import types
 import typing
@@ -22,6 +23,7 @@ from typing import Any, TypeVar, Union, cast
 import yaml
 
 from beit_ds.config import ConfigError
+from beit_ds.config.presets import PRESETS
 from beit_ds.config.validate import ALLOW_INF, finite
 from beit_ds.recipe import KINDS, TrainingRecipe, derive_kind, recipe_root
 from beit_ds.safe_write import write_text
@@ -176,26 +178,57 @@ def _float(value: Any, where: str) -> float:
     raise ConfigError(f"{where}={value!r}: expected a number")
 
 
-def build_dataclass(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
-    """``cls(**data)`` with nested sections, coerced values and unknown keys rejected."""
+def build_dataclass(cls: type[T], data: dict[str, Any] | None, where: str = "", base: Any = None) -> T:
+    """``cls(**data)`` with nested sections, coerced values and unknown keys rejected. Keys ``data``
+    leaves out take ``base``'s values when given, else the defaults; a nested section starts from
+    the default its parent declares (``field(default_factory=...)``), so a recipe root's own
+    section defaults (a linear probe's ``finetune.head: reset``, segmentation's
+    ``finetune.label_smoothing: 0``) hold whether or not the recipe writes that section."""
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}={data!r}: expected a mapping of keys")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # T is a dataclass
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]  # T is a dataclass
     for key in data:
         if key not in fields:
             known = ", ".join(fields)
             raise ConfigError(f"{where + '.' if where else ''}{key}: unknown key (expected one of {known})")
-    kwargs = {}
+    kwargs = {k: getattr(base, k) for k in fields if k not in data} if base is not None else {}
     for key, value in data.items():
         name = f"{where}.{key}" if where else key
         hint = hints[key]
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            kwargs[key] = build_dataclass(hint, value, name)
+            kwargs[key] = build_dataclass(hint, value, name, _section_default(fields[key], base))
         else:
             kwargs[key] = _coerce(value, hint, name, bool(fields[key].metadata.get(ALLOW_INF)))
     return cls(**kwargs)
+
+
+def _section_default(f: dataclasses.Field[Any], base: Any) -> Any:
+    """What a nested section starts from: the parent's value of it, else the field's default
+    (None — the section class's own defaults — when that default is no valid section by itself,
+    e.g. a data section whose default names no path)."""
+    if base is not None:
+        return getattr(base, f.name)
+    if f.default_factory is dataclasses.MISSING:
+        return None if f.default is dataclasses.MISSING else f.default
+    try:
+        return f.default_factory()
+    except ConfigError:
+        return None
+
+
+def stored_recipe(cls: type[T], data: dict[str, Any]) -> T:
+    """The recipe a checkpoint stored, built as ``cls``: the keys its root has retired since
+    (``TrainingRecipe.retired``, which had no effect there) are dropped; any other unknown key is
+    still a ``ConfigError``."""
+    data = copy.deepcopy(data)  # the stored mapping stays as read
+    for dotted in getattr(cls, "retired", ()):
+        section, _, key = dotted.rpartition(".")
+        node = _lookup(data, section) if section else data
+        if isinstance(node, dict):
+            node.pop(key, None)
+    return build_dataclass(cls, data)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -224,8 +257,6 @@ def _resolve_preset(data: dict[str, Any]) -> dict[str, Any]:
     model = data.get("model")
     if not isinstance(model, dict) or "preset" not in model:
         return data
-    from beit_ds.models.presets import PRESETS
-
     model = dict(model)
     name = model.pop("preset")
     if name not in PRESETS:

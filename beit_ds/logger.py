@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+from beit_ds.artifacts import RunDir
 from beit_ds.safe_write import open_append
 
 LOGGER_NAME = "beit_ds"
@@ -45,8 +46,9 @@ def init_logging(rank: int, run_dir: Path | None = None, level: int = logging.IN
     stream.addFilter(_RankZeroFilter(rank))
     logger.addHandler(stream)
     if run_dir is not None and rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        file_handler = _OwnedStream(open_append(run_dir / "train.log"))  # never through a planted link
+        run = RunDir(run_dir)
+        run.root.mkdir(parents=True, exist_ok=True)
+        file_handler = _OwnedStream(open_append(run.log))  # never through a planted link
         file_handler.setFormatter(fmt)
         logger.addHandler(file_handler)
     return logger

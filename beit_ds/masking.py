@@ -17,6 +17,16 @@ import numpy as np
 from beit_ds.config import MaskingConfig
 
 
+class MaskingError(ValueError):
+    """A masking argument that does not fit, in one line ``key=value: expected``: ``key`` is the
+    argument (a ``masking.*`` key, or ``grid``); ``names_grid``: the message states the patch grid
+    it was checked against (callers add it otherwise)."""
+
+    def __init__(self, key: str, value: object, expected: str, names_grid: bool = False) -> None:
+        super().__init__(f"{key}={value!r}: {expected}")
+        self.key, self.value, self.expected, self.names_grid = key, value, expected, names_grid
+
+
 class MaskGenerator(Protocol):
     """Draws one boolean mask ``[H, W]`` per call."""
 
@@ -44,14 +54,15 @@ def mask_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 def _check_grid(grid: tuple[int, int]) -> tuple[int, int]:
     ok = len(grid) == 2 and all(isinstance(g, int) and g > 0 for g in grid)
     if not ok:
-        raise ValueError(f"grid={grid!r}: expected two positive integers (H, W)")
+        raise MaskingError("grid", grid, "expected two positive integers (H, W)", names_grid=True)
     return (int(grid[0]), int(grid[1]))
 
 
 def _check_target(num_masking_patches: int, grid: tuple[int, int]) -> int:
     n = grid[0] * grid[1]
     if not 0 < num_masking_patches < n:
-        raise ValueError(f"num_masking_patches={num_masking_patches}: expected 1..{n - 1} for a grid {grid}")
+        raise MaskingError("num_masking_patches", num_masking_patches, f"expected 1..{n - 1} for a grid {grid}",
+                           names_grid=True)
     return num_masking_patches
 
 
@@ -82,17 +93,14 @@ class BlockwiseMaskGenerator:
         self.grid = _check_grid(grid)
         self.num_masking_patches = _check_target(num_masking_patches, self.grid)
         if not 0 < min_block_patches <= num_masking_patches:
-            raise ValueError(
-                f"min_block_patches={min_block_patches}: expected 1..num_masking_patches"
-                f" ({num_masking_patches})"
-            )
+            expected = f"expected 1..num_masking_patches ({num_masking_patches})"
+            raise MaskingError("min_block_patches", min_block_patches, expected)
         max_block = num_masking_patches if max_block_patches is None else max_block_patches
         if max_block < min_block_patches:
-            raise ValueError(
-                f"max_block_patches={max_block_patches}: expected >= min_block_patches ({min_block_patches})"
-            )
+            expected = f"expected >= min_block_patches ({min_block_patches})"
+            raise MaskingError("max_block_patches", max_block_patches, expected)
         if not 0.0 < min_aspect <= 1.0:
-            raise ValueError(f"min_aspect={min_aspect}: expected a number in (0, 1]")
+            raise MaskingError("min_aspect", min_aspect, "expected a number in (0, 1]")
         self.min_block_patches = min_block_patches
         self.max_block_patches = max_block
         self.log_aspect = (math.log(min_aspect), -math.log(min_aspect))

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from beit_ds.artifacts import RunDir
 from beit_ds.safe_write import make_dir, open_append
 
 
@@ -26,9 +27,10 @@ class MetricWriter:
         self._tb = None
         if not enabled:
             return
-        run_dir.mkdir(parents=True, exist_ok=True)
-        events = make_dir(run_dir / "tensorboard") if tensorboard else None  # a planted link is refused
-        self._jsonl = open_append(run_dir / "metrics.jsonl")  # never through a link; closed in close()
+        run = RunDir(run_dir)
+        run.root.mkdir(parents=True, exist_ok=True)
+        events = make_dir(run.tensorboard) if tensorboard else None  # a planted link is refused
+        self._jsonl = open_append(run.metrics)  # never through a link; closed in close()
         if events is not None:
             from torch.utils.tensorboard import SummaryWriter
 

@@ -23,16 +23,18 @@ from beit_ds.config import (
     ConfigError,
     DataConfig,
     FinetuneConfig,
+    LoaderConfig,
     MaskingConfig,
     MIMConfig,
     ModelConfig,
     ProbeConfig,
     TokenizerConfig,
+    TuneConfig,
 )
 from beit_ds.config.dino import DinoConfig
 from beit_ds.config.seg_data import SegDataConfig
 from beit_ds.config.segmentation import DecoderConfig, InferenceConfig
-from beit_ds.config.tokenizer import tokenizer_vocab
+from beit_ds.config.tokenizer import TOKENIZERS
 from beit_ds.config.train import CheckpointConfig, LogConfig, OptimConfig, ScheduleConfig
 from beit_ds.masking import masking_target
 
@@ -46,11 +48,15 @@ __all__ = [
 @dataclass
 class TrainingRecipe:
     """The sections every training recipe has: data, optimizer, schedule, checkpoints, logging.
-    Each root below adds the sections of its task and names its ``kind``."""
+    Each root below adds the sections of its task, names its ``kind`` and gives ``data`` its own
+    type (``DataConfig`` or ``SegDataConfig``); the runtime reads only the ``LoaderConfig`` keys.
+    ``retired``: keys the root no longer has that recipes stored in older checkpoints may hold
+    (``config_io.stored_recipe`` drops them; a recipe or override that states one is an error)."""
 
     kind: ClassVar[str] = ""
+    retired: ClassVar[tuple[str, ...]] = ()
 
-    data: DataConfig = field(default_factory=DataConfig)
+    data: LoaderConfig
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -62,6 +68,7 @@ class PretrainRecipe(TrainingRecipe):
     """Root of a pre-training recipe: the model, its MIM head, masking and the visual tokenizer."""
 
     kind: ClassVar[str] = "pretrain"
+    data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     mim: MIMConfig = field(default_factory=MIMConfig)
     masking: MaskingConfig = field(default_factory=MaskingConfig)
@@ -80,9 +87,9 @@ class PretrainRecipe(TrainingRecipe):
             out["data.transform.tokenizer_view"] = ("raw", "mim.target='pixels'")
             return out
         out["data.transform.second_input_size"] = (self.tokenizer.image_size, "tokenizer.image_size")
-        view = "dalle" if self.tokenizer.name == "dalle" else "raw"
-        out["data.transform.tokenizer_view"] = (view, f"what tokenizer.name={self.tokenizer.name!r} reads")
-        vocab = tokenizer_vocab(self.tokenizer, str(resolve(self.tokenizer.path))) if self.tokenizer.path else None
+        spec = TOKENIZERS[self.tokenizer.name]
+        out["data.transform.tokenizer_view"] = (spec.view, f"what tokenizer.name={self.tokenizer.name!r} reads")
+        vocab = spec.vocab(str(resolve(self.tokenizer.path))) if self.tokenizer.path else None
         if vocab is not None:
             out["mim.vocab_size"] = (vocab, f"the vocabulary of tokenizer.path={self.tokenizer.path!r}")
         return out
@@ -103,6 +110,7 @@ class TokenizerRecipe(TrainingRecipe):
     the tokenizer view (``data.transform.second_input_size``, ``tokenizer_view: raw``)."""
 
     kind: ClassVar[str] = "tokenizer"
+    data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(name="dvae"))
 
     def derived(self) -> dict[str, tuple[Any, str]]:
@@ -115,6 +123,7 @@ class TokenizerRecipe(TrainingRecipe):
 class ClassificationRecipe(TrainingRecipe):
     """The sections fine-tuning and linear probes share (seed §3.1, App. D)."""
 
+    data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(global_pool="avg"))
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
@@ -146,16 +155,17 @@ class LinearProbeRecipe(ClassificationRecipe):
 class SegmentationRecipe(TrainingRecipe):
     """Root of a semantic-segmentation recipe (seed §3.2, App. A, B, I): the backbone (``model``,
     ``model.img_size`` = the training crop), its task layer (``decode``), labelled images with
-    joint transforms (``data``: ``SegDataConfig``), the starting weights (``finetune.init``; the
-    classification keys ``head`` / ``head_init_scale`` / ``ema_decay`` do not apply) and how
-    validation images are predicted (``inference``)."""
+    joint transforms (``data``: ``SegDataConfig``), the starting weights, loss smoothing and
+    evaluation cadence (``finetune``: ``TuneConfig``, without classification's head and EMA keys)
+    and how validation images are predicted (``inference``)."""
 
     kind: ClassVar[str] = "segmentation"
+    retired: ClassVar[tuple[str, ...]] = ("finetune.head", "finetune.head_init_scale", "finetune.ema_decay")
+    data: SegDataConfig = field(default_factory=SegDataConfig)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(img_size=512))
-    data: SegDataConfig = field(default_factory=SegDataConfig)  # type: ignore[assignment]  # its own data section
     decode: DecoderConfig = field(default_factory=DecoderConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
-    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(head="reset", label_smoothing=0.0))
+    finetune: TuneConfig = field(default_factory=lambda: TuneConfig(label_smoothing=0.0))
 
     def derived(self) -> dict[str, tuple[Any, str]]:
         """The training crop is the model's resolution (positions and bias tables are resized to it)."""

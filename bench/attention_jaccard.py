@@ -1,5 +1,5 @@
 """Jaccard of a reference patch's thresholded attention vs its CamVid region: trained weights
-against the same network at random init (seeds), in one run (docs/RESULTS.md, issue 16).
+against the same network at random init (seeds), in one run (docs/RESULTS.md).
 
     python bench/attention_jaccard.py --weights runs/camvid_pt --split /tmp/camvid/camvid/val
 """

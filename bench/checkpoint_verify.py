@@ -1,4 +1,4 @@
-"""What checksum verification of a checkpoint costs (issue 12): SHA-256 of a file written to disk
+"""What checksum verification of a checkpoint costs: SHA-256 of a file written to disk
 by ``beit_ds.engine.integrity.sha256`` (the function resume uses), and the implied time for a
 BEiT-L ZeRO checkpoint, whose size is counted from the model (bf16 module weights + fp32 master
 weights + two fp32 Adam moments per parameter).

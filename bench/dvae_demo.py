@@ -1,7 +1,7 @@
 """Train a small dVAE (seed App. C) on the bundled demo photographs on CPU and report how well it
 reconstructs: hard-token reconstruction MSE against the mean-image MSE, and codebook usage.
 
-This is the measurement behind the CPU demo recipe of ``launch/train_tokenizer.py`` (issue 5);
+This is the measurement behind the CPU demo recipe of ``launch/train_tokenizer.py``;
 it uses a minimal Adam loop (cosine lr), not the DeepSpeed engine, so that it runs anywhere in
 minutes. Training images are random square crops (1/8 to all of the shorter side) of skimage's
 photographs; the evaluation uses 512 other crops drawn with a fixed seed.

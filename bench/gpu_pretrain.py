@@ -14,7 +14,7 @@ count as useful work. Peaks are datasheet dense tensor-core figures looked up by
 Weights are random: speed does not depend on them.
 
 ``--runs`` lists configurations ``precision:stage:eager|compiled:source`` (``bench/gpu_suite.sh``
-runs the set the issue asks for): ZeRO ``stage`` 0 / 1 / 2 (``ds_configs/zero{stage}_*.json``),
+runs the GPU suite's set): ZeRO ``stage`` 0 / 1 / 2 (``ds_configs/zero{stage}_*.json``),
 compiled block branches (``model.compile``), and the batches' ``source``: ``synthetic`` (one batch
 already on the device: the model-only step), ``loader`` (the job's JPEG loader on ``--data``,
 repeated, ``--workers`` workers, pinned memory; the step waits for its batch) or ``gpu_decode``

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU throughput suite (issue 17), one prepared command writing one JSON (<= 8 min on one GPU):
+# The GPU throughput suite, one prepared command writing one JSON (<= 8 min on one GPU):
 # BEiT-B MIM step + DALL-E-sized tokenizer at 224² through the DeepSpeed engine (bench/gpu_pretrain.py):
 #   bf16 and fp16 ZeRO-2; bf16 ZeRO stage 0 / 1 / 2; bf16 ZeRO-2 compiled; the job's JPEG loader on the
 #   full-size ImageNet sample (repeated) and decoding on the GPU (torchvision.io.decode_jpeg);

@@ -1,4 +1,4 @@
-"""The small-model regime (issue 17): the job's real pre-training step against a minimal plain
+"""The small-model regime: the job's real pre-training step against a minimal plain
 eager PyTorch loop and against the FLOP roofline, in one run, on the CIFAR-10 recipe.
 
     python bench/small_pretrain.py                          # CIFAR-10 archive when present, else demo images

@@ -1,5 +1,5 @@
 """Images/s of our DALL-E-compatible encoder against OpenAI's ``dall_e`` reference on the same
-batch in the same run (issue 5). Tokenisation sits on the critical path of pre-training: the
+batch in the same run. Tokenisation sits on the critical path of pre-training: the
 DALL-E encoder costs ≈ 52 GFLOP per 112² view, half a BEiT-B training step.
 
     python bench/tokenizer.py                      # CPU, fp32, 8 views of 112²
@@ -11,7 +11,7 @@ DALL-E encoder costs ≈ 52 GFLOP per 112² view, half a BEiT-B training step.
 and reports how many token ids stay equal to fp32 (``<dtype>_token_agreement``), both for the
 random-weight DALL-E encoder here and for the shipped demo dVAE, a trained tokenizer, on 512 crops
 of the photographs (``dvae_<dtype>_token_agreement``, and ``dvae_fp32_on_bf16_view_token_agreement``
-for an fp32 tokenizer fed a bf16-rounded view: the pre-issue-14 cast). ``tokenizer.dtype`` defaults
+for an fp32 tokenizer fed a bf16-rounded view, as when the step cast both views to the run's dtype). ``tokenizer.dtype`` defaults
 to float32 because only it keeps >= 99.5 % of the targets.
 
 Both run under ``torch.no_grad`` with the same random weights (saved and loaded the way
@@ -75,11 +75,8 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def main() -> None:
-    args = parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    check_clock(args.clock, torch.get_num_threads())
+def encoders(size: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """OpenAI's reference encoder (seeded random weights) and ours loaded from it as ``encoder.pkl``."""
     import dall_e  # the reference: a test/bench dependency only (dev extra)
 
     torch.manual_seed(0)
@@ -87,7 +84,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "encoder.pkl"
         torch.save(reference, path)  # the way OpenAI distributes encoder.pkl
-        ours = load_dalle_tokenizer(path, input_size=args.size)
+        return reference, load_dalle_tokenizer(path, input_size=size)
+
+
+def rates(times: dict[str, list[float]], batch: int) -> dict[str, float]:
+    """Images/s of every candidate and the ``ratio<suffix>`` of each of ours to the reference."""
+    out = {f"{name}_img_s": round(batch / median(ts), 3) for name, ts in times.items()}
+    for name in times:
+        if name != "reference":
+            suffix = name.removeprefix("ours")
+            out[f"ratio{suffix}"] = round(median(times["reference"]) / median(times[name]), 3)
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    check_clock(args.clock, torch.get_num_threads())
+    reference, ours = encoders(args.size)
     images = photo_batch(args.batch, args.size)
     with torch.no_grad():
         expected = reference(images)
@@ -118,12 +133,7 @@ def main() -> None:
         candidates["ours_compiled"] = lambda _: compiled.encode(images)
     with torch.no_grad():
         times = time_interleaved(candidates, args.warmup, args.repeats, args.clock)
-    for name, ts in times.items():
-        result[f"{name}_img_s"] = round(args.batch / median(ts), 3)
-    for name in times:
-        if name != "reference":
-            suffix = name.removeprefix("ours")
-            result[f"ratio{suffix}"] = round(median(times["reference"]) / median(times[name]), 3)
+    result.update(rates(times, args.batch))
     result.update(
         batch=args.batch,
         size=args.size,

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 
-from beit_ds.config import ConfigError
-from beit_ds.config_io import apply_overrides, load_recipe, save_yaml
-from beit_ds.recipe import PretrainRecipe
+from beit_ds.config import (
+    ConfigError,
+    DataConfig,
+    FinetuneConfig,
+    LoaderConfig,
+    ModelConfig,
+    SegDataConfig,
+    TuneConfig,
+)
+from beit_ds.config.presets import PRESETS
+from beit_ds.config_io import apply_overrides, load_recipe, save_yaml, stored_recipe
+from beit_ds.recipe import KINDS, FinetuneRecipe, PretrainRecipe, SegmentationRecipe
 
 
 def test_precedence_defaults_preset_yaml_overrides(tmp_path):
@@ -93,3 +104,53 @@ def test_inherit_resolves_beside_the_including_file(tmp_path, monkeypatch):
     (recipes / "missing.yaml").write_text("inherit: base/none.yaml\n")
     with pytest.raises(ConfigError, match=r"missing.yaml: inherit 'base/none.yaml': no such file"):
         load_recipe(PretrainRecipe, recipes / "missing.yaml")
+
+
+def test_every_root_gives_data_its_own_section_type():
+    expected = {"pretrain": DataConfig, "dino": DataConfig, "finetune": DataConfig, "linear_probe": DataConfig,
+                "tokenizer": DataConfig, "segmentation": SegDataConfig}
+    for kind, root in KINDS.items():
+        data = typing.get_type_hints(root)["data"]
+        assert data is expected[kind] and issubclass(data, LoaderConfig), kind
+    assert type(PretrainRecipe().data) is DataConfig  # the loader keys the runtime reads, in the task's section
+    assert typing.get_type_hints(SegmentationRecipe)["finetune"] is TuneConfig
+    assert typing.get_type_hints(FinetuneRecipe)["finetune"] is FinetuneConfig
+
+
+def test_presets_are_torch_free_config_data():
+    assert PRESETS["beit_debug_patch4_32"] == ModelConfig(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2,
+                                                          drop_path_rate=0.0)
+    recipe = load_recipe(PretrainRecipe, None, ["model.preset=beit_base_patch16_384"])
+    assert (recipe.model.img_size, recipe.model.embed_dim, recipe.model.depth) == (384, 768, 12)
+
+
+def test_a_stored_recipe_drops_the_keys_its_root_retired():
+    # a segmentation checkpoint written while segmentation's finetune section had classification's keys
+    stored = {"finetune": {"init": "w.safetensors", "head": "reset", "head_init_scale": 0.001, "ema_decay": 0.0,
+                           "label_smoothing": 0.0}, "data": {"source": "pairs", "path": "x"}}
+    recipe = stored_recipe(SegmentationRecipe, stored)
+    assert recipe.finetune == TuneConfig(init="w.safetensors", label_smoothing=0.0)
+    assert "head" in stored["finetune"]  # the mapping read from the checkpoint is left as it was
+    with pytest.raises(ConfigError, match=r"^finetune.head: unknown key"):
+        load_recipe(SegmentationRecipe, None, ["finetune.head=reset", "data.source=pairs", "data.path=x"])
+    with pytest.raises(ConfigError, match=r"^finetune.headd: unknown key"):
+        stored_recipe(SegmentationRecipe, {**stored, "finetune": {"headd": "reset"}})
+    assert stored_recipe(FinetuneRecipe, {"finetune": {"head": "keep"}}).finetune.head == "keep"
+
+
+def test_a_root_keeps_its_section_defaults_when_the_recipe_writes_the_section(tmp_path):
+    """Segmentation's ``finetune.label_smoothing`` default is 0 (mmseg's plain cross-entropy) and a
+    linear probe's ``finetune.head`` is ``reset``, also when the recipe has a ``finetune:`` section
+    that leaves them out (it used to fall back to the section class's 0.1 / ``auto``)."""
+    from beit_ds.config_io import load_recipe
+
+    for name in ("seg_upernet_base_ade20k_640", "seg_upernet_large_ade20k_640", "seg_setr_pup_base_ade20k_512"):
+        assert load_recipe(None, name).finetune.label_smoothing == 0.0, name
+    assert load_recipe(None, "seg_camvid_demo_cpu").finetune.label_smoothing == 0.1  # stated: as RESULTS.md ran
+    probe = tmp_path / "probe.yaml"
+    probe.write_text("kind: linear_probe\nfinetune:\n  init: ''\n")
+    loaded = load_recipe(None, probe)
+    assert (loaded.finetune.head, loaded.finetune.label_smoothing) == ("reset", 0.0)
+    tuned = tmp_path / "tuned.yaml"
+    tuned.write_text("kind: finetune\nfinetune:\n  init: ''\n")
+    assert load_recipe(None, tuned).finetune.label_smoothing == 0.1  # the fine-tuning default (DeiT's)

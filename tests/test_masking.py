@@ -8,6 +8,7 @@ import pytest
 from beit_ds.config import ConfigError, MaskingConfig
 from beit_ds.masking import (
     BlockwiseMaskGenerator,
+    MaskingError,
     RandomMaskGenerator,
     build_mask_generator,
     mask_rng,
@@ -109,3 +110,15 @@ def test_bad_generator_arguments_name_the_argument():
         BlockwiseMaskGenerator((14,), 75)
     with pytest.raises(ValueError, match="max_block_patches=8"):
         BlockwiseMaskGenerator(GRID, 75, min_block_patches=16, max_block_patches=8)
+
+
+def test_generator_errors_carry_the_key_and_whether_they_name_the_grid():
+    with pytest.raises(MaskingError) as err:
+        BlockwiseMaskGenerator(GRID, 75, min_block_patches=80)
+    assert (err.value.key, err.value.value, err.value.names_grid) == ("min_block_patches", 80, False)
+    assert str(err.value) == "min_block_patches=80: expected 1..num_masking_patches (75)"
+    with pytest.raises(MaskingError) as err:
+        RandomMaskGenerator((8, 8), 64)
+    assert (err.value.key, err.value.names_grid) == ("num_masking_patches", True)
+    assert str(err.value) == "num_masking_patches=64: expected 1..63 for a grid (8, 8)"
+    assert isinstance(err.value, ValueError)

@@ -1,10 +1,9 @@
-"""Data sections: sources, the two-view transform and decoding limits (issue 4; ``beit_ds/data/``)."""
+"""Data sections: sources, the two-view transform and decoding limits (read by ``beit_ds/data/``)."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from beit_ds.config.validate import (
     choice,
@@ -15,9 +14,6 @@ from beit_ds.config.validate import (
     pair,
     positive_int,
 )
-
-if TYPE_CHECKING:
-    from beit_ds.config.seg_data import SegDataConfig
 
 DATA_SOURCES = ("demo", "folder", "filelist", "shards", "archive")
 INTERPOLATIONS = ("bilinear", "bicubic", "lanczos")
@@ -73,8 +69,47 @@ class TransformConfig:
 
 
 @dataclass
-class DataConfig:
-    """Where images come from and how they are read (issue 4; formats in ``beit_ds/data``).
+class LoaderConfig:
+    """What every ``data`` section has (``DataConfig``, ``SegDataConfig``): where the images are
+    (``source``, ``path``, ``eval_path``; each section says what they mean) and how the loader
+    reads them.
+
+    ``repeats``: every training image is visited this many times per epoch. ``num_workers``:
+    loader processes (0: load in the training process), each ``prefetch_factor`` batches ahead,
+    into pinned memory with ``pin_memory``. Undecodable images are skipped, counted and reported;
+    more than ``max_skip_fraction`` of the distinct files read being bad is an error (1 disables).
+    Images over ``max_image_pixels`` are skipped (decompression bombs). ``check_files``: how many
+    paths of a file list are checked up front (0: none). ``timeout``: seconds the loader workers
+    may deliver no batch before a one-line error (a read that hangs); 0 waits forever.
+    """
+
+    source: str = ""
+    path: str = ""
+    eval_path: str = ""
+    repeats: int = 1
+    num_workers: int = 8
+    pin_memory: bool = True
+    prefetch_factor: int = 2
+    max_image_pixels: int = 89_478_485
+    max_skip_fraction: float = 0.01
+    check_files: int = 256
+    timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        s = "data"
+        positive_int(s, "repeats", self.repeats)
+        non_negative_int(s, "num_workers", self.num_workers)
+        positive_int(s, "prefetch_factor", self.prefetch_factor)
+        positive_int(s, "max_image_pixels", self.max_image_pixels)
+        ok = isinstance(self.max_skip_fraction, (int, float)) and 0 <= self.max_skip_fraction <= 1
+        expect(ok, s, "max_skip_fraction", self.max_skip_fraction, "a number in [0, 1]")
+        non_negative_int(s, "check_files", self.check_files)
+        non_negative_number(s, "timeout", self.timeout)
+
+
+@dataclass
+class DataConfig(LoaderConfig):
+    """Where images come from (formats in ``beit_ds/data``); how they are read: ``LoaderConfig``.
 
     ``source``: ``"demo"`` (scikit-image's bundled photographs; no ``path``), ``"folder"`` (images
     under ``path``; class = first sub-folder when every image sits in one), ``"filelist"`` (``path``
@@ -82,28 +117,13 @@ class DataConfig:
     WebDataset tar shards, see ``launch/make_shards.py``) or ``"archive"`` (a ``.tar`` read in place,
     a ``.tar.gz`` extracted once into ``cache_dir``). ``subdir``: a folder inside ``path`` or the
     archive. ``eval_path`` / ``eval_subdir``: the fine-tuning evaluation set (``""``: same as
-    training). ``repeats``: every image is visited this many times per epoch. Undecodable images are
-    skipped, counted and reported; more than ``max_skip_fraction`` of the distinct files read being
-    bad is an error (1 disables). Images over ``max_image_pixels`` are skipped (decompression
-    bombs). ``check_files``: how many paths of a file list are checked up front. ``timeout``:
-    seconds the loader workers may deliver no batch before a one-line error (a read that hangs);
-    0 waits forever.
+    training).
     """
 
     source: str = "demo"
-    path: str = ""
     subdir: str = ""
-    eval_path: str = ""
     eval_subdir: str = ""
-    repeats: int = 1
-    num_workers: int = 8
-    pin_memory: bool = True
-    prefetch_factor: int = 2
     cache_dir: str = ""
-    max_image_pixels: int = 89_478_485
-    max_skip_fraction: float = 0.01
-    check_files: int = 256
-    timeout: float = 300.0
     transform: TransformConfig = dataclasses.field(default_factory=TransformConfig)
 
     def __post_init__(self) -> None:
@@ -111,17 +131,5 @@ class DataConfig:
         choice(s, "source", self.source, DATA_SOURCES)
         expected = f"a path for data.source={self.source!r}"
         expect(bool(self.path) or self.source == "demo", s, "path", self.path, expected)
-        check_loader_keys(s, self)
+        super().__post_init__()
         expect(isinstance(self.transform, TransformConfig), s, "transform", self.transform, "a mapping")
-
-
-def check_loader_keys(s: str, cfg: DataConfig | SegDataConfig) -> None:
-    """The loader keys every data section has (``repeats`` … ``timeout``; see ``DataConfig``)."""
-    positive_int(s, "repeats", cfg.repeats)
-    non_negative_int(s, "num_workers", cfg.num_workers)  # 0: load in the training process
-    positive_int(s, "prefetch_factor", cfg.prefetch_factor)
-    positive_int(s, "max_image_pixels", cfg.max_image_pixels)
-    ok = isinstance(cfg.max_skip_fraction, (int, float)) and 0 <= cfg.max_skip_fraction <= 1
-    expect(ok, s, "max_skip_fraction", cfg.max_skip_fraction, "a number in [0, 1]")
-    non_negative_int(s, "check_files", cfg.check_files)  # 0: no up-front check
-    non_negative_number(s, "timeout", cfg.timeout)  # 0: wait for the workers forever

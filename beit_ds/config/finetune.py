@@ -10,35 +10,50 @@ HEAD_POLICIES = ("auto", "reset", "keep")
 
 
 @dataclass
-class FinetuneConfig:
-    """Where the weights come from and the classification loss (seed §3.1, App. H).
+class TuneConfig:
+    """What every ``finetune`` section has (classification's ``FinetuneConfig`` and segmentation's):
+    where the weights come from, the loss smoothing and the evaluation cadence (seed §3.1, §3.2).
 
     ``init``: the starting weights, one of: our export (``model.safetensors``), a DeepSpeed
     checkpoint of pre-training or fine-tuning (a ``step_*`` folder, its ``checkpoints/`` folder
     or the run folder: the newest complete one), timm / unilm weights (``.safetensors``,
     ``.pth``), Hugging Face BEiT weights (a file or a ``save_pretrained`` folder); ``""``: random
-    initialisation (training from scratch). ``head``: ``"auto"`` re-initialises the classifier
-    when the weights have none or another class count, ``"reset"`` always, ``"keep"`` never (a
-    mismatch is an error). The new head is trunc-normal(0.02) × ``head_init_scale``.
-    ``label_smoothing``: ε of the smoothed one-hot target. ``ema_decay``: keep an exponential
-    moving average of the weights with this decay (0 disables); it is saved in checkpoints,
-    evaluated next to the weights and exported as ``model_ema.safetensors``. ``evaluate``: run the
-    evaluation split after every checkpoint (off for ImageNet-22K, which has none).
+    initialisation (training from scratch). ``label_smoothing``: ε of the smoothed one-hot target.
+    ``evaluate``: run the evaluation split after every checkpoint (off for ImageNet-22K, which
+    has none).
     """
 
     init: str = ""
-    head: str = "auto"
-    head_init_scale: float = 0.001
     label_smoothing: float = 0.1
-    ema_decay: float = 0.0
     evaluate: bool = True
 
     def __post_init__(self) -> None:
         s = "finetune"
         expect(isinstance(self.init, str), s, "init", self.init, "a path string or ''")
+        fraction(s, "label_smoothing", self.label_smoothing)
+
+
+@dataclass
+class FinetuneConfig(TuneConfig):
+    """The classification ``finetune`` section (seed §3.1, App. H): ``TuneConfig`` and the
+    classifier's keys.
+
+    ``head``: ``"auto"`` re-initialises the classifier when the weights have none or another class
+    count, ``"reset"`` always, ``"keep"`` never (a mismatch is an error). The new head is
+    trunc-normal(0.02) × ``head_init_scale``. ``ema_decay``: keep an exponential moving average of
+    the weights with this decay (0 disables); it is saved in checkpoints, evaluated next to the
+    weights and exported as ``model_ema.safetensors``.
+    """
+
+    head: str = "auto"
+    head_init_scale: float = 0.001
+    ema_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        s = "finetune"
+        super().__post_init__()
         choice(s, "head", self.head, HEAD_POLICIES)
         number(s, "head_init_scale", self.head_init_scale, 1e-12, 1e6, "a positive number")
-        fraction(s, "label_smoothing", self.label_smoothing)
         fraction(s, "ema_decay", self.ema_decay)
 
 

@@ -1,4 +1,4 @@
-"""Semantic-segmentation data sections: label sources and the joint image + label transform (issue 15).
+"""Semantic-segmentation data sections: label sources and the joint image + label transform.
 
 The defaults are the ADE20K pipeline of the BEiT segmentation code (unilm
 ``beit/semantic_segmentation/configs/_base_/datasets/ade20k.py``, run by mmseg 0.11; seed §3.2,
@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from beit_ds.config.data import check_loader_keys
+from beit_ds.config.data import LoaderConfig
 from beit_ds.config.validate import choice, expect, pair, positive_int
 
 SEG_SOURCES = ("ade20k", "pairs", "filelist")
@@ -78,7 +78,7 @@ class SegTransformConfig:
 
 
 @dataclass
-class SegDataConfig:
+class SegDataConfig(LoaderConfig):
     """Where images and their label maps come from (``beit_ds/data/seg_sources.py``).
 
     ``source``: ``"ade20k"`` (``path`` = the ``ADEChallengeData2016`` root with
@@ -89,27 +89,17 @@ class SegDataConfig:
     ``"filelist"`` (``path`` / ``eval_path`` are text files of ``image,label`` lines relative to
     the list's folder). Label files hold one class index per pixel; ``ignore_index`` is the value
     that means void (11 for CamVid) and ``reduce_zero_label`` maps 0 to void and 1..K to 0..K-1
-    (ADE20K's "other"); ``None`` = as the source implies (``reduces_zero_label``). The other keys
-    mean what they mean in ``DataConfig`` (``repeats`` applies to training only).
+    (ADE20K's "other"); ``None`` = as the source implies (``reduces_zero_label``). How they are
+    read: ``LoaderConfig`` (``repeats`` applies to training only).
     """
 
     source: str = "ade20k"
-    path: str = ""
-    eval_path: str = ""
     image_dir: str = "images"
     label_dir: str = "labels"
     img_suffix: str = ".jpg"
     label_suffix: str = ".png"
     reduce_zero_label: bool | None = None
     ignore_index: int = 255
-    repeats: int = 1
-    num_workers: int = 8
-    pin_memory: bool = True
-    prefetch_factor: int = 2
-    max_image_pixels: int = 89_478_485
-    max_skip_fraction: float = 0.01
-    check_files: int = 256
-    timeout: float = 300.0
     transform: SegTransformConfig = dataclasses.field(default_factory=SegTransformConfig)
 
     def __post_init__(self) -> None:
@@ -131,7 +121,7 @@ class SegDataConfig:
             self.ignore_index,
             "an integer in 0..65535",
         )
-        check_loader_keys(s, self)
+        super().__post_init__()
         ok = isinstance(self.transform, SegTransformConfig)
         expect(ok, s, "transform", self.transform, "a mapping")
 

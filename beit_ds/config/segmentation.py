@@ -1,5 +1,5 @@
 """Segmentation sections: the decoder on the BEiT backbone and how evaluation infers (seed §3.2,
-App. A, B, I; issue 15). Defaults are unilm's ADE20K UperNet for BEiT-B
+App. A, B, I). Defaults are unilm's ADE20K UperNet for BEiT-B
 (``beit/semantic_segmentation/configs/beit/upernet/upernet_beit_base_12_512_slide_160k_ade20k_pt.py``
 on mmseg's ``UPerHead`` / ``FCNHead`` defaults). Torch-free.
 """

@@ -1,13 +1,68 @@
-"""Visual tokenizer sections: which tokenizer and our dVAE's hyper-parameters (seed §2.2, App. C)."""
+"""Visual tokenizer sections: which tokenizer and our dVAE's hyper-parameters (seed §2.2, App. C),
+and the table of tokenizers (``TOKENIZERS``): what a recipe knows of each without loading it.
+
+A tokenizer is one module, ``beit_ds/tokenizers/<name>.py`` (its model and
+``load_tokenizer(path, cfg)``), and one line of ``TOKENIZERS``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from safetensors import SafetensorError, safe_open
 
 from beit_ds.config.validate import choice, expect, non_negative_number, positive_int
 
-TOKENIZER_NAMES = ("dalle", "dvae")
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """What a recipe knows of a visual tokenizer without loading it (torch-free).
+
+    ``view``: how the data pipeline prepares the tokenizer's input (a ``TOKENIZER_VIEWS`` name:
+    ``"dalle"`` is DALL-E's ``map_pixels``, ``"raw"`` [0, 1] pixels); it is the tokenizer's
+    ``preprocess``. ``file``: what ``tokenizer.path`` names. ``vocab``: the vocabulary of the file
+    at a path, read without loading its weights (``None``: missing or unreadable; the tokenizer
+    check names the file later). ``decoder``: ``tokenizer.decoder_path`` (a separate decoder file)
+    applies.
+    """
+
+    view: str
+    file: str
+    vocab: Callable[[str], int | None]
+    decoder: bool = False
+
+
+def fixed_vocab(size: int) -> Callable[[str], int | None]:
+    """A vocabulary every file of the tokenizer has (``size`` codes)."""
+    return lambda path: size
+
+
+def safetensors_vocab(meta_key: str, field: str) -> Callable[[str], int | None]:
+    """The vocabulary a ``.safetensors`` file records in its metadata: ``field`` of the JSON object
+    stored under ``meta_key`` (read with ``safe_open``, no tensor loaded)."""
+
+    def read(path: str) -> int | None:
+        try:
+            with safe_open(path, framework="numpy") as f:
+                meta = f.metadata() or {}
+            return int(json.loads(meta[meta_key])[field])
+        except (OSError, SafetensorError, ValueError, KeyError, TypeError):
+            return None
+
+    return read
+
+
+TOKENIZERS: dict[str, TokenizerSpec] = {
+    "dalle": TokenizerSpec("dalle", "OpenAI's encoder.pkl or a state dict of the DALL-E encoder", fixed_vocab(8192),
+                           decoder=True),
+    "dvae": TokenizerSpec("raw", "a .safetensors file written by save_dvae", safetensors_vocab("dvae_config", "codebook_size")),
+}
+"""``tokenizer.name`` -> its ``TokenizerSpec``: OpenAI's DALL-E dVAE (8192 codes) and our dVAE."""
+
+TOKENIZER_NAMES = tuple(TOKENIZERS)
 TOKENIZER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -64,7 +119,7 @@ class DVAEConfig:
 class TokenizerConfig:
     """Which visual tokenizer gives the pre-training targets (seed §2.1, App. C).
 
-    ``name``: ``"dalle"`` (OpenAI's dVAE: ``path`` is ``encoder.pkl`` or a state dict of it,
+    ``name`` (a ``TOKENIZERS`` key): ``"dalle"`` (OpenAI's dVAE: ``path`` is ``encoder.pkl`` or a state dict of it,
     ``decoder_path`` optionally ``decoder.pkl`` for reconstructions) or ``"dvae"`` (ours:
     ``path`` is a ``.safetensors`` file saved by ``beit_ds.tokenizers.save_dvae``, which holds
     the decoder too; ``dvae`` configures training one). ``image_size``: the tokenizer view
@@ -89,34 +144,13 @@ class TokenizerConfig:
 
     def __post_init__(self) -> None:
         s = "tokenizer"
-        choice(s, "name", self.name, TOKENIZER_NAMES)
+        choice(s, "name", self.name, tuple(TOKENIZERS))
         expect(isinstance(self.path, str), s, "path", self.path, "a file path string")
-        ok = isinstance(self.decoder_path, str) and (self.name == "dalle" or not self.decoder_path)
-        expect(ok, s, "decoder_path", self.decoder_path, "empty unless tokenizer.name='dalle'")
+        with_decoder = " or ".join(f"tokenizer.name={n!r}" for n, spec in TOKENIZERS.items() if spec.decoder)
+        ok = isinstance(self.decoder_path, str) and (TOKENIZERS[self.name].decoder or not self.decoder_path)
+        expect(ok, s, "decoder_path", self.decoder_path, f"empty unless {with_decoder}")
         positive_int(s, "image_size", self.image_size)
         choice(s, "dtype", self.dtype, TOKENIZER_DTYPES)
         expect(isinstance(self.compile, bool), s, "compile", self.compile, "true or false")
         expect(isinstance(self.dvae, DVAEConfig), s, "dvae", self.dvae, "a mapping")
 
-
-DALLE_VOCAB = 8192  # OpenAI's DALL-E dVAE: 8192 codes
-
-
-def tokenizer_vocab(cfg: TokenizerConfig, path: str) -> int | None:
-    """The vocabulary of the tokenizer file ``path`` (``cfg.path`` resolved) without loading it:
-    8192 for DALL-E; for our dVAE its ``codebook_size`` from the safetensors header. None when the
-    file is missing or unreadable (the tokenizer check names it later)."""
-    import json
-    import struct
-
-    if cfg.name == "dalle":
-        return DALLE_VOCAB
-    try:
-        with open(path, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            if size > 100_000_000:
-                return None
-            header = json.loads(f.read(size))
-        return int(json.loads(header["__metadata__"]["dvae_config"])["codebook_size"])
-    except (OSError, ValueError, KeyError, TypeError, struct.error):
-        return None

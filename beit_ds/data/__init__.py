@@ -1,4 +1,4 @@
-"""Data pipeline (issue 4): the engine asks for "a loader for this section of the recipe, this rank".
+"""Data pipeline: the engine asks for "a loader for this section of the recipe, this rank".
 
 ``build_pretrain_loader`` yields ``MIMBatch`` objects (two views + mask, seed §2.3 / §2.5) and
 ``build_finetune_loader`` ``ClassBatch`` objects of a labelled training or evaluation split. Both
@@ -12,7 +12,7 @@ in ``demo``), ``decode`` (bytes → RGB, robustly), ``transforms`` (crop, views,
 (seeded per-sample loading with substitutes for bad images), ``collate`` (batches), ``sampler``
 (resumable distributed order) and ``loader``; for fine-tuning ``augment`` (RandAugment, random
 erasing) and ``mixup`` (Mixup / CutMix targets, applied to a batch by the training step). Semantic
-segmentation (issue 15): ``build_segmentation_loader`` yields ``SegBatch`` objects (``segmentation``;
+segmentation: ``build_segmentation_loader`` yields ``SegBatch`` objects (``segmentation``;
 pairs of images and label maps from ``seg_sources``, joint transforms in ``seg_transforms``).
 """
 

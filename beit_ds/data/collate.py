@@ -41,7 +41,8 @@ class Reads:
     skips: Skips
 
 
-def _move(x: torch.Tensor | None, device: torch.device | str, dtype: torch.dtype | None = None):
+def to_device(x: torch.Tensor | None, device: torch.device | str, dtype: torch.dtype | None = None):
+    """A batch field on ``device`` (cast to ``dtype`` when given), copied asynchronously; None stays None."""
     if x is None:
         return None
     return x.to(device=device, dtype=dtype, non_blocking=True)
@@ -68,11 +69,11 @@ class MIMBatch:
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> MIMBatch:
         """Moved to ``device``; the two image tensors also cast to ``dtype`` when given."""
         return MIMBatch(
-            images=_move(self.images, device, dtype),
-            tokenizer_images=_move(self.tokenizer_images, device, dtype),
-            bool_masked_pos=_move(self.bool_masked_pos, device),
-            indices=_move(self.indices, device),
-            labels=_move(self.labels, device),
+            images=to_device(self.images, device, dtype),
+            tokenizer_images=to_device(self.tokenizer_images, device, dtype),
+            bool_masked_pos=to_device(self.bool_masked_pos, device),
+            indices=to_device(self.indices, device),
+            labels=to_device(self.labels, device),
         )
 
     def pin_memory(self) -> MIMBatch:
@@ -95,20 +96,22 @@ class ClassBatch:
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ClassBatch:
         return ClassBatch(
-            _move(self.images, device, dtype), _move(self.labels, device), _move(self.indices, device)
+            to_device(self.images, device, dtype), to_device(self.labels, device), to_device(self.indices, device)
         )
 
     def pin_memory(self) -> ClassBatch:
         return ClassBatch(self.images.pin_memory(), self.labels.pin_memory(), self.indices.pin_memory())
 
 
-def _labels(samples: Sequence[Sample]) -> torch.Tensor | None:
+def sample_labels(samples: Sequence[Sample]) -> torch.Tensor | None:
+    """The samples' class labels ``[B]`` (int64), or None when any sample has none."""
     if any(s.label is None for s in samples):
         return None
     return torch.tensor([s.label for s in samples], dtype=torch.int64)
 
 
-def _reads(samples: Sequence[Sample]) -> Reads:
+def batch_reads(samples: Sequence[Sample]) -> Reads:
+    """What the samples of one batch read: the files loaded and every skipped read."""
     return Reads([s.image for s in samples if s.image >= 0], [skip for s in samples for skip in s.skips])
 
 
@@ -119,16 +122,16 @@ def collate_mim(samples: Sequence[Sample]) -> tuple[MIMBatch, Reads]:
         tokenizer_images=torch.stack([s.views[1] for s in samples]),
         bool_masked_pos=torch.from_numpy(np.stack([s.mask for s in samples if s.mask is not None])),
         indices=torch.tensor([s.index for s in samples], dtype=torch.int64),
-        labels=_labels(samples),
+        labels=sample_labels(samples),
     )
-    return batch, _reads(samples)
+    return batch, batch_reads(samples)
 
 
 def collate_classes(samples: Sequence[Sample]) -> tuple[ClassBatch, Reads]:
     """Stack labelled one-view samples into a ``ClassBatch``; also return what they read."""
-    labels = _labels(samples)
+    labels = sample_labels(samples)
     if labels is None:
         raise ValueError("collate_classes: every sample needs a label")
     images = torch.stack([s.views[0] for s in samples])
     indices = torch.tensor([s.index for s in samples], dtype=torch.int64)
-    return ClassBatch(images, labels, indices), _reads(samples)
+    return ClassBatch(images, labels, indices), batch_reads(samples)

@@ -1,4 +1,4 @@
-"""The map-style dataset: ``dataset[(epoch, index)]`` → one transformed ``Sample`` (issue 4).
+"""The map-style dataset: ``dataset[(epoch, index)]`` → one transformed ``Sample``.
 
 Index ``i`` in ``[0, len(records) · repeats)`` is image ``i mod len(records)``. Everything random
 about a sample — crop, flip, jitter (``transform_rng``) and the mask (``masking.mask_rng``) — is

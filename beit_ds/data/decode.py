@@ -1,4 +1,4 @@
-"""Encoded bytes → RGB pixels, robustly (issue 4, "Robustness").
+"""Encoded bytes → RGB pixels, robustly.
 
 ``open_image`` parses the header only, so that the transform can choose its crop first and let
 ``decode_region`` decode a JPEG at reduced scale (libjpeg's DCT scaling, PIL ``draft``) when the crop

@@ -1,4 +1,4 @@
-"""The embedded ``demo`` source: real photographs that every install already has (issue 4).
+"""The embedded ``demo`` source: real photographs that every install already has.
 
 scikit-image (a declared dependency) ships CC0 / public-domain test photographs inside its wheel,
 in ``skimage/data/``; no download is involved. The demo source reads those files through the same

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from beit_ds.config import DataConfig, MaskingConfig
-from beit_ds.data.collate import Reads, Sample, _labels, _move, _reads
+from beit_ds.data.collate import Reads, Sample, batch_reads, sample_labels, to_device
 from beit_ds.data.datasets import ImageDataset
 from beit_ds.data.decode import EncodedImage
 from beit_ds.data.loader import LoaderPlace, ResumableLoader
@@ -80,9 +80,9 @@ class DinoBatch:
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> DinoBatch:
         """Moved to ``device``; the image tensors also cast to ``dtype`` when given."""
-        return DinoBatch(_move(self.global_images, device, dtype), _move(self.tokenizer_images, device, dtype),
-                         _move(self.bool_masked_pos, device), _move(self.local_images, device, dtype),
-                         _move(self.indices, device), _move(self.labels, device))
+        return DinoBatch(to_device(self.global_images, device, dtype), to_device(self.tokenizer_images, device, dtype),
+                         to_device(self.bool_masked_pos, device), to_device(self.local_images, device, dtype),
+                         to_device(self.indices, device), to_device(self.labels, device))
 
     def pin_memory(self) -> DinoBatch:
         labels = self.labels.pin_memory() if self.labels is not None else None
@@ -110,9 +110,9 @@ def collate_dino(samples: Sequence[Sample]) -> tuple[DinoBatch, Reads]:
         bool_masked_pos=torch.from_numpy(masks),
         local_images=locals_,
         indices=torch.tensor([s.index for s in samples], dtype=torch.int64),
-        labels=_labels(samples),
+        labels=sample_labels(samples),
     )
-    return batch, _reads(samples)
+    return batch, batch_reads(samples)
 
 
 @dataclass(frozen=True)

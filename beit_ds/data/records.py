@@ -1,4 +1,4 @@
-"""The sample table every source turns into (issue 4, "Sources").
+"""The sample table every source turns into.
 
 ``Records`` holds, for N images, where the encoded bytes are (a file relative to ``root``, or
 ``offset``/``size`` inside one of ``containers``, the tar shards) and the optional integer label,

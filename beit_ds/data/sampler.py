@@ -1,4 +1,4 @@
-"""Distributed sampling that resumes exactly, also on a different number of ranks (issue 4).
+"""Distributed sampling that resumes exactly, also on a different number of ranks.
 
 Each epoch has one global order of the N sample indices, a pure function of (seed, epoch). The
 run's position is ``start_sample``: how many samples of that order all ranks together have

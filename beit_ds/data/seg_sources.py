@@ -1,4 +1,4 @@
-"""``data.source`` → ``SegPairs``: which (image, label map) pairs a segmentation recipe names (issue 15).
+"""``data.source`` → ``SegPairs``: which (image, label map) pairs a segmentation recipe names.
 
 | source     | a split is                                   | pairs                                      |
 |------------|----------------------------------------------|--------------------------------------------|

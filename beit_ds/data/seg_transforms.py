@@ -1,4 +1,4 @@
-"""Joint image + label-map transforms of semantic segmentation (issue 15; seed §3.2, App. B).
+"""Joint image + label-map transforms of semantic segmentation (seed §3.2, App. B).
 
 The mmseg 0.11 pipeline that unilm's BEiT ADE20K configs run (``SegTransformConfig`` says where
 each number comes from), as pure functions of a ``numpy`` generator seeded per (seed, epoch,

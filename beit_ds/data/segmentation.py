@@ -1,4 +1,4 @@
-"""Semantic-segmentation batches and their loader (issue 15; seed §3.2, App. B).
+"""Semantic-segmentation batches and their loader (seed §3.2, App. B).
 
 ``build_segmentation_loader`` is ``build_finetune_loader``'s counterpart: the pairs of a split
 (``seg_sources``) → ``SegDataset`` (read, decode, map labels, joint transform; in training a bad

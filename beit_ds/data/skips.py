@@ -1,4 +1,4 @@
-"""Bad input never crashes a run and is never lost silently (issue 4, "Robustness").
+"""Bad input never crashes a run and is never lost silently.
 
 An image that cannot be used raises ``SkipSample(reason)`` where it is read or decoded; the dataset
 counts it, loads a substitute instead, and the loader gathers every skip into a ``SkipReport``

@@ -1,4 +1,4 @@
-"""Checkpoints that are complete or invisible (house style rule 15; issue 12).
+"""Checkpoints that are complete or invisible (house style rule 15).
 
 Layout under ``<output_dir>/checkpoints``::
 
@@ -33,6 +33,7 @@ from typing import Any, cast
 import torch
 
 from beit_ds import safe_write
+from beit_ds.artifacts import IMPORTED, RunDir
 from beit_ds.distributed import ProcessPlace, all_gather_object, barrier, broadcast_object
 from beit_ds.engine import elastic, integrity, safe_load
 from beit_ds.engine.state import TrainState, rng_state, set_rng_state
@@ -42,7 +43,6 @@ POINTER = "latest.json"
 MARKER = "COMPLETE.json"
 TAG = re.compile(r"^step_\d{8,}$")
 STAGING = ".saving"
-IMPORTED = "imported"  # checkpoints/imported/: universal forms of other runs' checkpoints
 
 
 class CheckpointError(RuntimeError):
@@ -155,7 +155,7 @@ def is_checkpoint_path(path: Path) -> bool:
         return False
     if _names_a_tag(path):
         return True
-    return any((d / POINTER).exists() or scan_tags(d) for d in (path, path / "checkpoints"))
+    return any((d / POINTER).exists() or scan_tags(d) for d in (path, RunDir(path).checkpoints))
 
 
 def resolve(source: Path, checksums: bool = True) -> Path:
@@ -170,7 +170,7 @@ def resolve(source: Path, checksums: bool = True) -> Path:
     if _names_a_tag(source):
         verify(source, checksums)
         return source
-    for ckpt_dir in (source, source / "checkpoints"):
+    for ckpt_dir in (source, RunDir(source).checkpoints):
         if (ckpt_dir / POINTER).is_file() or scan_tags(ckpt_dir):
             found = newest_complete(ckpt_dir, checksums)
             if found is None:
@@ -186,7 +186,8 @@ class CheckpointManager:
 
     def __init__(self, output_dir: Path, keep_last: int, place: ProcessPlace, global_batch: int | None = None,
                  checksums: bool = True) -> None:
-        self.dir = Path(output_dir) / "checkpoints"
+        self.run = RunDir(output_dir)
+        self.dir = self.run.checkpoints
         self.keep_last = keep_last
         self.place = place
         self.global_batch = global_batch  # written into COMPLETE.json: a resume on another world size keeps it
@@ -291,7 +292,7 @@ class CheckpointManager:
         run was only asked to read)."""
         if tag_dir.parent.resolve() == self.dir.resolve():
             return elastic.universal_dir(tag_dir)
-        return self.dir / IMPORTED / _imported_name(tag_dir)
+        return self.run.imported / _imported_name(tag_dir)
 
     def _universal(self, tag_dir: Path, info: dict[str, Any]) -> Path:
         """The universal form of ``tag_dir`` (``info``: its ``COMPLETE.json``): rank 0 converts it

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from beit_ds.config_io import build_dataclass
+from beit_ds.config_io import stored_recipe
 from beit_ds.distributed import ProcessPlace
 from beit_ds.engine import elastic, safe_load
 from beit_ds.engine.checkpoint import GROUP_NAMES, CheckpointError
@@ -63,7 +63,7 @@ def stage0_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
 def checkpoint_task(task_cls: type[T], saved: SavedCheckpoint) -> tuple[T, nn.Module]:
     """A ``task_cls`` of the recipe ``saved`` holds (checked, on one process) and its model with the
     consolidated weights: what a task's export or evaluation of a checkpoint starts from."""
-    task = task_cls(build_dataclass(task_cls.recipe_type, saved.recipe), ProcessPlace())
+    task = task_cls(stored_recipe(task_cls.recipe_type, saved.recipe), ProcessPlace())
     task.check()
     model = task.build_model()
     model.load_state_dict(consolidated_state_dict(saved.tag_dir), strict=True)

@@ -1,4 +1,4 @@
-"""Resuming on a different number of ranks (issue 8): DeepSpeed's universal checkpoint and the
+"""Resuming on a different number of ranks: DeepSpeed's universal checkpoint and the
 gradient accumulation that keeps the global batch.
 
 A ZeRO-1/2 checkpoint holds the fp32 master weights and Adam moments as flat shards, one per

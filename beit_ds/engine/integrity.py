@@ -1,4 +1,4 @@
-"""Is a checkpoint folder what was written, and can a run write one at all? (issue 12)
+"""Is a checkpoint folder what was written, and can a run write one at all?
 
 ``COMPLETE.json`` lists every file of a checkpoint with its size and SHA-256. Sizes catch a
 truncated copy; the digest also catches same-size damage (a flipped block, a bad disk sector).

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 from torch import nn
 
+from beit_ds.artifacts import RunDir
 from beit_ds.config import ConfigError
 from beit_ds.config_io import check_derived, save_yaml, to_dict
 from beit_ds.distributed import ProcessPlace
@@ -63,7 +64,7 @@ def preflight(recipe: TrainingRecipe, ds_path: str | Path, world_size: int) -> P
     check_derived(recipe)
     if recipe.data.source != "demo" and not Path(recipe.data.path).exists():
         raise ConfigError(f"data.path={recipe.data.path!r}: no such file or directory")
-    unwritable = integrity.probe_writable(Path(recipe.checkpoint.output_dir) / "checkpoints", "checkpoint.output_dir")
+    unwritable = integrity.probe_writable(RunDir(recipe.checkpoint.output_dir).checkpoints, "checkpoint.output_dir")
     if unwritable:
         raise ConfigError(unwritable)
     ds = read_ds_config(ds_path)
@@ -108,7 +109,7 @@ def loop_plan(recipe: TrainingRecipe, flight: Preflight, batches_per_rank: int, 
 class _Opened:
     """A run folder taken by this job: its lock, checkpoints, what to resume and the resolved setup."""
 
-    run_dir: Path
+    run_dir: RunDir
     lock: RunLock | None
     checkpoints: CheckpointManager
     found: Path | None
@@ -131,12 +132,12 @@ def run_job(task: Task[Any], ds_path: str | Path, resume: str, overwrite: bool =
     task.attach(engine, torch_dtype(flight.precision), plan)
     state = _resume(engine, run.checkpoints, run.found, task)
     if place.is_main:
-        save_yaml(recipe, run.run_dir / "recipe.yaml")
+        save_yaml(recipe, run.run_dir.recipe)
     _log_start(task, flight, plan)
     state = _train(task, engine, loader, plan, run, state)
     latest = newest_complete(run.checkpoints.dir, checksums=False)  # written by this run moments ago
     if recipe.checkpoint.export_at_end and place.is_main and latest is not None:
-        paths = type(task).export(read_saved(latest), make_dir(run.run_dir / "export"))
+        paths = type(task).export(read_saved(latest), make_dir(run.run_dir.export))
         get_logger().info("exported %s", ", ".join(str(p) for p in paths))
     if run.lock is not None:
         run.lock.release()
@@ -148,10 +149,10 @@ def _open(task: Task[Any], ds_path: str | Path, resume: str, overwrite: bool) ->
     kind, architecture and optimizer layout; lineage; world size)."""
     recipe, place = task.recipe, task.place
     flight = preflight(recipe, ds_path, place.world_size)
-    run_dir = Path(recipe.checkpoint.output_dir)
-    lock = RunLock(run_dir).acquire() if place.is_main else None  # one job per folder (released at exit)
-    init_logging(place.rank, run_dir)
-    checkpoints = CheckpointManager(run_dir, recipe.checkpoint.keep_last, place,
+    run_dir = RunDir(recipe.checkpoint.output_dir)
+    lock = RunLock(run_dir.root).acquire() if place.is_main else None  # one job per folder (released at exit)
+    init_logging(place.rank, run_dir.root)
+    checkpoints = CheckpointManager(run_dir.root, recipe.checkpoint.keep_last, place,
                                     checksums=recipe.checkpoint.verify == "checksum")
     found = checkpoints.find(resume)
     layout = resume_guard.optimizer_layout(flight.ds_config, flight.precision)
@@ -177,7 +178,7 @@ def _log_start(task: Task[Any], flight: Preflight, plan: LoopPlan) -> None:
 
 def _train(task: Task[Any], engine: Any, loader: Any, plan: LoopPlan, run: _Opened, state: TrainState) -> TrainState:
     """The shared loop with this task's checkpoint state and after-save hooks; the data report."""
-    writer = MetricWriter(run.run_dir, task.place.is_main, task.recipe.log.tensorboard)
+    writer = MetricWriter(run.run_dir.root, task.place.is_main, task.recipe.log.tensorboard)
     io = LoopIO(make_loader=loader.at, writer=writer, checkpoints=run.checkpoints, extra_state=task.extra_state,
                 data_report=loader.report.as_metrics)
     hooks = hooks_after_save(task, task.place)

@@ -1,4 +1,4 @@
-"""Preemption: a signal asks for a checkpoint at the next optimizer-step boundary (issue 8).
+"""Preemption: a signal asks for a checkpoint at the next optimizer-step boundary.
 
 SLURM warns a job before its time limit or a preemption (``#SBATCH --signal=B:USR1@300``, the
 batch script forwards it to the tasks) and ``scancel`` / a time-out send SIGTERM. A handler
@@ -8,7 +8,7 @@ boundary (together with its non-finite check, no extra collective), so every ran
 same step, saves, and ``Preempted`` ends the job with exit status ``EXIT_CODE``, which
 ``launch/slurm/job.sh`` turns into ``scontrol requeue``.
 
-Which process to signal (issue 12):
+Which process to signal:
 
 * **under SLURM** — ``scancel`` / preemption / ``scancel --batch --signal=USR1``: every task gets
   the signal (loader workers ignore it, see ``data/workers.py``);

@@ -1,4 +1,4 @@
-"""What may be resumed, and what a run may overwrite (issue 12), decided before any process group.
+"""What may be resumed, and what a run may overwrite, decided before any process group.
 
 * **Same architecture.** A checkpoint stores its ``kind`` and recipe (``COMPLETE.json``; older
   checkpoints in the client state). Resuming it with a recipe whose shape-defining keys differ
@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from beit_ds.config import ConfigError
-from beit_ds.engine import safe_load
 from beit_ds.engine.checkpoint import CheckpointError, listed_tags, read_marker
+from beit_ds.engine.saved import stored_identity
 from beit_ds.logger import get_logger
 
 # model.* keys that change how a run computes, not the shapes or meaning of its weights
@@ -61,19 +61,6 @@ def architecture_diff(saved: dict[str, Any], ours: dict[str, Any], kind: str) ->
             if a[key] != b[key] and not (isinstance(a[key], (list, tuple)) and list(a[key]) == list(b[key])):
                 out.append(f"{dotted}.{key}: checkpoint {a[key]!r}, recipe {b[key]!r}")
     return out
-
-
-def _saved_recipe(tag_dir: Path, info: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
-    if "recipe" in info:
-        return info.get("kind"), info["recipe"]
-    files = sorted(tag_dir.glob("mp_rank_*_model_states.pt"))
-    if not files:
-        return None, None
-    try:
-        client = safe_load.load(files[0], "checkpoint file")
-    except safe_load.UnsafeFileError as err:
-        raise CheckpointError(str(err)) from None
-    return client.get("kind"), client.get("recipe")
 
 
 def optimizer_layout(ds_config: dict[str, Any], precision: str) -> dict[str, Any]:
@@ -117,13 +104,13 @@ def check_resumable(tag_dir: Path, kind: str, recipe: dict[str, Any], layout: di
     info = read_marker(tag_dir)
     if layout is not None:
         check_layout(tag_dir, info, layout)
-    saved_kind, saved = _saved_recipe(tag_dir, info)
+    saved_kind, saved = stored_identity(tag_dir, info)
     if saved_kind is not None and saved_kind != kind:
         raise ConfigError(
             f"--resume {tag_dir}: a {saved_kind} checkpoint, this is a {kind} run (start from its weights with"
             " finetune.init instead)"
         )
-    diff = architecture_diff(saved or {}, recipe, kind)
+    diff = architecture_diff(saved if isinstance(saved, dict) else {}, recipe, kind)
     if diff:
         raise ConfigError(
             f"--resume {tag_dir}: saved with another architecture ({'; '.join(diff)}): expected the same keys to"

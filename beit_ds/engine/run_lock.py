@@ -20,10 +20,11 @@ import socket
 import weakref
 from pathlib import Path
 
+from beit_ds.artifacts import RunDir
 from beit_ds.config import ConfigError
 from beit_ds.safe_write import open_regular
 
-LOCK_NAME = ".run.lock"
+LOCK_NAME = RunDir(Path()).lock.name  # the run folder's layout is artifacts.RunDir's
 
 _HELD: weakref.WeakSet[RunLock] = weakref.WeakSet()  # the locks this process holds
 
@@ -47,7 +48,7 @@ class RunLock:
     """``acquire()`` or a one-line ``ConfigError``; ``release()`` (also on garbage collection)."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / LOCK_NAME
+        self.path = RunDir(run_dir).lock
         self.fd: int | None = None
 
     def acquire(self) -> RunLock:

@@ -98,7 +98,7 @@ def local_processes() -> int:
 
 def oversubscription(workers: int, processes: int, threads: int, cores: int, cpu: bool) -> str | None:
     """Why this node's cores are oversubscribed, or None. Two busy thread pools on one core slow
-    each other 3-4x (issue 17: two training processes on 2 cores). Training on the CPU, the busy
+    each other 3-4x (measured: two training processes on 2 cores). Training on the CPU, the busy
     threads are the ``processes`` x ``threads`` torch threads: a loader worker mostly waits (a
     CIFAR-10 worker decodes ~1,100 img/s for a ~300 img/s step), and shrinking the pool for it
     costs more than it saves (2 cores, 1 worker: 2 threads 315 img/s, 1 thread 241). On a GPU a
@@ -142,7 +142,7 @@ def bf16_hint(precision: str, cuda: bool, native_bf16: bool) -> str | None:
         return None
     if precision == "fp32" and native_bf16:
         return ("this CPU multiplies bf16 natively (AMX / AVX512-BF16): --deepspeed_config ds_configs/zero0_bf16.json"
-                " pre-trained the CIFAR-10 recipe 1.4-1.9x faster than fp32 (README, Benchmarks)")
+                " pre-trained the CIFAR-10 recipe 1.4-1.9x faster than fp32 (docs/benchmarks.md)")
     if precision == "bf16" and not native_bf16:
         return ("this CPU has no native bf16 (no amx_bf16 / avx512_bf16 in /proc/cpuinfo): bf16 is emulated and runs"
                 " several times slower than fp32; --deepspeed_config ds_configs/zero2_fp32_cpu.json is faster here")

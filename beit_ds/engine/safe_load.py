@@ -1,4 +1,4 @@
-"""Loading torch files a user points us at without running code from them (issue 12).
+"""Loading torch files a user points us at without running code from them.
 
 A ``.pt`` file is a pickle: full unpickling (``weights_only=False``, what DeepSpeed uses for every
 checkpoint file it reads) runs whatever an object's ``__reduce__`` names, e.g. ``os.system``.

@@ -38,12 +38,29 @@ class SavedCheckpoint:
     client: dict[str, Any]
 
 
+def stored_identity(
+    tag_dir: Path, info: dict[str, Any] | None = None, client: dict[str, Any] | None = None
+) -> tuple[str | None, Any]:
+    """(kind, recipe) ``tag_dir`` was saved with, as recorded — None where nothing was: from its
+    ``COMPLETE.json`` (``info``, read when not given), else from the client state of a checkpoint
+    written before they were recorded there (``client``, read only then when not given)."""
+    info = read_marker(tag_dir) if info is None else info
+    if "kind" in info or "recipe" in info:
+        return info.get("kind"), info.get("recipe")
+    if client is None:
+        if not any(tag_dir.glob("mp_rank_*_model_states.pt")):
+            return None, None
+        client = checkpoint_client_state(tag_dir)
+    return client.get("kind"), client.get("recipe")
+
+
 def read_saved(tag_dir: Path) -> SavedCheckpoint:
-    """The ``SavedCheckpoint`` of ``tag_dir`` (one-line ``CheckpointError`` when unreadable)."""
+    """The ``SavedCheckpoint`` of ``tag_dir`` (one-line ``CheckpointError`` when unreadable); a
+    checkpoint with no kind recorded anywhere is a pre-training one (the only kind there was)."""
     info = read_marker(tag_dir)
     client = checkpoint_client_state(tag_dir)
-    kind = info.get("kind", client.get("kind", "pretrain"))
-    recipe = info.get("recipe", client.get("recipe"))
+    kind, recipe = stored_identity(tag_dir, info, client)
+    kind = kind or "pretrain"
     if not isinstance(recipe, dict):
         raise CheckpointError(f"checkpoint {tag_dir}: no recipe recorded (in {tag_dir / 'COMPLETE.json'} or its client state)")
     return SavedCheckpoint(tag_dir, str(kind), recipe, client)

@@ -16,7 +16,8 @@ shared job its parts:
 * ``evaluate`` (every rank) and ``samples`` (rank 0) after each checkpoint, when the task has them;
 * ``export(saved, out_dir)`` and ``evaluate_checkpoint(saved)``: class methods, so a checkpoint is
   exported or evaluated by the ``kind`` stored in it, without a job; ``evaluate_recipe(recipe,
-  out_json)`` evaluates the weights a recipe of this kind names.
+  out_json)`` evaluates the weights a recipe of this kind names; ``load_exported(export, ema)``
+  rebuilds the model of an export folder whose manifest names this kind.
 
 The runtime knows no task: ``beit_ds.tasks`` registers them under their kinds and is the one
 place that turns a kind into code.
@@ -32,6 +33,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 import torch
 from torch import nn
 
+from beit_ds.artifacts import ExportDir
 from beit_ds.config import ConfigError
 from beit_ds.distributed import ProcessPlace
 from beit_ds.engine.plan import LoopPlan
@@ -104,6 +106,12 @@ class Task(Generic[R]):
     def export(cls, saved: SavedCheckpoint, out_dir: Path) -> list[Path]:
         """Export the checkpoint ``saved`` into ``out_dir``."""
         raise NotImplementedError(f"{cls.__name__}: a task defines export()")
+
+    @classmethod
+    def load_exported(cls, export: ExportDir, ema: bool = False) -> nn.Module:
+        """The model the export folder ``export`` of this kind holds (``ema``: its averaged
+        weights), rebuilt from its ``recipe.json``, in eval mode."""
+        raise ConfigError(f"{export.path}: a {cls.kind} export cannot be loaded as a model")
 
     @classmethod
     def evaluate_checkpoint(cls, saved: SavedCheckpoint) -> dict[str, float]:

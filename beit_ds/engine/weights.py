@@ -1,4 +1,4 @@
-"""Starting weights for fine-tuning and evaluation, from whatever a user has (issue 7).
+"""Starting weights for fine-tuning and evaluation, from whatever a user has.
 
 ``read_weights(path)`` returns a state dict in our layout from any of:
 
@@ -22,8 +22,9 @@ import torch
 
 from beit_ds.config import ConfigError
 from beit_ds.engine import safe_load
-from beit_ds.engine.checkpoint import CheckpointError, is_checkpoint_path, read_marker, resolve
+from beit_ds.engine.checkpoint import CheckpointError, is_checkpoint_path, resolve
 from beit_ds.engine.consolidate import consolidated_state_dict
+from beit_ds.engine.saved import stored_identity
 from beit_ds.models.convert import from_hf_state_dict, from_timm_state_dict
 
 Tensors = dict[str, torch.Tensor]
@@ -95,7 +96,7 @@ def read_raw_weights(spec: str) -> tuple[Tensors, str, str | None]:
     try:
         tag_dir = checkpoint_dir(path) if path.is_dir() else None
         if tag_dir is not None:
-            kind = str(read_marker(tag_dir).get("kind", "pretrain"))
+            kind = stored_identity(tag_dir)[0] or "pretrain"  # none recorded: the only kind there was
             return consolidated_state_dict(tag_dir), f"DeepSpeed checkpoint {tag_dir}", kind
     except CheckpointError as err:
         raise ConfigError(f"finetune.init={spec!r}: {err}") from None

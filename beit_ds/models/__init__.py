@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from beit_ds.config import ConfigError, MIMConfig, ModelConfig
+from beit_ds.config.presets import PRESETS
 from beit_ds.models.beit import Beit
 from beit_ds.models.classification import BeitForImageClassification, ClassifierOutput
 from beit_ds.models.loading import load_backbone
 from beit_ds.models.mim import BeitForMaskedImageModeling, MIMOutput
-from beit_ds.models.presets import PRESETS
 
 __all__ = [
     "Beit",

@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from beit_ds.config import ModelConfig
+from beit_ds.config.presets import PRESETS
 from beit_ds.models.beit import Beit
-from beit_ds.models.presets import PRESETS
 from beit_ds.models.resize import (  # noqa: F401  (re-exported: the conversion API)
     REL_POS_RESIZE,
     resize_pos_embed,

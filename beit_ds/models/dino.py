@@ -170,7 +170,7 @@ class BeitDinoStudent(nn.Module):
         freeze_last_layer: bool = False,
     ) -> DinoStudentOutput:
         features = self.mim.forward_features(global_images, bool_masked_pos)  # [2·B, 1 + N, D]
-        mask = self.mim._flat_mask(bool_masked_pos, global_images)
+        mask = self.mim.flat_mask(bool_masked_pos, global_images)
         mim = self.mim.forward_loss(features, mask, target)
         cls = features[:, 0]
         if local_images is not None and local_images.shape[0]:

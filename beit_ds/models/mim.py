@@ -89,12 +89,13 @@ class BeitForMaskedImageModeling(Beit):
         grid = self.runtime_grid(x)
         patches = self.patch_embed(x)
         if bool_masked_pos is not None:
-            mask = self._flat_mask(bool_masked_pos, x)
+            mask = self.flat_mask(bool_masked_pos, x)
             patches = torch.where(mask.unsqueeze(-1), self.mask_token.to(patches.dtype), patches)
         return self._add_cls_and_pos(patches, grid)
 
-    def _flat_mask(self, bool_masked_pos: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """``bool_masked_pos`` as ``[B, N]`` bool for the patch grid of ``images``."""
+    def flat_mask(self, bool_masked_pos: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """``bool_masked_pos`` (``[B, h, w]`` or ``[B, N]``) as ``[B, N]`` bool for the patch grid of
+        ``images``; another shape is a one-line ``ValueError``."""
         mask = bool_masked_pos.reshape(bool_masked_pos.shape[0], -1)
         batch, (gh, gw) = images.shape[0], self.patch_embed.dynamic_grid(*images.shape[-2:])
         if mask.shape != (batch, gh * gw):
@@ -108,7 +109,7 @@ class BeitForMaskedImageModeling(Beit):
         self, images: torch.Tensor, bool_masked_pos: torch.Tensor, target: torch.Tensor
     ) -> MIMOutput:
         features = self.forward_features(images, bool_masked_pos)
-        return self.forward_loss(features, self._flat_mask(bool_masked_pos, images), target)
+        return self.forward_loss(features, self.flat_mask(bool_masked_pos, images), target)
 
     def forward_loss(self, features: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> MIMOutput:
         """The MIM loss of ``features`` ``[B, 1 + N, D]`` (``forward_features`` of the masked

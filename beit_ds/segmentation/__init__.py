@@ -1,4 +1,4 @@
-"""Semantic segmentation on the BEiT backbone (seed §3.2, App. A, B, I; issue 15): dataset-level
+"""Semantic segmentation on the BEiT backbone (seed §3.2, App. A, B, I): dataset-level
 mIoU as mmseg computes it (``metrics``) and whole / sliding-window / multi-scale + flip inference
 (``inference``)."""
 

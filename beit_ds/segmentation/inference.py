@@ -15,15 +15,15 @@ are cut off again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from beit_ds.config.segmentation import InferenceConfig
 from beit_ds.segmentation.layers import resize
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
-MODES = ("whole", "slide")
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -83,21 +83,24 @@ def slide_inference(
     image: torch.Tensor,
     crop: int,
     stride: int,
-    num_classes: int,
+    num_classes: int | None,
     out_size: tuple[int, int],
     pad_to: int = 16,
 ) -> torch.Tensor:
     """Logits ``[B, C, *out_size]`` of ``image [B, 3, H, W]`` averaged over sliding
     ``crop x crop`` windows (each padded to ``crop`` rounded up to ``pad_to``), at the image's
-    size, then resized to ``out_size``."""
+    size, then resized to ``out_size``. ``C`` is ``num_classes`` (other logits are an error) or,
+    when None, what ``logits_fn`` gives."""
     b, _, h, w = image.shape
     count = window_counts(h, w, crop, stride).to(image.device)
     side = _round_up(crop, pad_to)
-    total = torch.zeros(b, num_classes, h, w, device=image.device)
+    total = torch.zeros(0)
     for y1, y2, x1, x2 in slide_windows(h, w, crop, stride):
         logits = padded_logits(logits_fn, image[..., y1:y2, x1:x2], (side, side))
-        if logits.shape[1] != num_classes:
+        if num_classes is not None and logits.shape[1] != num_classes:
             raise ValueError(f"logits have {logits.shape[1]} classes, expected num_classes={num_classes}")
+        if not total.numel():  # the first window: as many classes as the logits have
+            total = torch.zeros(b, logits.shape[1], h, w, device=image.device)
         total[..., y1:y2, x1:x2] += logits
     return resize(total / count, (out_size[0], out_size[1]))
 
@@ -109,38 +112,29 @@ def rescaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
 
 @torch.no_grad()
 def predict(
-    logits_fn: LogitsFn,
-    image: torch.Tensor,
-    out_size: tuple[int, int],
-    *,
-    mode: str = "whole",
-    crop: int = 512,
-    stride: int = 341,
-    num_classes: int,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    pad_to: int = 16,
+    logits_fn: LogitsFn, image: torch.Tensor, out_size: tuple[int, int], cfg: InferenceConfig, pad_to: int = 16
 ) -> torch.Tensor:
-    """Class probabilities ``[B, C, *out_size]`` of ``image [B, 3, H, W]``: the mean over
-    ``scales`` (image resized bilinear by each ratio) and, with ``flip``, the mirrored image, of
-    the softmax of ``mode`` ("whole" or "slide") logits at ``out_size`` (mirrored back)."""
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r}: expected one of {', '.join(map(repr, MODES))}")
-    if not scales:
-        raise ValueError("scales=(): expected at least one scale")
+    """Class probabilities ``[B, C, *out_size]`` of ``image [B, 3, H, W]`` as the ``inference``
+    section ``cfg`` says: the mean over ``cfg.scales`` (image resized bilinear by each ratio) and,
+    with ``cfg.flip``, the mirrored image, of the softmax of ``cfg.mode`` ("whole" or "slide":
+    ``cfg.crop``² windows every ``cfg.stride`` pixels) logits at ``out_size`` (mirrored back).
+    ``cfg.crop`` 0 stands for the training crop, which the caller resolves (a slide with crop 0 is
+    a ``ValueError``); windows and whole images are padded to multiples of ``pad_to`` (the patch)."""
+    if cfg.mode == "slide" and cfg.crop < 1:
+        raise ValueError(f"inference.crop={cfg.crop}: expected the window side (0: resolve the training crop first)")
 
     def probs(x: torch.Tensor) -> torch.Tensor:
-        if mode == "whole":
+        if cfg.mode == "whole":
             logits = whole_inference(logits_fn, x, out_size, pad_to)
         else:
-            logits = slide_inference(logits_fn, x, crop, stride, num_classes, out_size, pad_to)
+            logits = slide_inference(logits_fn, x, cfg.crop, cfg.stride, None, out_size, pad_to)
         return logits.softmax(dim=1)
 
     h, w = image.shape[-2:]
     total = torch.zeros(())
-    for scale in scales:
+    for scale in cfg.scales:
         x = resize(image, rescaled_size(h, w, scale))
         total = total + probs(x)
-        if flip:
+        if cfg.flip:
             total = total + probs(x.flip(-1)).flip(-1)
-    return total / (len(scales) * (2 if flip else 1))
+    return total / (len(cfg.scales) * (2 if cfg.flip else 1))

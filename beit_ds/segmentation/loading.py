@@ -1,4 +1,4 @@
-"""Starting weights of a ``BeitForSegmentation`` from whatever a user has (issue 15).
+"""Starting weights of a ``BeitForSegmentation`` from whatever a user has.
 
 ``load_segmentation_weights(model, sd, source)`` takes a state dict as its file holds it:
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from beit_ds.artifacts import RunDir
 from beit_ds.distributed import place_from_env
 from beit_ds.engine.checkpoint import resolve
 from beit_ds.engine.job import run_job
@@ -35,7 +36,7 @@ def export(source: Path, out_dir: Path | None = None) -> list[Path]:
     folder) by the kind stored in it, into ``out_dir`` (default: the run's ``export/``). ``out_dir``
     (made if missing) must be a folder: anything else is a one-line ``ConfigError`` before any work."""
     tag_dir = resolve(Path(source))
-    out = make_dir(out_dir if out_dir is not None else tag_dir.parent.parent / "export", link_ok=True)
+    out = make_dir(out_dir if out_dir is not None else RunDir.of_checkpoint(tag_dir).export, link_ok=True)
     saved = read_saved(tag_dir)
     return task_type(saved.kind, f"checkpoint {tag_dir}").export(saved, out)
 

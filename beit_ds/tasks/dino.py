@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from beit_ds.artifacts import save_weights
+from beit_ds.artifacts import WEIGHTS, ExportDir
 from beit_ds.config import ConfigError
 from beit_ds.config_io import build_dataclass
 from beit_ds.data.multicrop import MultiCrop, build_dino_loader
@@ -37,11 +37,13 @@ from beit_ds.models.convert import backbone_state_dict
 from beit_ds.models.dino import LAST_LAYER, BeitDinoStudent, DinoLoss, teacher_temperature
 from beit_ds.optim import restart_groups
 from beit_ds.recipe import DinoPretrainRecipe
-from beit_ds.safe_write import make_dir, write_text
 from beit_ds.schedules import cosine
 from beit_ds.tasks.formats import write_timm_and_hf
 from beit_ds.tasks.pretrain import check_views, frozen_tokenizer
 from beit_ds.tasks.registry import register
+
+HEAD_WEIGHTS = "dino_head.safetensors"
+TEACHER = "teacher"  # the EMA teacher's export, inside the student's
 
 
 def build_student(recipe: DinoPretrainRecipe) -> BeitDinoStudent:
@@ -190,26 +192,35 @@ class DinoPretrainTask(Task[DinoPretrainRecipe]):
         verify(saved.tag_dir, checksums=False)
         recipe = build_dataclass(DinoPretrainRecipe, saved.recipe)
         source = str(saved.tag_dir)
-        paths = export_student(recipe, consolidated_state_dict(saved.tag_dir), out_dir, saved.recipe, source)
+        export = ExportDir(out_dir).create()
+        paths = export_student(recipe, consolidated_state_dict(saved.tag_dir), export, source)
         if recipe.dino.export_teacher:
-            paths += export_student(recipe, saved.client["dino_teacher"], out_dir / "teacher", saved.recipe, source)
+            paths += export_student(recipe, saved.client["dino_teacher"], export.sub(TEACHER), source)
+        export.finish(saved.kind, saved.recipe, source=source)
         return paths
 
+    @classmethod
+    def load_exported(cls, export: ExportDir, ema: bool = False) -> nn.Module:
+        """The student (``BeitDinoStudent``: ``model.safetensors`` + ``dino_head.safetensors``);
+        ``ema``: the EMA teacher of ``teacher/`` (exported with ``dino.export_teacher``)."""
+        recipe = build_dataclass(DinoPretrainRecipe, export.read_recipe())
+        if ema and not (export.path / TEACHER / WEIGHTS).is_file():
+            raise ConfigError(f"{export.path}: no {TEACHER}/ (the teacher is exported with dino.export_teacher=true)")
+        prefix = f"{TEACHER}/" if ema else ""
+        student = build_student(recipe)
+        student.mim.load_state_dict(export.read_weights(prefix + WEIGHTS), strict=True)
+        student.dino_head.load_state_dict(export.read_weights(prefix + HEAD_WEIGHTS), strict=True)
+        return student.eval()
 
-def export_student(
-    recipe: DinoPretrainRecipe, sd: dict[str, torch.Tensor], out_dir: Path, recipe_dict: dict[str, Any], source: str
-) -> list[Path]:
+
+def export_student(recipe: DinoPretrainRecipe, sd: dict[str, torch.Tensor], export: ExportDir, source: str) -> list[Path]:
     """``sd`` (a ``BeitDinoStudent``'s) as ``model.safetensors`` (the MIM model: pre-training's
-    layout, so ``finetune.init`` and ``load_export`` read it), ``dino_head.safetensors``,
-    ``recipe.json``, ``timm/`` and ``hf/`` in ``out_dir``."""
-    import json
-
+    layout, so ``finetune.init`` reads it), ``dino_head.safetensors``, ``timm/`` and ``hf/`` in
+    ``export`` (the recipe is the export's, written once at its top)."""
     student = build_student(recipe)
     student.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
-    make_dir(out_dir, link_ok=True)
-    ours = save_weights(student.mim.state_dict(), out_dir / "model.safetensors", source=source)
-    head = save_weights(student.dino_head.state_dict(), out_dir / "dino_head.safetensors", source=source)
-    write_text(out_dir / "recipe.json", json.dumps(recipe_dict, indent=1))
+    ours = export.write_weights(WEIGHTS, student.mim.state_dict(), source=source)
+    head = export.write_weights(HEAD_WEIGHTS, student.dino_head.state_dict(), source=source)
     backbone = build_model(recipe.model)
     backbone.load_state_dict(backbone_state_dict(student.mim.state_dict()), strict=True)
-    return [ours, head, *write_timm_and_hf(backbone, out_dir)]
+    return [ours, head, *write_timm_and_hf(backbone, export)]

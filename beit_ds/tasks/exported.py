@@ -1,40 +1,71 @@
-"""Rebuild a model from an export folder (``engine/export.py``'s ``export_checkpoint``, or
-fine-tuning's ``export_classifier``): ``model.safetensors`` in our layout + ``recipe.json``.
+"""Rebuild a model from an export folder (what a task's ``export`` wrote): its manifest
+``export.json`` (``artifacts.ExportDir``) names the kind, and that kind's task, found through the
+registry, rebuilds the model from the folder's ``recipe.json`` and weights (``Task.load_exported``).
 
-The architecture comes from the recipe's ``model`` section; which model it is comes from the
-weights themselves: ``lm_head.*`` is the pre-training model (its ``mim`` section), ``head.*`` a
-classifier — a linear probe when blocks or the final norms are absent (its tapped block is the
-number of blocks kept, its pooling the head's width) — and neither a bare backbone.
+Folders written before exports had a manifest are read by the rules of their time, here and only
+here: ``tokenizer.safetensors`` alone is a dVAE (at the default view size: no recipe was
+written); else ``model.safetensors`` + ``recipe.json``, the architecture from the recipe's
+``model`` section and which model it is from the weights themselves: ``lm_head.*`` is the
+pre-training model (its ``mim`` section), ``head.*`` a classifier — a linear probe when blocks or
+the final norms are absent (its tapped block is the number of blocks kept, its pooling the head's
+width) — and neither a bare backbone.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
-from beit_ds.config import MIMConfig, ModelConfig
+from beit_ds.artifacts import EMA_WEIGHTS, MANIFEST, RECIPE_JSON, TOKENIZER_WEIGHTS, WEIGHTS, ExportDir
+from beit_ds.config import ConfigError, MIMConfig, ModelConfig, TokenizerConfig
 from beit_ds.config_io import build_dataclass
 from beit_ds.models import Beit, BeitForImageClassification, BeitForMaskedImageModeling
+from beit_ds.tasks.registry import task_type
+from beit_ds.tokenizers import DiscreteVAE, load_dvae
 
 Tensors = dict[str, torch.Tensor]
 
 
 def load_export(directory: str | Path, ema: bool = False) -> nn.Module:
-    """The model in ``directory`` (``model.safetensors``; ``ema``: ``model_ema.safetensors``),
-    loaded strictly and in eval mode; a missing file is a one-line ``FileNotFoundError``."""
-    directory = Path(directory)
-    weights = directory / ("model_ema.safetensors" if ema else "model.safetensors")
-    for path in (weights, directory / "recipe.json"):
-        if not path.is_file():
-            raise FileNotFoundError(f"{directory}: no {path.name} (not an export folder of beit_ds)")
-    recipe: dict[str, Any] = json.loads((directory / "recipe.json").read_text())
+    """The model of the export folder ``directory``, loaded strictly and in eval mode, as its
+    manifest's kind rebuilds it: the MIM model (pre-training), the classifier or probe, the
+    segmenter, the DINO student (MIM model + head), the tokenizer's dVAE. ``ema``: the averaged
+    weights where the kind keeps them (fine-tuning's EMA, DINO's teacher). What is no export of
+    beit_ds, or lacks what is asked, is a one-line ``ConfigError``."""
+    export = ExportDir(directory)
+    if not (export.path / MANIFEST).exists():
+        return load_unlisted(export, ema)  # written before exports had a manifest
+    manifest = export.read_manifest()
+    return task_type(manifest.kind, str(export.path / MANIFEST)).load_exported(export, ema)
+
+
+def no_ema(export: ExportDir, kind: str, ema: bool) -> None:
+    """One line for ``ema`` asked of an export whose kind keeps no averaged weights."""
+    if ema:
+        raise ConfigError(f"{export.path}: a {kind} export has no EMA weights (expected ema=False)")
+
+
+def load_tokenizer(path: Path, image_size: int) -> DiscreteVAE:
+    """The frozen dVAE of the ``save_dvae`` file ``path`` for ``image_size``² views (one line on error)."""
+    try:
+        return load_dvae(path, image_size)
+    except (OSError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+
+
+def load_unlisted(export: ExportDir, ema: bool) -> nn.Module:
+    """An export folder without a manifest, by the rules of its time (module docstring)."""
+    if (export.path / TOKENIZER_WEIGHTS).is_file() and not (export.path / WEIGHTS).is_file():
+        no_ema(export, "tokenizer", ema)
+        return load_tokenizer(export.path / TOKENIZER_WEIGHTS, TokenizerConfig().image_size)
+    for name in (EMA_WEIGHTS if ema else WEIGHTS, RECIPE_JSON):
+        if not (export.path / name).is_file():
+            raise ConfigError(f"{export.path}: no {MANIFEST}, no {name} (not an export folder of beit_ds)")
+    recipe = export.read_recipe()
     cfg = build_dataclass(ModelConfig, recipe.get("model"), "model")
-    sd = load_file(weights)
+    sd = export.read_weights(EMA_WEIGHTS if ema else WEIGHTS)
     if "lm_head.weight" in sd:
         model: nn.Module = BeitForMaskedImageModeling(
             cfg, build_dataclass(MIMConfig, recipe.get("mim"), "mim")

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, cast
 import torch
 import torch.nn.functional as F
 
-from beit_ds.artifacts import save_weights
+from beit_ds.artifacts import EMA_WEIGHTS, WEIGHTS, ExportDir
 from beit_ds.config import AugmentConfig, ConfigError
 from beit_ds.config_io import build_dataclass, to_dict
 from beit_ds.data import build_finetune_loader
@@ -39,7 +39,7 @@ from beit_ds.logger import get_logger, init_logging
 from beit_ds.metrics import MetricWriter
 from beit_ds.models import BeitForImageClassification, build_classifier
 from beit_ds.recipe import KINDS, ClassificationRecipe, FinetuneRecipe, LinearProbeRecipe, TrainingRecipe
-from beit_ds.safe_write import make_dir, write_text
+from beit_ds.safe_write import write_text
 from beit_ds.tasks.formats import write_timm_and_hf
 from beit_ds.tasks.registry import register, task_type
 from beit_ds.tasks.weights import read_init_weights
@@ -138,21 +138,32 @@ def _log_eval(metrics: dict[str, float], what: str) -> None:
 
 def export_classifier(saved: SavedCheckpoint, out_dir: Path) -> list[Path]:
     """``model.safetensors`` (+ ``model_ema.safetensors``, ``recipe.json``) and, for fine-tuning,
-    ``timm/`` and ``hf/`` exports of the classifier in ``saved``."""
+    ``timm/`` and ``hf/`` exports of the classifier in ``saved``; then ``export.json``."""
     tag_dir, client = saved.tag_dir, saved.client
     recipe = cast(ClassificationRecipe, build_dataclass(KINDS[saved.kind], saved.recipe))
     model = build_classifier(
         recipe.model, recipe.finetune.head_init_scale, probe_layer(recipe), probe_pool(recipe)
     )
     model.load_state_dict(consolidated_state_dict(tag_dir), strict=True)
-    make_dir(out_dir, link_ok=True)
-    paths = [save_weights(model.state_dict(), out_dir / "model.safetensors")]
+    export = ExportDir(out_dir).create()
+    paths = [export.write_weights(WEIGHTS, model.state_dict())]
     if "ema" in client:
-        paths.append(save_weights(client["ema"], out_dir / "model_ema.safetensors"))
-    write_text(out_dir / "recipe.json", json.dumps(saved.recipe, indent=1))
+        paths.append(export.write_weights(EMA_WEIGHTS, client["ema"]))
     if probe_layer(recipe) is None:
-        paths += write_timm_and_hf(model, out_dir)
+        paths += write_timm_and_hf(model, export)
+    export.finish(saved.kind, saved.recipe, source=str(tag_dir))
     return paths
+
+
+def load_classifier(export: ExportDir, kind: str, ema: bool) -> BeitForImageClassification:
+    """The classifier or probe of a ``kind`` export (``ema``: ``model_ema.safetensors``), built
+    from its recipe as ``export_classifier`` built it."""
+    recipe = cast(ClassificationRecipe, build_dataclass(KINDS[kind], export.read_recipe()))
+    if ema and not (export.path / EMA_WEIGHTS).is_file():
+        raise ConfigError(f"{export.path}: no {EMA_WEIGHTS} (the run kept no EMA: finetune.ema_decay=0)")
+    model = build_classifier(recipe.model, recipe.finetune.head_init_scale, probe_layer(recipe), probe_pool(recipe))
+    model.load_state_dict(export.read_weights(EMA_WEIGHTS if ema else WEIGHTS), strict=True)
+    return model.eval()
 
 
 @register
@@ -233,6 +244,10 @@ class FinetuneTask(Task[ClassificationRecipe]):
     @classmethod
     def export(cls, saved: SavedCheckpoint, out_dir: Path) -> list[Path]:
         return export_classifier(saved, out_dir)
+
+    @classmethod
+    def load_exported(cls, export: ExportDir, ema: bool = False) -> torch.nn.Module:
+        return load_classifier(export, cls.kind, ema)
 
     @classmethod
     def evaluate_recipe(cls, recipe: ClassificationRecipe, out_json: Path | None) -> dict[str, float]:

@@ -2,18 +2,18 @@
 
 ``check_views`` ties the model, the two data views and the tokenizer together before any
 process group starts; ``mim_forward`` is one micro-batch (tokenize under no_grad → MIM loss);
-``export_mim`` writes the MIM model and its backbone in our, timm's and Hugging Face's layouts.
+``export_mim`` writes the MIM model and its backbone in our, timm's and Hugging Face's layouts,
+which ``PretrainTask.load_exported`` reads back.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from beit_ds.artifacts import save_weights
+from beit_ds.artifacts import WEIGHTS, ExportDir
 from beit_ds.assets import resolve
 from beit_ds.config import ConfigError
 from beit_ds.config_io import build_dataclass
@@ -27,12 +27,12 @@ from beit_ds.engine.plan import LoopPlan
 from beit_ds.engine.runtime import warn_if_oversubscribed
 from beit_ds.engine.saved import SavedCheckpoint
 from beit_ds.engine.task import StepOutput, Task
-from beit_ds.masking import build_mask_generator
+from beit_ds.masking import MaskingError, build_mask_generator
 from beit_ds.metrics import MetricWriter
 from beit_ds.models import build_mim_model, build_model
 from beit_ds.models.convert import backbone_state_dict
 from beit_ds.recipe import PretrainRecipe
-from beit_ds.safe_write import make_dir, write_text
+from beit_ds.tasks.exported import no_ema
 from beit_ds.tasks.formats import write_timm_and_hf
 from beit_ds.tasks.registry import register
 from beit_ds.tokenizers import build_tokenizer
@@ -55,8 +55,8 @@ def check_masking(r: PretrainRecipe) -> None:
     """The masking section fits the model's patch grid (it needs nothing else)."""
     try:
         build_mask_generator(r.masking, r.model.grid_size)
-    except ValueError as err:
-        grid = "" if "grid" in str(err) else f" (model patch grid {r.model.grid_size})"
+    except MaskingError as err:
+        grid = "" if err.names_grid else f" (model patch grid {r.model.grid_size})"
         raise ConfigError(f"masking.{err}{grid}") from None
 
 
@@ -71,7 +71,7 @@ def mim_forward(model: Any, batch: Any, tokenizer: Any, dtype: torch.dtype) -> S
 
     Only the patch view is cast to the run's ``dtype``: the tokenizer view reaches the tokenizer
     (which casts to its own ``tokenizer.dtype``) or the pixel loss in the loader's fp32, since a
-    bf16-rounded view alone changes 1.3 % of DALL-E's tokens (issue 14)."""
+    bf16-rounded view alone changes 1.3 % of DALL-E's tokens."""
     batch = batch.to(model.device)
     if tokenizer is None:
         target = batch.tokenizer_images
@@ -89,9 +89,10 @@ def frozen_tokenizer(recipe: PretrainRecipe, device: torch.device, dtype: torch.
         return None
     try:
         tokenizer = build_tokenizer(recipe.tokenizer).to(device)
+    except ConfigError:
+        raise  # already one line naming its key (an empty tokenizer.path)
     except (ValueError, OSError) as err:  # a file that exists but holds no tokenizer of that kind
-        message = str(err) if "tokenizer.path" in str(err) else f"tokenizer.path={recipe.tokenizer.path!r}: {err}"
-        raise ConfigError(message.splitlines()[0]) from None
+        raise ConfigError(f"tokenizer.path={recipe.tokenizer.path!r}: {err}".splitlines()[0]) from None
     if recipe.tokenizer.dtype == "auto":
         tokenizer.to(dtype)
     return tokenizer
@@ -103,7 +104,7 @@ class PretrainTask(Task[PretrainRecipe]):
 
     kind = "pretrain"
     recipe_type = PretrainRecipe
-    has_samples = True  # attention maps + MIM reconstructions at each checkpoint (issue 16)
+    has_samples = True  # attention maps + MIM reconstructions at each checkpoint
     SAMPLES = 4
 
     def __init__(self, recipe: PretrainRecipe, place: ProcessPlace) -> None:
@@ -147,6 +148,15 @@ class PretrainTask(Task[PretrainRecipe]):
         return export_mim(saved, out_dir)
 
     @classmethod
+    def load_exported(cls, export: ExportDir, ema: bool = False) -> torch.nn.Module:
+        """The ``BeitForMaskedImageModeling`` of ``model.safetensors``."""
+        no_ema(export, cls.kind, ema)
+        recipe = build_dataclass(PretrainRecipe, export.read_recipe())
+        model = build_mim_model(recipe.model, recipe.mim)
+        model.load_state_dict(export.read_weights(WEIGHTS), strict=True)
+        return model.eval()
+
+    @classmethod
     @torch.no_grad()
     def evaluate_checkpoint(cls, saved: SavedCheckpoint, batches: int = 8) -> dict[str, float]:
         """MIM loss and masked-token accuracy of the checkpoint on ``batches`` batches of its data."""
@@ -165,14 +175,16 @@ class PretrainTask(Task[PretrainRecipe]):
 
 def export_mim(saved: SavedCheckpoint, out_dir: Path) -> list[Path]:
     """``model.safetensors`` (the MIM model, our = unilm layout) + ``recipe.json``, and the backbone
-    in ``timm/`` and ``hf/``, from the pre-training checkpoint ``saved``."""
+    in ``timm/`` and ``hf/``, from the pre-training checkpoint ``saved``; then ``export.json``."""
     verify(saved.tag_dir, checksums=False)
     recipe = build_dataclass(PretrainRecipe, saved.recipe)
     model = build_mim_model(recipe.model, recipe.mim)
     model.load_state_dict(consolidated_state_dict(saved.tag_dir), strict=True)
-    make_dir(out_dir, link_ok=True)
-    ours = save_weights(model.state_dict(), out_dir / "model.safetensors", source=str(saved.tag_dir))
-    write_text(out_dir / "recipe.json", json.dumps(saved.recipe, indent=1))
+    export = ExportDir(out_dir).create()
+    ours = export.write_weights(WEIGHTS, model.state_dict(), source=str(saved.tag_dir))
     backbone = build_model(recipe.model)
     backbone.load_state_dict(backbone_state_dict(model.state_dict()), strict=True)
-    return [ours, *write_timm_and_hf(backbone, out_dir)]
+    paths = [ours, *write_timm_and_hf(backbone, export)]
+    export.finish(saved.kind, saved.recipe, source=str(saved.tag_dir))
+    return paths
+

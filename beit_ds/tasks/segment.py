@@ -16,14 +16,16 @@ in the log and the JSON) and more than ``data.max_skip_fraction`` of them stop w
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from beit_ds.artifacts import save_weights
+from beit_ds.artifacts import WEIGHTS, ExportDir, RunDir
 from beit_ds.config import ConfigError
+from beit_ds.config_io import build_dataclass
 from beit_ds.data import LoaderPlace
 from beit_ds.data.segmentation import build_segmentation_loader
 from beit_ds.distributed import ProcessPlace, place_from_env
@@ -37,12 +39,13 @@ from beit_ds.engine.weights import to_our_layout
 from beit_ds.logger import get_logger, init_logging
 from beit_ds.metrics import MetricWriter
 from beit_ds.recipe import SegmentationRecipe, TrainingRecipe
-from beit_ds.safe_write import make_dir, write_text
+from beit_ds.safe_write import write_text
 from beit_ds.segmentation import IoUAccumulator, SegMetrics, predict
 from beit_ds.segmentation.convert import to_hf_segmentation, to_mmseg_state_dict
 from beit_ds.segmentation.layers import resize, sync_batchnorm
 from beit_ds.segmentation.loading import is_segmentation_state_dict, load_segmentation_weights
 from beit_ds.segmentation.model import BeitForSegmentation
+from beit_ds.tasks.exported import no_ema
 from beit_ds.tasks.registry import register
 from beit_ds.tasks.weights import read_init_raw
 from beit_ds.visualize.samples import unnormalize
@@ -59,8 +62,6 @@ def check_recipe(r: SegmentationRecipe) -> None:
     crop = r.inference.crop or m.img_size
     if crop % m.patch_size:
         raise ConfigError(f"inference.crop={crop}: expected a multiple of model.patch_size={m.patch_size}")
-    if r.finetune.ema_decay > 0:
-        raise ConfigError(f"finetune.ema_decay={r.finetune.ema_decay}: segmentation keeps no EMA (expected 0)")
 
 
 def build_segmenter(r: SegmentationRecipe, init: bool = True) -> BeitForSegmentation:
@@ -97,7 +98,7 @@ def evaluate_segmentation(model: BeitForSegmentation, loader: Any, r: Segmentati
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    acc, inf = IoUAccumulator(model.num_classes, device=device), r.inference
+    acc, inf = IoUAccumulator(model.num_classes, device=device), replace(r.inference, crop=r.inference.crop or r.model.img_size)
     panels: list[np.ndarray] = []
     colours = palette(model.num_classes)
     report = getattr(loader, "report", None)
@@ -107,9 +108,7 @@ def evaluate_segmentation(model: BeitForSegmentation, loader: Any, r: Segmentati
             continue
         batch = batch.to(device)
         size = tuple(batch.labels.shape[-2:])
-        probs = predict(lambda x: model.logits(x.to(dtype)).float(), batch.images, size, mode=inf.mode,
-                        crop=inf.crop or r.model.img_size, stride=inf.stride, num_classes=model.num_classes,
-                        scales=inf.scales, flip=inf.flip, pad_to=r.model.patch_size)
+        probs = predict(lambda x: model.logits(x.to(dtype)).float(), batch.images, size, inf, r.model.patch_size)
         pred = probs.argmax(1)
         acc.update(pred, batch.labels)
         if overlay_png is not None and len(panels) < inf.overlays:
@@ -186,7 +185,7 @@ class SegmentationTask(Task[SegmentationRecipe]):
         r = self.recipe
         if self.eval_loader is None:
             self.eval_loader = build_segmentation_loader(r.data, "eval", _eval_place(r, self.place), r.decode.num_classes)
-        png = Path(r.checkpoint.output_dir) / "overlays" / f"step_{step}.png" if self.place.is_main else None
+        png = RunDir(r.checkpoint.output_dir).overlays / f"step_{step}.png" if self.place.is_main else None
         metrics = evaluate_segmentation(model, self.eval_loader, r, self.dtype, png)  # type: ignore[arg-type]
         writer.write(step, metrics.as_dict(), prefix="val")
         _log_eval(metrics, f"val at step {step}")
@@ -195,6 +194,14 @@ class SegmentationTask(Task[SegmentationRecipe]):
     @classmethod
     def export(cls, saved: SavedCheckpoint, out_dir: Path) -> list[Path]:
         return export_segmenter(saved, out_dir)
+
+    @classmethod
+    def load_exported(cls, export: ExportDir, ema: bool = False) -> torch.nn.Module:
+        """The ``BeitForSegmentation`` of ``model.safetensors`` (``finetune.init`` is not read)."""
+        no_ema(export, cls.kind, ema)
+        model = build_segmenter(build_dataclass(SegmentationRecipe, export.read_recipe()), init=False)
+        model.load_state_dict(export.read_weights(WEIGHTS), strict=True)
+        return model.eval()
 
     @classmethod
     def evaluate_checkpoint(cls, saved: SavedCheckpoint) -> dict[str, float]:
@@ -216,24 +223,22 @@ def class_names(r: SegmentationRecipe) -> list[str]:
 def export_segmenter(saved: SavedCheckpoint, out_dir: Path) -> list[Path]:
     """``model.safetensors`` (ours), ``mmseg/model.safetensors`` (unilm's layout),
     ``hf/`` (``BeitForSemanticSegmentation``, UperNet with channels = the backbone width) and
-    ``recipe.json`` of the segmentation checkpoint ``saved``."""
+    ``recipe.json`` of the segmentation checkpoint ``saved``; then ``export.json``."""
     _, model = checkpoint_task(SegmentationTask, saved)
-    tag_dir = saved.tag_dir
-    out_dir = make_dir(out_dir, link_ok=True)
-    make_dir(out_dir / "mmseg")
+    source = str(saved.tag_dir)
+    export = ExportDir(out_dir).create()
     sd = model.state_dict()
-    paths = [save_weights(sd, out_dir / "model.safetensors", source=str(tag_dir)),
-             save_weights(to_mmseg_state_dict(sd), out_dir / "mmseg" / "model.safetensors", source=str(tag_dir))]
-    write_text(out_dir / "recipe.json", json.dumps(saved.recipe, indent=1))
+    paths = [export.write_weights(WEIGHTS, sd, source=source),
+             export.sub("mmseg").write_weights(WEIGHTS, to_mmseg_state_dict(sd), source=source)]
     try:
         config, hf_sd = to_hf_segmentation(model)  # type: ignore[arg-type]
     except ValueError as err:
         get_logger().info("no Hugging Face export: %s", err)
-        return paths
-    make_dir(out_dir / "hf")
-    paths.append(save_weights(hf_sd, out_dir / "hf" / "model.safetensors", format="pt"))
-    full = {"model_type": "beit", "architectures": ["BeitForSemanticSegmentation"], **config}
-    write_text(out_dir / "hf" / "config.json", json.dumps(full, indent=1))
+    else:
+        hf = export.sub("hf")
+        paths.append(hf.write_weights(WEIGHTS, hf_sd, format="pt"))
+        hf.write_json("config.json", {"model_type": "beit", "architectures": ["BeitForSemanticSegmentation"], **config})
+    export.finish(saved.kind, saved.recipe, source=source)
     return paths
 
 

@@ -3,12 +3,12 @@
 The dVAE learns on the tokenizer view of the pre-training pipeline (same crops, flips and jitter,
 ``tokenizer_view: raw``), with the Gumbel temperature and KL weight as pure functions of the
 optimizer step (``TrainState.step``, the loop's one clock). The export is ``tokenizer.safetensors`` (``tokenizer.name=dvae tokenizer.path=…``
-in a pre-training recipe) plus its reconstruction error against the mean image.
+in a pre-training recipe) plus its reconstruction error against the mean image, its recipe and
+its manifest; ``load_export`` of it gives the frozen dVAE.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, cast
 
@@ -16,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from beit_ds.artifacts import TOKENIZER_WEIGHTS, ExportDir
 from beit_ds.config import ConfigError, DVAEConfig, MaskingConfig
+from beit_ds.config_io import build_dataclass
 from beit_ds.data import build_pretrain_loader
 from beit_ds.distributed import ProcessPlace
 from beit_ds.engine.consolidate import checkpoint_task
@@ -26,7 +28,7 @@ from beit_ds.engine.saved import SavedCheckpoint
 from beit_ds.engine.task import StepOutput, Task
 from beit_ds.metrics import MetricWriter
 from beit_ds.recipe import TokenizerRecipe
-from beit_ds.safe_write import make_dir, write_text
+from beit_ds.tasks.exported import load_tokenizer, no_ema
 from beit_ds.tasks.registry import register
 from beit_ds.tokenizers import DiscreteVAE, code_usage, dvae_schedule, save_dvae
 
@@ -120,17 +122,24 @@ class TokenizerTask(Task[TokenizerRecipe]):
 
     @classmethod
     def export(cls, saved: SavedCheckpoint, out_dir: Path) -> list[Path]:
-        """``tokenizer.safetensors`` and, when the recipe's data is readable here, ``report.json``."""
+        """``tokenizer.safetensors`` and, when the recipe's data is readable here, ``report.json``;
+        then ``recipe.json`` and ``export.json``."""
         task, model = checkpoint_task(cls, saved)
-        make_dir(out_dir, link_ok=True)
-        save_dvae(cast(DiscreteVAE, model).eval(), out_dir / "tokenizer.safetensors")
-        paths = [out_dir / "tokenizer.safetensors"]
+        export = ExportDir(out_dir).create()
+        dvae = cast(DiscreteVAE, model).eval()
+        paths = [export.write_file(TOKENIZER_WEIGHTS, lambda path: save_dvae(dvae, path))]
         data = task.recipe.data
         if data.source == "demo" or Path(data.path).exists():  # readable here
-            report = reconstruction_report(model, task.build_loader())
-            write_text(out_dir / "report.json", json.dumps(report, indent=1))
-            paths.append(out_dir / "report.json")
+            paths.append(export.write_json("report.json", reconstruction_report(model, task.build_loader())))
+        export.finish(saved.kind, saved.recipe, source=str(saved.tag_dir))
         return paths
+
+    @classmethod
+    def load_exported(cls, export: ExportDir, ema: bool = False) -> nn.Module:
+        """The dVAE of ``tokenizer.safetensors`` (frozen, ``load_dvae``) for the recipe's view size."""
+        no_ema(export, cls.kind, ema)
+        recipe = build_dataclass(TokenizerRecipe, export.read_recipe())
+        return load_tokenizer(export.path / TOKENIZER_WEIGHTS, recipe.tokenizer.image_size)
 
     @classmethod
     def evaluate_checkpoint(cls, saved: SavedCheckpoint) -> dict[str, float]:

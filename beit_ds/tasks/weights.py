@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from beit_ds.artifacts import RECIPE_JSON, WEIGHTS, ExportDir
 from beit_ds.config import ConfigError, MIMConfig, ModelConfig
 from beit_ds.engine.weights import read_raw_weights, to_our_layout
 from beit_ds.models import Beit, build_mim_model, build_model, load_backbone
@@ -36,9 +37,24 @@ def read_init_weights(spec: str) -> tuple[Tensors, str]:
 
 
 def is_export(path: str | Path) -> bool:
-    """An export folder of beit_ds: ``model.safetensors`` next to ``recipe.json``."""
-    p = Path(path)
-    return (p / "model.safetensors").is_file() and (p / "recipe.json").is_file()
+    """An export folder of beit_ds: its manifest, or (written before manifests) ``model.safetensors``
+    next to ``recipe.json``."""
+    export = ExportDir(path)
+    return export.has_manifest or ((export.path / WEIGHTS).is_file() and (export.path / RECIPE_JSON).is_file())
+
+
+def exported_backbone(weights: str) -> Beit:
+    """The BEiT of the export folder ``weights``: its model, or the one a wrapping kind's model
+    holds where the kind's ``backbone_prefix`` says (the DINO student's MIM model, a segmenter's
+    backbone)."""
+    export = ExportDir(weights)
+    model = load_export(export.path)
+    prefix = task_type(export.read_manifest().kind).backbone_prefix if export.has_manifest else ""
+    if prefix:
+        model = model.get_submodule(prefix.rstrip("."))
+    if not isinstance(model, Beit):
+        raise ConfigError(f"{weights}: not a BEiT export")
+    return model.eval()
 
 
 def model_to_inspect(weights: str, model_cfg: ModelConfig, mim: MIMConfig | None = None) -> Beit:
@@ -48,10 +64,7 @@ def model_to_inspect(weights: str, model_cfg: ModelConfig, mim: MIMConfig | None
     the ``model_cfg`` backbone (or, given ``mim`` and MIM weights, the whole MIM model), or ``""``
     for random initialisation (``torch.manual_seed`` decides it)."""
     if weights and is_export(weights):
-        model = load_export(weights)
-        if not isinstance(model, Beit):
-            raise ConfigError(f"{weights}: not a BEiT export")
-        return model
+        return exported_backbone(weights)
     if not weights:
         return (build_mim_model(model_cfg, mim) if mim else build_model(_backbone_cfg(model_cfg, {}))).eval()
     sd, source = read_init_weights(weights)

@@ -1,14 +1,20 @@
 """Visual tokenizers (seed §2.1, App. C): images -> discrete visual tokens, the targets of
 masked image modeling. ``build_tokenizer(cfg.tokenizer)`` gives a frozen ``VisualTokenizer``:
-OpenAI's DALL-E dVAE (``dalle.py``) or our own trained dVAE (``dvae.py``).
+OpenAI's DALL-E dVAE (``dalle.py``) or our own trained dVAE (``dvae.py``). A tokenizer is its
+module here (named after it, with a ``load_tokenizer``) and its line in
+``config.tokenizer.TOKENIZERS`` (its view, file and vocabulary, read torch-free by recipes).
 """
 
 from __future__ import annotations
+
+from importlib import import_module
+from typing import cast
 
 import torch
 
 from beit_ds.assets import resolve
 from beit_ds.config import ConfigError, TokenizerConfig
+from beit_ds.config.tokenizer import TOKENIZERS
 from beit_ds.tokenizers.dalle import (
     DalleDecoder,
     DalleEncoder,
@@ -25,7 +31,13 @@ from beit_ds.tokenizers.dvae import (
     load_dvae,
     save_dvae,
 )
-from beit_ds.tokenizers.protocol import VisualTokenizer, check_images, map_pixels, unmap_pixels
+from beit_ds.tokenizers.protocol import (
+    TokenizerLoader,
+    VisualTokenizer,
+    check_images,
+    map_pixels,
+    unmap_pixels,
+)
 
 __all__ = [
     "DVAEOutput",
@@ -47,27 +59,16 @@ __all__ = [
     "unmap_pixels",
 ]
 
-_EXPECTED_FILE = {
-    "dalle": "OpenAI's encoder.pkl or a state dict of the DALL-E encoder",
-    "dvae": "a .safetensors file written by save_dvae",
-}
 
-
-def build_tokenizer(cfg: TokenizerConfig) -> DalleTokenizer | DiscreteVAE:
+def build_tokenizer(cfg: TokenizerConfig) -> VisualTokenizer:
     """The frozen (``requires_grad=False``), eval-mode tokenizer ``cfg`` names, on the CPU in
-    ``cfg.dtype`` (``"auto"``: float32 until the caller casts it); move it with ``.to(device)``. Its input is ``cfg.image_size``² pixels
-    prepared as its ``preprocess`` says ("dalle": map_pixels, "raw": [0, 1])."""
+    ``cfg.dtype`` (``"auto"``: float32 until the caller casts it); move it with ``.to(device)``.
+    Its input is ``cfg.image_size``² pixels prepared as its ``preprocess`` says ("dalle":
+    map_pixels, "raw": [0, 1]). ``cfg.name`` is a key of ``config.tokenizer.TOKENIZERS``; its
+    weights are read by ``load_tokenizer`` of the module of that name (a ``TokenizerLoader``)."""
     if not cfg.path:
-        raise ConfigError(f"tokenizer.path='': expected {_EXPECTED_FILE[cfg.name]}")
-    path = resolve(cfg.path)  # "package:<file>" names a shipped asset
-    tokenizer: DalleTokenizer | DiscreteVAE
-    if cfg.name == "dalle":
-        tokenizer = load_dalle_tokenizer(path, cfg.decoder_path or None, cfg.image_size)
-        if cfg.compile:
-            tokenizer.compile_encoder()
-    else:
-        tokenizer = load_dvae(path, cfg.image_size)
-        if cfg.compile:
-            tokenizer.compile_encoder()
+        raise ConfigError(f"tokenizer.path='': expected {TOKENIZERS[cfg.name].file}")
+    load: TokenizerLoader = import_module(f"{__name__}.{cfg.name}").load_tokenizer
+    tokenizer = load(resolve(cfg.path), cfg)  # "package:<file>" names a shipped asset
     tokenizer.to(torch.float32 if cfg.dtype == "auto" else getattr(torch, cfg.dtype))
-    return tokenizer.eval().requires_grad_(False)
+    return cast(VisualTokenizer, tokenizer.eval().requires_grad_(False))

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from beit_ds.config import TokenizerConfig
 from beit_ds.tokenizers.inference import compile_frozen
 from beit_ds.tokenizers.openai_pickle import load_weights
 from beit_ds.tokenizers.protocol import check_images, check_tokens, unmap_pixels
@@ -311,3 +312,12 @@ def load_dalle_tokenizer(
     """A frozen DALL-E tokenizer from OpenAI's ``encoder.pkl`` (+ ``decoder.pkl``) or state dicts."""
     decoder = load_dalle_decoder(decoder_path) if decoder_path is not None else None
     return DalleTokenizer(load_dalle_encoder(encoder_path), decoder, input_size)
+
+
+def load_tokenizer(path: Path, cfg: TokenizerConfig) -> DalleTokenizer:
+    """``tokenizer.name: dalle`` (a ``TokenizerLoader``): the encoder at ``path``, the decoder at
+    ``tokenizer.decoder_path`` when set, for ``tokenizer.image_size``² views."""
+    tokenizer = load_dalle_tokenizer(path, cfg.decoder_path or None, cfg.image_size)
+    if cfg.compile:
+        tokenizer.compile_encoder()
+    return tokenizer

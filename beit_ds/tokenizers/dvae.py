@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from beit_ds.config import DVAEConfig
+from beit_ds.config import DVAEConfig, TokenizerConfig
 from beit_ds.safe_write import replacing
 from beit_ds.schedules import cosine
 from beit_ds.tokenizers.inference import compile_frozen
@@ -272,3 +272,12 @@ def load_dvae(path: str | Path, input_size: int) -> DiscreteVAE:
         detail = " ".join(str(err).split())
         raise ValueError(f"{path}: weights do not fit its dvae_config: {detail}") from None
     return model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+
+
+def load_tokenizer(path: Path, cfg: TokenizerConfig) -> DiscreteVAE:
+    """``tokenizer.name: dvae`` (a ``TokenizerLoader``): the ``save_dvae`` file at ``path`` for
+    ``tokenizer.image_size``² views (its architecture is the file's, not ``tokenizer.dvae``)."""
+    tokenizer = load_dvae(path, cfg.image_size)
+    if cfg.compile:
+        tokenizer.compile_encoder()
+    return tokenizer

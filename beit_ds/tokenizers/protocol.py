@@ -10,9 +10,14 @@ instead of silently producing meaningless targets.
 from __future__ import annotations
 
 import os
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import torch
+from torch import nn
+
+from beit_ds.config import TokenizerConfig
 
 LOGIT_LAPLACE_EPS = 0.1
 """DALL-E's ``logit_laplace_eps``: ``map_pixels`` squeezes [0, 1] into [eps, 1 - eps]."""
@@ -38,6 +43,8 @@ class VisualTokenizer(Protocol):
     ``torch.no_grad`` on whatever device and dtype (fp32 / bf16) the tokenizer was moved to.
     ``decode``: token ids ``[B, h, w]`` -> images ``[B, C, S, S]`` in [0, 1]; raises
     ``NotImplementedError`` when the tokenizer has no decoder. ``grid_size`` = ``(h, w)``.
+    ``to``: moved to a device / dtype (as ``nn.Module.to``). ``preprocess`` is the view of its
+    ``config.tokenizer.TOKENIZERS`` entry.
     """
 
     vocab_size: int
@@ -51,6 +58,14 @@ class VisualTokenizer(Protocol):
     def encode(self, images: torch.Tensor) -> torch.Tensor: ...
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+    def to(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+TokenizerLoader = Callable[[Path, TokenizerConfig], nn.Module]
+"""``load_tokenizer(path, cfg)`` of ``beit_ds/tokenizers/<name>.py``: the tokenizer ``cfg.name``
+names from its file ``path`` (``cfg.path`` resolved), at ``cfg.image_size`` (compiled with
+``cfg.compile``); missing file: ``FileNotFoundError``, a file of another kind: ``ValueError``."""
 
 
 CHECK_EVERY_BATCH_ENV = "BEIT_DS_CHECK_EVERY_BATCH"

@@ -1,4 +1,4 @@
-"""Looking inside a model (issue 16): self-attention maps of reference points (seed §3.4, Fig. 2),
+"""Looking inside a model: self-attention maps of reference points (seed §3.4, Fig. 2),
 masked-image-modeling predictions (§2.3), and training curves of several runs.
 
 ``canvas`` draws (Pillow only), ``inputs`` reads weights and images, ``attention`` and ``mim``

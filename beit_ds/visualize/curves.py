@@ -10,6 +10,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from beit_ds.artifacts import RunDir
 from beit_ds.data.skips import DataError
 
 # (panel title, metric keys tried in order): the first key a run has is drawn
@@ -27,7 +28,7 @@ def read_metrics(run: str | Path) -> Series:
     """``{key: (steps, values)}`` of a run folder's (or a file's) ``metrics.jsonl``; a key logged
     twice at one step (a resumed run) keeps the later value."""
     path = Path(run)
-    path = path if path.is_file() else path / "metrics.jsonl"
+    path = path if path.is_file() else RunDir(path).metrics
     if not path.is_file():
         raise FileNotFoundError(f"{run}: no metrics.jsonl")
     by_key: dict[str, dict[int, float]] = {}

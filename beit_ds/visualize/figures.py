@@ -101,7 +101,8 @@ def attention_png(
 def mim_png(recipe: PretrainRecipe, look: Look, mask_seed: int = 0) -> tuple[Path, list[float]]:
     """Image, blockwise mask, reconstruction of the true and of the predicted tokens, as one PNG;
     returns it with each image's masked-token accuracy."""
-    from beit_ds.tokenizers import build_tokenizer, map_pixels
+    from beit_ds.data.transforms import TOKENIZER_VIEWS
+    from beit_ds.tokenizers import build_tokenizer
     from beit_ds.visualize.mim import blockwise_masks, mim_figure, predict_tokens
 
     model, pixels, images = _inputs(recipe, look, mim=True)
@@ -110,7 +111,7 @@ def mim_png(recipe: PretrainRecipe, look: Look, mask_seed: int = 0) -> tuple[Pat
     view = torch.nn.functional.interpolate(
         pixels, size=(side, side), mode="bicubic", align_corners=False
     ).clamp(0, 1)
-    view = map_pixels(view) if tokenizer.preprocess == "dalle" else view
+    view = TOKENIZER_VIEWS[tokenizer.preprocess](view)
     grid = model.patch_embed.dynamic_grid(*images.shape[-2:])
     if grid != tuple(tokenizer.grid_size):
         h, w = images.shape[-2:]

@@ -87,10 +87,20 @@ def _test(out: Path, pattern: str, seeds: list[int]) -> list[float]:
 
 
 def write_results(out: Path, seeds: list[int], depth: int, docs: Path | None = None) -> str:
-    lines: list[str] = []
+    finetune, curves = _finetune_tables(out, seeds)
+    probes, per_block, pl, best = _probe_tables(out, seeds, depth)
+    text = "\n".join(finetune + probes + _pretrain_table(out) + _wall_table(out)) + "\n"
+    (out / "results.md").write_text(text)
+    _plots(out, curves, per_block, pl, best, depth, [out] + ([docs] if docs else []))
+    print(text)
+    return text
+
+
+def _finetune_tables(out: Path, seeds: list[int]) -> tuple[list[str], dict]:
+    """Fine-tuning test top-1 per arm, its claims, and the convergence table (+ the curves)."""
     ft = {arm: _test(out, f"ft_{arm}_lr*_s{{seed}}", seeds) for arm in ARM_TEXT}
     sweep = _json(out / "sweep.json")
-    lines += ["### Fine-tuning: test top-1 % per arm", "",
+    lines = ["### Fine-tuning: test top-1 % per arm", "",
               f"lr chosen on the held-out val split: scratch {sweep['scratch']:g}, pre-trained arms {sweep['long']:g}.",
               "", "| arm | pre-training | seeds | test top-1 % (mean ± std) | per seed |", "|:--|:--|--:|--:|:--|"]
     for arm, vals in ft.items():
@@ -111,14 +121,18 @@ def write_results(out: Path, seeds: list[int], depth: int, docs: Path | None = N
                   "| epoch | " + " | ".join(str(e + 1) for e in range(n_ep)) + " |", "|:--|" + "--:|" * n_ep]
         for arm in ("long", "scratch"):
             lines.append(f"| `{arm}` | " + " | ".join(_cell([c[e] for c in curves[arm]]) for e in range(n_ep)) + " |")
-    # probes
+    return lines, curves
+
+
+def _probe_tables(out: Path, seeds: list[int], depth: int) -> tuple[list[str], dict, dict, int]:
+    """Linear probes per block and their claims (+ per-block val, test top-1 per probe, best block)."""
     probe = _json(out / "probe.json")
     best = int(probe["best_block"])
     pl = {(init, b): _test(out, f"probe_{init}_b{b}_s{{seed}}", seeds) for init, b in
           (("long", best), ("long", depth), ("random", best))}
     per_block = {init: [val_curve(out / f"probe_{init}_b{b}_s{seeds[0]}")[-1] for b in range(1, depth + 1)]
                  for init in ("long", "random")}
-    lines += ["", f"### Linear probes (App. D): held-out val top-1 % per block, seed {seeds[0]}", "",
+    lines = ["", f"### Linear probes (App. D): held-out val top-1 % per block, seed {seeds[0]}", "",
               "| block | " + " | ".join(str(b) for b in range(1, depth + 1)) + " |", "|:--|" + "--:|" * depth]
     for init in ("long", "random"):
         lines.append(f"| `{init}` | " + " | ".join(f"{v:.2f}" for v in per_block[init]) + " |")
@@ -134,8 +148,12 @@ def write_results(out: Path, seeds: list[int], depth: int, docs: Path | None = N
             diff, p, verdict = compare(pl[a], pl[b])
             lines.append(f"| {claim} | `{a[0]}` b{a[1]} {_cell(pl[a])} vs `{b[0]}` b{b[1]} {_cell(pl[b])} "
                          f"| {diff:+.2f} | {p:.3g} | {verdict} |")
-    # pre-training arms: the MIM objective at the end
-    lines += ["", "### Pre-training arms", "", "| arm | steps | final MIM loss | masked-token accuracy % |", "|:--|--:|--:|--:|"]
+    return lines, per_block, pl, best
+
+
+def _pretrain_table(out: Path) -> list[str]:
+    """The MIM objective at the end of each pre-training arm."""
+    lines = ["", "### Pre-training arms", "", "| arm | steps | final MIM loss | masked-token accuracy % |", "|:--|--:|--:|--:|"]
     for arm in ("long", "short", "random", "pixels", "all"):
         run = out / f"pretrain_{arm}"
         if (run / "metrics.jsonl").exists():
@@ -143,7 +161,12 @@ def write_results(out: Path, seeds: list[int], depth: int, docs: Path | None = N
             acc = last.get("train/mim_accuracy")
             acc_text = f"{100 * acc:.2f}" if acc is not None and arm != "pixels" else "—"
             lines.append(f"| `{arm}` | {last['step']} | {last['train/loss']:.4f} | {acc_text} |")
-    lines += ["", "### Wall time per stage (this machine, one job at a time)", "", "| stage | runs | minutes |", "|:--|--:|--:|"]
+    return lines
+
+
+def _wall_table(out: Path) -> list[str]:
+    """Minutes per stage, from every run's ``DONE.json`` (+ its test)."""
+    lines = ["", "### Wall time per stage (this machine, one job at a time)", "", "| stage | runs | minutes |", "|:--|--:|--:|"]
     walls: dict[str, list[float]] = {}
     for done in sorted(out.glob("*/DONE.json")):
         rec = _json(done)
@@ -152,11 +175,7 @@ def write_results(out: Path, seeds: list[int], depth: int, docs: Path | None = N
     for stage, ws in walls.items():
         lines.append(f"| {stage} | {len(ws)} | {sum(ws) / 60:.1f} |")
     lines.append(f"| total | {sum(len(w) for w in walls.values())} | {sum(sum(w) for w in walls.values()) / 60:.1f} |")
-    text = "\n".join(lines) + "\n"
-    (out / "results.md").write_text(text)
-    _plots(out, curves, per_block, pl, best, depth, [out] + ([docs] if docs else []))
-    print(text)
-    return text
+    return lines
 
 
 def _plots(out: Path, curves: dict, per_block: dict, pl: dict, best: int, depth: int, dirs: list[Path]) -> None:

@@ -1,20 +1,14 @@
 """Backbone loading as a free function (any model that contains a Beit), the linear probe built
-on ``forward_intermediates``, and ``load_export`` of export folders."""
+on ``forward_intermediates``. ``load_export`` of export folders: tests/tasks/test_exported.py."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 import torch
 from torch import nn
 
-from beit_ds.artifacts import save_weights
 from beit_ds.config import MIMConfig
-from beit_ds.config_io import to_dict
 from beit_ds.models import (
-    Beit,
-    BeitForImageClassification,
     BeitForMaskedImageModeling,
     build_classifier,
     build_mim_model,
@@ -22,7 +16,6 @@ from beit_ds.models import (
     load_backbone,
     model_config,
 )
-from beit_ds.tasks.exported import load_export
 from tests.models.conftest import randomise as _randomise
 
 DEBUG = "beit_debug_patch4_32"
@@ -89,52 +82,3 @@ def test_probe_reads_block_k_from_forward_intermediates_with_todays_keys(pool):
         )[0]
         features = patches.mean(1) if pool == "mean" else torch.cat((cls[:, 0], patches.mean(1)), -1)
         torch.testing.assert_close(probe(x), probe.head(features), atol=0, rtol=0)
-
-
-def _write_export(tmp_path, model: nn.Module, recipe: dict, name: str = "out"):
-    """An export folder as engine/export.py and export_classifier write it."""
-    out = tmp_path / name
-    out.mkdir()
-    save_weights(model.state_dict(), out / "model.safetensors", source="test")
-    (out / "recipe.json").write_text(json.dumps(recipe, indent=1))
-    return out
-
-
-def test_load_export_rebuilds_each_kind_without_restating_the_architecture(tmp_path):
-    x = _x()
-    mim = _pretrained()
-    clf = _randomise(build_classifier(model_config(DEBUG, depth=3, global_pool="avg", num_classes=5)))
-    probe = build_classifier(clf.cfg, probe_layer=2, probe_pool="cls_mean")
-    probe.load_backbone(clf.state_dict(), head="reset")
-    backbone = _randomise(build_model(model_config(DEBUG, depth=2, global_pool="none")))
-    cases = [
-        (
-            mim,
-            {"model": to_dict(mim.cfg), "mim": to_dict(mim.mim), "optim": {"lr": 1e-3}},
-            BeitForMaskedImageModeling,
-        ),
-        (clf, {"model": to_dict(clf.cfg), "finetune": {"init": "x"}}, BeitForImageClassification),
-        (
-            probe,
-            {"model": to_dict(probe.cfg), "probe": {"layer": 2, "pool": "cls_mean"}},
-            BeitForImageClassification,
-        ),
-        (backbone, {"model": to_dict(backbone.cfg)}, Beit),
-    ]
-    for i, (model, recipe, cls) in enumerate(cases):
-        loaded = load_export(_write_export(tmp_path, model, recipe, f"e{i}"))
-        assert type(loaded) is cls and not loaded.training
-        assert loaded.state_dict().keys() == model.state_dict().keys()
-        with torch.no_grad():
-            if cls is BeitForMaskedImageModeling:
-                mask = torch.zeros(2, 64, dtype=torch.bool)
-                mask[:, ::2] = True
-                tokens = torch.randint(0, 16, (2, 64))
-                torch.testing.assert_close(
-                    loaded(x, mask, tokens).loss, model(x, mask, tokens).loss, atol=0, rtol=0
-                )
-            else:
-                torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
-    assert load_export(tmp_path / "e2").probe_layer == 2
-    with pytest.raises(FileNotFoundError, match="no model_ema.safetensors"):
-        load_export(tmp_path / "e1", ema=True)

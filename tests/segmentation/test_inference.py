@@ -3,10 +3,14 @@ exact answer is known: every window and scale must give back the whole image's l
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from beit_ds.config import ConfigError
+from beit_ds.config.segmentation import InferenceConfig
 from beit_ds.segmentation.inference import (
     predict,
     rescaled_size,
@@ -96,7 +100,7 @@ def test_whole_resizes_to_the_label_size() -> None:
 def test_single_scale_predict_is_the_softmax(mode: str) -> None:
     fn = conv1x1()
     image = torch.randn(2, 3, 10, 14)
-    probs = predict(fn, image, (10, 14), mode=mode, crop=8, stride=4, num_classes=C)
+    probs = predict(fn, image, (10, 14), InferenceConfig(mode=mode, crop=8, stride=4))
     assert probs.shape == (2, C, 10, 14)
     torch.testing.assert_close(probs, fn(image).softmax(1), atol=1e-6, rtol=0)
     torch.testing.assert_close(probs.sum(1), torch.ones(2, 10, 14))
@@ -105,8 +109,8 @@ def test_single_scale_predict_is_the_softmax(mode: str) -> None:
 def test_flip_with_a_flip_equivariant_fn_changes_nothing() -> None:
     fn = conv1x1()  # per pixel, so fn(flip(x)) = flip(fn(x))
     image = torch.randn(1, 3, 9, 13)
-    plain = predict(fn, image, (9, 13), mode="slide", crop=8, stride=5, num_classes=C)
-    flipped = predict(fn, image, (9, 13), mode="slide", crop=8, stride=5, num_classes=C, flip=True)
+    plain = predict(fn, image, (9, 13), InferenceConfig(mode="slide", crop=8, stride=5))
+    flipped = predict(fn, image, (9, 13), InferenceConfig(mode="slide", crop=8, stride=5, flip=True))
     torch.testing.assert_close(flipped, plain, atol=1e-6, rtol=0)
 
 
@@ -115,7 +119,7 @@ def test_flip_averages_the_mirrored_prediction() -> None:
     ramp = lambda x: torch.linspace(0, 3, x.shape[-1]).view(1, 1, 1, -1) * torch.arange(C).view(1, C, 1, 1)
     fn = lambda x: ramp(x).expand(x.shape[0], C, x.shape[2], x.shape[3])
     image = torch.randn(1, 3, 4, 6)
-    out = predict(fn, image, (4, 6), num_classes=C, flip=True, pad_to=1)
+    out = predict(fn, image, (4, 6), InferenceConfig(mode="whole", flip=True), pad_to=1)
     p = fn(image).softmax(1)
     torch.testing.assert_close(out, (p + p.flip(-1)) / 2)
 
@@ -128,14 +132,36 @@ def test_multi_scale_averages_the_softmax_at_the_label_size() -> None:
         x = F.interpolate(image, size=rescaled_size(8, 12, s), mode="bilinear", align_corners=False)
         logits = F.interpolate(fn(x), size=(8, 12), mode="bilinear", align_corners=False)
         probs.append(logits.softmax(1))
-    out = predict(fn, image, (8, 12), num_classes=C, scales=(0.5, 1.5), pad_to=1)
+    out = predict(fn, image, (8, 12), InferenceConfig(mode="whole", scales=(0.5, 1.5)), pad_to=1)
     torch.testing.assert_close(out, (probs[0] + probs[1]) / 2, atol=1e-6, rtol=0)
     assert rescaled_size(8, 12, 1.5) == (12, 18) and rescaled_size(5, 5, 0.5) == (3, 3)
 
 
 def test_bad_arguments_are_errors() -> None:
     fn, image = conv1x1(), torch.randn(1, 3, 8, 8)
-    with pytest.raises(ValueError, match="mode='tiles'"):
-        predict(fn, image, (8, 8), mode="tiles", num_classes=C)
+    with pytest.raises(ConfigError, match=r"^inference.mode='tiles': expected one of 'whole', 'slide'"):
+        InferenceConfig(mode="tiles")
+    with pytest.raises(ValueError, match=r"^inference.crop=0: expected the window side"):
+        predict(fn, image, (8, 8), InferenceConfig(mode="slide", crop=0))
     with pytest.raises(ValueError, match="num_classes=7"):
         slide_inference(fn, image, crop=4, stride=4, num_classes=7, out_size=(8, 8))
+
+
+def test_slide_takes_the_class_count_of_the_logits() -> None:
+    fn, image = conv1x1(), torch.randn(1, 3, 9, 13)
+    out = slide_inference(fn, image, crop=8, stride=5, num_classes=None, out_size=(9, 13), pad_to=1)
+    assert out.shape == (1, C, 9, 13)
+    torch.testing.assert_close(out, fn(image), atol=1e-5, rtol=0)
+
+
+def test_predict_reads_every_key_of_the_inference_section() -> None:
+    # a 2x-down per-pixel fn is not scale- or flip-invariant: each key changes the answer
+    conv = conv1x1()
+    fn = lambda x: conv(x)[..., ::2, ::2]
+    image = torch.randn(1, 3, 12, 16)
+    base = InferenceConfig(mode="slide", crop=8, stride=4)
+    plain = predict(fn, image, (12, 16), base, pad_to=2)
+    for change in ({"mode": "whole"}, {"stride": 8}, {"crop": 12}, {"scales": (0.5, 1.0)}, {"flip": True}):
+        other = predict(fn, image, (12, 16), replace(base, **change), pad_to=2)
+        assert (other - plain).abs().max() > 1e-4, change
+    assert predict(fn, image, (12, 16), replace(base, overlays=0), pad_to=2).equal(plain)  # overlays: not inference

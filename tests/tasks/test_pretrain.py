@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from beit_ds.config import TokenizerConfig
+from beit_ds.config import ConfigError, TokenizerConfig
 from beit_ds.config_io import load_recipe
 from beit_ds.data.collate import MIMBatch
 from beit_ds.recipe import PretrainRecipe
-from beit_ds.tasks.pretrain import frozen_tokenizer, mim_forward
+from beit_ds.tasks.pretrain import check_masking, frozen_tokenizer, mim_forward
 from beit_ds.tokenizers import build_tokenizer
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
@@ -90,3 +90,29 @@ def test_default_precision_keeps_the_fp32_tokens_on_photographs(photo_crops):
     agreement = _agreement(bf16, photo_crops, reference)
     assert agreement < 0.995
     assert agreement == pytest.approx(0.940, abs=0.03)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["masking.num_masking_patches=64"], "masking.num_masking_patches=64: expected 1..63 for a grid (8, 8)"),
+        (["masking.min_block_patches=40"],
+         "masking.min_block_patches=40: expected 1..num_masking_patches (26) (model patch grid (8, 8))"),
+    ],
+)
+def test_masking_that_does_not_fit_the_grid_is_one_line(overrides, message):
+    recipe = load_recipe(PretrainRecipe, "pretrain_demo_cpu", overrides)
+    with pytest.raises(ConfigError) as err:
+        check_masking(recipe)
+    assert str(err.value) == message
+
+
+def test_a_file_of_another_kind_is_one_line_naming_tokenizer_path(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\xff" * 64)
+    for path, message in (("", "tokenizer.path='': expected a .safetensors file written by save_dvae"),
+                          (str(junk), f"tokenizer.path={str(junk)!r}: {junk}: not a safetensors file")):
+        recipe = load_recipe(PretrainRecipe, "pretrain_demo_cpu", [f"tokenizer.path={path}", "mim.vocab_size=512"])
+        with pytest.raises(ConfigError) as err:
+            frozen_tokenizer(recipe, torch.device("cpu"), torch.float32)
+        assert str(err.value).startswith(message) and "\n" not in str(err.value)

@@ -68,7 +68,9 @@ def test_a_stated_crop_must_be_the_model_size() -> None:
     ("overrides", "match"),
     [
         (["decode.out_indices=[1,2,3,7]"], "decode.out_indices"),
-        (["finetune.ema_decay=0.999"], "finetune.ema_decay"),
+        (["finetune.ema_decay=0.999"], r"finetune.ema_decay: unknown key \(expected one of init, label_smoothing, evaluate\)"),
+        (["finetune.head=keep"], r"finetune.head: unknown key"),
+        (["finetune.head_init_scale=0.01"], r"finetune.head_init_scale: unknown key"),
         (["inference.crop=100"], "inference.crop=100"),
         (["model.patch_size=14", "model.img_size=126"], "model.patch_size=14"),
         (["decode.class_names=[a,b]"], "decode.class_names"),

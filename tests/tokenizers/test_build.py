@@ -1,21 +1,38 @@
 """``build_tokenizer(cfg.tokenizer)``: the recipe's name + path give a frozen tokenizer, and bad
-sections or files fail with one-line errors."""
+sections or files fail with one-line errors. The table ``TOKENIZERS`` names each tokenizer's view,
+file and vocabulary; its module ``beit_ds.tokenizers.<name>`` loads it."""
 
 from __future__ import annotations
 
+import importlib
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors.torch import save_file
 
-from beit_ds.config import ConfigError, DVAEConfig, TokenizerConfig
-from beit_ds.config_io import build_dataclass
+from beit_ds.assets import resolve
+from beit_ds.config import TOKENIZER_NAMES, TOKENIZER_VIEWS, ConfigError, DVAEConfig, TokenizerConfig
+from beit_ds.config.tokenizer import TOKENIZERS, TokenizerSpec, fixed_vocab
+from beit_ds.config_io import build_dataclass, load_recipe
+from beit_ds.recipe import PretrainRecipe
 from beit_ds.tokenizers import (
     DalleEncoder,
     DalleTokenizer,
     DiscreteVAE,
+    VisualTokenizer,
     build_tokenizer,
+    dvae,
     map_pixels,
     save_dvae,
 )
+
+DEMO_DVAE = str(resolve("package:demo_dvae.safetensors"))
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +104,45 @@ def test_recipe_section_with_nested_dvae() -> None:
     assert cfg.dvae.codebook_size == 512 and cfg.dvae.downsample == 8
     with pytest.raises(ConfigError, match=r"tokenizer.dvae.codebok_size: unknown key"):
         build_dataclass(TokenizerConfig, {"dvae": {"codebok_size": 512}}, "tokenizer")
+
+
+def test_each_table_entry_is_a_module_with_its_loader(dalle_state, dvae_file) -> None:
+    files = {"dalle": dalle_state, "dvae": dvae_file}
+    assert set(TOKENIZERS) == set(files) == set(TOKENIZER_NAMES)
+    for name, spec in TOKENIZERS.items():
+        assert callable(importlib.import_module(f"beit_ds.tokenizers.{name}").load_tokenizer)
+        tok = build_tokenizer(TokenizerConfig(name=name, path=str(files[name]), image_size=32))
+        assert tok.preprocess == spec.view and spec.view in TOKENIZER_VIEWS
+        assert isinstance(tok, VisualTokenizer)
+
+
+def test_vocabulary_read_without_loading_the_weights(dalle_state, dvae_file, tmp_path) -> None:
+    assert TOKENIZERS["dvae"].vocab(str(dvae_file)) == 128  # the codebook_size in the safetensors metadata
+    assert TOKENIZERS["dvae"].vocab(str(DEMO_DVAE)) == 512
+    assert TOKENIZERS["dalle"].vocab(str(dalle_state)) == TOKENIZERS["dalle"].vocab("") == 8192
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 64)
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, str(plain))  # a safetensors file with no dvae_config
+    for path in (tmp_path / "missing.safetensors", tmp_path / "junk.safetensors", plain, dalle_state):
+        assert TOKENIZERS["dvae"].vocab(str(path)) is None
+    recipe = load_recipe(PretrainRecipe, "pretrain_demo_cpu")
+    assert (recipe.mim.vocab_size, recipe.data.transform.tokenizer_view) == (512, "raw")
+
+
+def test_a_new_tokenizer_is_one_module_and_one_line(dvae_file, monkeypatch) -> None:
+    module = types.ModuleType("beit_ds.tokenizers.mine")
+    module.__dict__["load_tokenizer"] = dvae.load_tokenizer  # the one module: its loader
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setitem(TOKENIZERS, "mine", TokenizerSpec("raw", "a file of mine", fixed_vocab(128)))
+    cfg = TokenizerConfig(name="mine", path=str(dvae_file), image_size=32)
+    assert build_tokenizer(cfg).vocab_size == 128
+    recipe = load_recipe(PretrainRecipe, "pretrain_demo_cpu", ["tokenizer.name=mine", f"tokenizer.path={dvae_file}"])
+    assert (recipe.mim.vocab_size, recipe.data.transform.tokenizer_view) == (128, "raw")
+    with pytest.raises(ConfigError, match=r"^tokenizer.path='': expected a file of mine$"):
+        build_tokenizer(TokenizerConfig(name="mine"))
+
+
+def test_the_table_keeps_recipes_torch_free() -> None:
+    code = ("import sys; from beit_ds.config_io import load_recipe; r = load_recipe(None, 'pretrain_demo_cpu');"
+            " assert r.mim.vocab_size == 512 and 'torch' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)

@@ -2,12 +2,13 @@
 
 Names follow timm. The defaults are timm's BEiT layout (LayerScale 0.1, per-layer relative
 position bias, no absolute position embedding); pre-training recipes switch to the shared bias
-of BEiT+ with ``rel_pos_bias: shared``.
+of BEiT+ with ``rel_pos_bias: shared``. Torch-free data: ``config_io`` expands ``model.preset``
+from it and ``beit_ds.models`` builds ``create_model(name)`` on it.
 """
 
 from __future__ import annotations
 
-from beit_ds.config import ModelConfig
+from beit_ds.config.model import ModelConfig
 
 _WIDTHS = {  # name: (embed_dim, depth, num_heads)
     "tiny": (192, 12, 3),
@@ -33,3 +34,4 @@ def _presets() -> dict[str, ModelConfig]:
 
 
 PRESETS: dict[str, ModelConfig] = _presets()
+"""``{name: ModelConfig}``: what ``model.preset`` and ``create_model`` accept."""
