@@ -70,13 +70,17 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def ds_single_rank():
-    """A real single-rank DeepSpeed process group (gloo, CPU) for in-process engine and task tests."""
+    """A real single-rank DeepSpeed process group (gloo, CPU) for in-process engine and task tests,
+    started as the product starts it (``init_distributed``: no JIT build of DeepSpeed's CPU
+    shared-memory op, which training never uses and which costs minutes on a fresh machine)."""
     import deepspeed
     import torch.distributed as dist
+
+    from beit_ds.engine.runtime import init_distributed
 
     if not dist.is_initialized():
         for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0",
                            "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
             os.environ.setdefault(key, value)
-        deepspeed.init_distributed(dist_backend="gloo")
+        init_distributed()
     return deepspeed

@@ -27,8 +27,9 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import torch
 
@@ -36,7 +37,9 @@ from beit_ds import safe_write
 from beit_ds.artifacts import IMPORTED, RunDir
 from beit_ds.distributed import ProcessPlace, all_gather_object, barrier, broadcast_object
 from beit_ds.engine import elastic, integrity, safe_load
-from beit_ds.engine.state import TrainState, rng_state, set_rng_state
+from beit_ds.engine.jsonlike import as_object
+from beit_ds.engine.protocols import TrainEngine
+from beit_ds.engine.state import RngState, TrainState, rng_state, set_rng_state
 from beit_ds.logger import get_logger
 
 POINTER = "latest.json"
@@ -52,7 +55,7 @@ class CheckpointError(RuntimeError):
 GROUP_NAMES = "fp32_group_names"
 
 
-def fp32_group_names(engine: Any) -> dict[str, Any]:
+def fp32_group_names(engine: TrainEngine) -> dict[str, list[list[str]]]:
     """``{GROUP_NAMES: [[name, ...] per optimizer group]}`` for an engine whose optimizer keeps
     fp32 master copies outside ZeRO (stage 0 in bf16 / fp16: DeepSpeed's ``fp32_groups``, lists
     of unnamed tensors in group order), so that export can name them; ``{}`` otherwise."""
@@ -63,7 +66,7 @@ def fp32_group_names(engine: Any) -> dict[str, Any]:
     return {GROUP_NAMES: [[names[id(p)] for p in group] for group in groups]}
 
 
-def _atomic_write_json(path: Path, data: Any) -> None:
+def _atomic_write_json(path: Path, data: object) -> None:
     safe_write.write_text(path, json.dumps(data, indent=1))  # fsynced, renamed over path (a link there too)
 
 
@@ -108,7 +111,7 @@ def listed_tags(ckpt_dir: Path) -> list[str]:
     return found
 
 
-def read_marker(tag_dir: Path) -> dict[str, Any]:
+def read_marker(tag_dir: Path) -> dict[str, object]:
     """The ``COMPLETE.json`` of ``tag_dir`` as written (not verified)."""
     marker = tag_dir / MARKER
     if not marker.is_file():
@@ -121,11 +124,11 @@ def read_marker(tag_dir: Path) -> dict[str, Any]:
     return info
 
 
-def verify(tag_dir: Path, checksums: bool = True) -> dict[str, Any]:
+def verify(tag_dir: Path, checksums: bool = True) -> dict[str, object]:
     """The ``COMPLETE.json`` of ``tag_dir`` once every file it lists has its recorded size (and,
     with ``checksums``, SHA-256)."""
     info = read_marker(tag_dir)
-    wrong = integrity.damaged_file(tag_dir, info["files"], checksums)
+    wrong = integrity.damaged_file(tag_dir, as_object(info["files"]), checksums)
     if wrong:
         raise CheckpointError(f"checkpoint {tag_dir}: damaged ({wrong})")
     return info
@@ -192,16 +195,16 @@ class CheckpointManager:
         self.place = place
         self.global_batch = global_batch  # written into COMPLETE.json: a resume on another world size keeps it
         self.checksums = checksums
-        self.meta: dict[str, Any] = {}  # lineage, kind, recipe: written into every COMPLETE.json
+        self.meta: dict[str, object] = {}  # lineage, kind, recipe: written into every COMPLETE.json
 
-    def save(self, engine: Any, state: TrainState, extra: dict[str, Any]) -> Path:
+    def save(self, engine: TrainEngine, state: TrainState, extra: Mapping[str, object]) -> Path:
         """Collective: every rank writes its shards into the staging folder, then rank 0 publishes."""
         tag = f"step_{state.step:08d}"
         staging = self.dir / f".{tag}{STAGING}"
         if self.place.is_main:
             shutil.rmtree(staging, ignore_errors=True)  # left by a save that was killed
         barrier()
-        files: dict[str, Any] = {}
+        files: dict[str, dict[str, int | str]] = {}
         error = None
         try:
             engine.save_checkpoint(str(self.dir), tag=staging.name, client_state={"train_state": state.as_dict(),
@@ -210,7 +213,7 @@ class CheckpointManager:
             files = integrity.manifest(staging, self.place.rank, self.place.world_size, MARKER)
         except (OSError, RuntimeError) as err:
             error = f"checkpoint {self.dir / tag}: save failed ({integrity.describe_write_error(err, self.dir)})"
-        gathered = cast(list[tuple[str | None, dict[str, Any]]], all_gather_object((error, files)))
+        gathered = cast(list[tuple[str | None, dict[str, dict[str, int | str]]]], all_gather_object((error, files)))
         errors = [e for e, _ in gathered if e]
         if self.place.is_main and not errors:
             every = {name: entry for _, part in gathered for name, entry in part.items()}
@@ -227,7 +230,7 @@ class CheckpointManager:
         get_logger().info("saved checkpoint %s", self.dir / tag)
         return self.dir / tag
 
-    def _publish(self, staging: Path, tag: str, files: dict[str, Any], step: int) -> None:
+    def _publish(self, staging: Path, tag: str, files: dict[str, dict[str, int | str]], step: int) -> None:
         info = {"world_size": self.place.world_size, "global_batch": self.global_batch, "step": step, **self.meta}
         _atomic_write_json(staging / MARKER, {**info, "files": files})
         final, aside = self.dir / tag, self.dir / f".{tag}.replaced"
@@ -260,7 +263,7 @@ class CheckpointManager:
                 raise CheckpointError(f"--resume {err}") from None
         return newest_complete(self.dir, self.checksums)
 
-    def load(self, engine: Any, tag_dir: Path) -> tuple[TrainState, dict[str, Any]]:
+    def load(self, engine: TrainEngine, tag_dir: Path) -> tuple[TrainState, dict[str, object]]:
         """Restore engine (weights, optimizer, loss scaler) and RNG from the verified ``tag_dir``;
         returns the ``TrainState`` and the whole client state saved with it. On another world size
         from the universal form (the engine must be built with ``load_universal``)."""
@@ -273,18 +276,18 @@ class CheckpointManager:
                 path, client = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
         except safe_load.UnsafeFileError as err:
             raise CheckpointError(str(err)) from None
-        if path is None:
+        if path is None or client is None:
             raise CheckpointError(f"checkpoint {tag_dir}: DeepSpeed could not load it")
         rng = tag_dir / f"rng_rank{self.place.rank}.pt"
         if info["world_size"] == self.place.world_size and rng.is_file():
             try:
-                set_rng_state(safe_load.load(rng, "checkpoint file"))
+                set_rng_state(cast(RngState, safe_load.load(rng, "checkpoint file")))  # as rng_state() saved it
             except safe_load.UnsafeFileError as err:
                 raise CheckpointError(str(err)) from None
         else:  # per-rank streams (drop path) cannot be mapped onto other ranks; the data order is global
             get_logger().info("RNG states not restored: saved on %d ranks, resumed on %d; ranks keep their seeds",
                               info["world_size"], self.place.world_size)
-        return TrainState.from_dict(client["train_state"]), client
+        return TrainState.from_dict(as_object(client["train_state"])), client
 
     def universal_target(self, tag_dir: Path) -> Path:
         """Where this run puts the universal form of ``tag_dir``: beside it when it is one of this
@@ -294,7 +297,7 @@ class CheckpointManager:
             return elastic.universal_dir(tag_dir)
         return self.run.imported / _imported_name(tag_dir)
 
-    def _universal(self, tag_dir: Path, info: dict[str, Any]) -> Path:
+    def _universal(self, tag_dir: Path, info: Mapping[str, object]) -> Path:
         """The universal form of ``tag_dir`` (``info``: its ``COMPLETE.json``): rank 0 converts it
         (once), every rank gets its path."""
         if info.get("universal"):

@@ -6,7 +6,7 @@ its model rebuilt from a checkpoint, which a task's export or evaluation starts 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar, cast
 
 import torch
 from torch import nn
@@ -15,10 +15,12 @@ from beit_ds.config_io import stored_recipe
 from beit_ds.distributed import ProcessPlace
 from beit_ds.engine import elastic, safe_load
 from beit_ds.engine.checkpoint import GROUP_NAMES, CheckpointError
+from beit_ds.engine.jsonlike import as_object
 from beit_ds.engine.saved import SavedCheckpoint, checkpoint_client_state
 from beit_ds.engine.task import Task
+from beit_ds.recipe import TrainingRecipe
 
-T = TypeVar("T", bound=Task[Any])
+T = TypeVar("T", bound=Task[TrainingRecipe])
 
 
 def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
@@ -43,15 +45,19 @@ def stage0_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
     fp16, the optimizer's fp32 master copies (``fp32_groups``), named by the group order the
     save recorded (``checkpoint.fp32_group_names``), and the module's buffers."""
     states = checkpoint_client_state(tag_dir)
-    sd = {k: v.float().contiguous() for k, v in states["module"].items()}
-    masters = (states.get("optimizer") or {}).get("fp32_groups")
+    module = states["module"]
+    if not isinstance(module, dict):
+        raise CheckpointError(f"checkpoint {tag_dir}: its model states hold no module state dict")
+    sd = {k: v.float().contiguous() for k, v in module.items()}
+    masters = as_object(states.get("optimizer") or {}).get("fp32_groups")
     if masters is None:
         return sd
     names = states.get(GROUP_NAMES)
-    if names is None:
+    if not isinstance(names, list):  # None: saved before beit_ds recorded them
         raise CheckpointError(f"checkpoint {tag_dir}: a stage-0 bf16/fp16 checkpoint without {GROUP_NAMES}"
                               " (saved before beit_ds recorded them): its fp32 master weights cannot be named")
-    for group_names, tensors in zip(names, masters, strict=True):
+    groups = cast(list[list[torch.Tensor]], masters)  # DeepSpeed's fp32_groups: per group, its fp32 tensors
+    for group_names, tensors in zip(names, groups, strict=True):
         for name, tensor in zip(group_names, tensors, strict=True):
             if tuple(tensor.shape) != tuple(sd[name].shape):
                 raise CheckpointError(f"checkpoint {tag_dir}: fp32 master of {name} has shape {tuple(tensor.shape)},"

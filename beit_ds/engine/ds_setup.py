@@ -6,10 +6,11 @@ before any process group starts (house style rule 14).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from beit_ds.config import ConfigError
+from beit_ds.engine.jsonlike import as_int, as_object
 from beit_ds.recipe import OptimConfig, ScheduleConfig
 
 # Keys the recipe owns; a ds_config may leave them out or say "auto".
@@ -22,7 +23,7 @@ RECIPE_KEYS = {
 }
 
 
-def read_ds_config(path: str | Path) -> dict[str, Any]:
+def read_ds_config(path: str | Path) -> dict[str, object]:
     """The JSON mapping at ``path``; missing file or bad JSON is a one-line ``ConfigError``."""
     path = Path(path)
     if not path.is_file():
@@ -45,38 +46,48 @@ OBJECT_SECTIONS = {
 }
 
 
-def check_shape(ds: dict[str, Any], source: str) -> None:
+def ds_section(ds: Mapping[str, object], key: str) -> dict[str, object]:
+    """The JSON object ``ds[key]`` (``check_shape`` made sure it is one), ``{}`` when absent."""
+    return as_object(ds.get(key, {}))
+
+
+def zero_stage(ds: Mapping[str, object]) -> int:
+    """``zero_optimization.stage`` (0 when not given)."""
+    return as_int(ds_section(ds, "zero_optimization").get("stage", 0))
+
+
+def check_shape(ds: Mapping[str, object], source: str) -> None:
     """One-line ``ConfigError`` for a DeepSpeed JSON of the wrong shape (``"fp16": true``,
     ``"optimizer": "AdamW"``, ``"stage": "two"``) before DeepSpeed's own parser sees it."""
     for key, example in OBJECT_SECTIONS.items():
         if key in ds and not isinstance(ds[key], dict):
             raise ConfigError(f"{source}: {key}={json.dumps(ds[key])}: expected a JSON object, e.g. \"{key}\": {example}")
     for key in ("fp16", "bf16"):
-        enabled = ds.get(key, {}).get("enabled", False)
+        enabled = ds_section(ds, key).get("enabled", False)
         if not isinstance(enabled, bool):
             raise ConfigError(f"{source}: {key}.enabled={json.dumps(enabled)}: expected true or false")
-    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    stage = ds_section(ds, "zero_optimization").get("stage", 0)
     if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
         raise ConfigError(f"{source}: zero_optimization.stage={json.dumps(stage)}: expected 0, 1, 2 or 3")
 
 
-def precision_of(ds: dict[str, Any], source: str = "ds_config") -> str:
+def precision_of(ds: Mapping[str, object], source: str = "ds_config") -> str:
     """``"fp16"``, ``"bf16"`` or ``"fp32"``; both half precisions on is an error."""
-    fp16 = bool(ds.get("fp16", {}).get("enabled", False))
-    bf16 = bool(ds.get("bf16", {}).get("enabled", False))
+    fp16 = bool(ds_section(ds, "fp16").get("enabled", False))
+    bf16 = bool(ds_section(ds, "bf16").get("enabled", False))
     if fp16 and bf16:
         raise ConfigError(f"{source}: fp16.enabled and bf16.enabled are both true: expected at most one")
     return "fp16" if fp16 else "bf16" if bf16 else "fp32"
 
 
 def resolve_ds_config(
-    ds: dict[str, Any],
+    ds: Mapping[str, object],
     schedule: ScheduleConfig,
     optim: OptimConfig,
     world_size: int,
     lr: float,
     source: str = "ds_config",
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """The full config for ``deepspeed.initialize``: batch arithmetic, AdamW params, clipping."""
     for key, owner in RECIPE_KEYS.items():
         if key in ds and ds[key] != "auto":
@@ -84,12 +95,12 @@ def resolve_ds_config(
                 f'{source}: {key}={ds[key]!r} is set by the recipe ({owner}): remove it or use "auto"'
             )
     precision_of(ds, source)
-    opt = dict(ds.get("optimizer") or {"type": "AdamW"})
+    opt = dict(as_object(ds.get("optimizer") or {"type": "AdamW"}))
     if str(opt.get("type", "AdamW")).lower() not in ("adamw", "adam"):
         raise ConfigError(
             f'{source}: optimizer.type={opt.get("type")!r}: expected "AdamW" (the seed\'s optimizer)'
         )
-    params = dict(opt.get("params") or {})
+    params = dict(as_object(opt.get("params") or {}))
     for key in ("lr", "betas", "eps", "weight_decay"):
         if key in params and params[key] != "auto":
             raise ConfigError(

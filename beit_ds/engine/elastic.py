@@ -18,12 +18,13 @@ from __future__ import annotations
 import contextlib
 import io
 from argparse import Namespace
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from beit_ds.config import ConfigError
+from beit_ds.engine.jsonlike import as_int, as_object
 from beit_ds.logger import get_logger
 
 SUFFIX = "_universal"
@@ -54,33 +55,34 @@ def has_zero_shards(file_names: Iterable[str]) -> bool:
     return any("optim_states" in name for name in file_names)
 
 
-def partitioned(info: dict[str, Any]) -> bool:
+def partitioned(info: Mapping[str, object]) -> bool:
     """``has_zero_shards`` of the files the checkpoint's ``COMPLETE.json`` ``info`` lists."""
-    return has_zero_shards(info.get("files", {}))
+    return has_zero_shards(as_object(info.get("files", {})))
 
 
-def needs_universal(info: dict[str, Any], world_size: int) -> bool:
+def needs_universal(info: Mapping[str, object], world_size: int) -> bool:
     """Whether a checkpoint with ``COMPLETE.json`` ``info`` must be loaded in universal form."""
-    return bool(info.get("universal")) or (int(info["world_size"]) != world_size and partitioned(info))
+    return bool(info.get("universal")) or (as_int(info["world_size"]) != world_size and partitioned(info))
 
 
-def other_world(info: dict[str, Any], world_size: int) -> bool:
+def other_world(info: Mapping[str, object], world_size: int) -> bool:
     """Whether the checkpoint was saved on another world size (or is universal): the global batch
     is then kept by the gradient accumulation."""
-    return bool(info.get("universal")) or int(info["world_size"]) != world_size
+    return bool(info.get("universal")) or as_int(info["world_size"]) != world_size
 
 
-def keep_global_batch(recipe: R, info: dict[str, Any], world_size: int, where: str) -> R:
+def keep_global_batch(recipe: R, info: Mapping[str, object], world_size: int, where: str) -> R:
     """``recipe`` with the gradient accumulation that keeps the checkpoint's global batch on
     ``world_size`` ranks (``recipe`` itself when the world size is unchanged)."""
-    saved = int(info["world_size"])
-    batch = info.get("global_batch")
+    saved = as_int(info["world_size"])
+    recorded = info.get("global_batch")
     schedule = recipe.schedule  # type: ignore[attr-defined]
     if saved == world_size:
         return recipe
-    if batch is None:
+    if recorded is None:
         get_logger().warning("%s: no global batch recorded; the recipe's applies on %d ranks", where, world_size)
         return recipe
+    batch = as_int(recorded)
     per_accum = schedule.micro_batch_size * world_size
     if batch % per_accum:
         raise ConfigError(

@@ -22,8 +22,10 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+
+from beit_ds.engine.jsonlike import as_object
 
 CHUNK = 8 << 20
 _RANK_OF_FILE = re.compile(r"pp_rank_(\d+)_|rng_rank(\d+)\.")
@@ -58,11 +60,12 @@ def manifest(folder: Path, rank: int, world_size: int, skip: str) -> dict[str, d
     return out
 
 
-def damaged_file(folder: Path, files: dict[str, Any], checksums: bool) -> str | None:
+def damaged_file(folder: Path, files: Mapping[str, object], checksums: bool) -> str | None:
     """The first listed file that is missing, of another size or (``checksums``) another digest,
     with what is wrong; None when all match. Accepts old markers that list sizes only."""
     for name, entry in files.items():
-        size, digest = (entry, None) if isinstance(entry, int) else (entry["size"], entry.get("sha256"))
+        record = {"size": entry} if isinstance(entry, int) else as_object(entry)
+        size, digest = record["size"], record.get("sha256")
         f = folder / name
         if not f.is_file():
             return f"{name} missing"

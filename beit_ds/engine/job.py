@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 from torch import nn
@@ -21,9 +21,10 @@ from beit_ds.config_io import check_derived, save_yaml, to_dict
 from beit_ds.distributed import ProcessPlace
 from beit_ds.engine import elastic, integrity, resume_guard
 from beit_ds.engine.checkpoint import CheckpointManager, newest_complete, read_marker
-from beit_ds.engine.ds_setup import global_batch, precision_of, read_ds_config, resolve_ds_config
+from beit_ds.engine.ds_setup import ds_section, global_batch, precision_of, read_ds_config, resolve_ds_config
 from beit_ds.engine.loop import LoopIO, run_loop
 from beit_ds.engine.plan import LoopPlan
+from beit_ds.engine.protocols import Loader, TrainEngine
 from beit_ds.engine.run_lock import RunLock
 from beit_ds.engine.runtime import bf16_hint, cpu_has_native_bf16, init_engine, seed_everything, torch_dtype
 from beit_ds.engine.saved import read_saved
@@ -45,7 +46,7 @@ R = TypeVar("R", bound=TrainingRecipe)
 class Preflight:
     """What ``preflight`` resolved: the full DeepSpeed config, precision, peak lr, global batch."""
 
-    ds_config: dict[str, Any]
+    ds_config: dict[str, object]
     precision: str
     lr: float
     global_batch: int
@@ -116,7 +117,7 @@ class _Opened:
     flight: Preflight
 
 
-def run_job(task: Task[Any], ds_path: str | Path, resume: str, overwrite: bool = False) -> TrainState:
+def run_job(task: Task[TrainingRecipe], ds_path: str | Path, resume: str, overwrite: bool = False) -> TrainState:
     """Train (or resume) ``task`` as its recipe says; returns the final ``TrainState``.
     ``overwrite``: allow replacing complete checkpoints of another run in the output folder."""
     task.check()
@@ -144,7 +145,7 @@ def run_job(task: Task[Any], ds_path: str | Path, resume: str, overwrite: bool =
     return state
 
 
-def _open(task: Task[Any], ds_path: str | Path, resume: str, overwrite: bool) -> _Opened:
+def _open(task: Task[TrainingRecipe], ds_path: str | Path, resume: str, overwrite: bool) -> _Opened:
     """Checks without a process group, the run lock, logging, and the checkpoint to resume (same
     kind, architecture and optimizer layout; lineage; world size)."""
     recipe, place = task.recipe, task.place
@@ -167,7 +168,7 @@ def _open(task: Task[Any], ds_path: str | Path, resume: str, overwrite: bool) ->
     return _Opened(run_dir, lock, checkpoints, found, flight)
 
 
-def _log_start(task: Task[Any], flight: Preflight, plan: LoopPlan) -> None:
+def _log_start(task: Task[TrainingRecipe], flight: Preflight, plan: LoopPlan) -> None:
     log = get_logger()
     log.info("%s: global batch %d, lr %.3g, %d steps/epoch, %d steps, %s", task.kind, flight.global_batch,
              flight.lr, plan.steps_per_epoch, plan.total_steps, flight.precision)
@@ -176,7 +177,9 @@ def _log_start(task: Task[Any], flight: Preflight, plan: LoopPlan) -> None:
         log.info(hint)
 
 
-def _train(task: Task[Any], engine: Any, loader: Any, plan: LoopPlan, run: _Opened, state: TrainState) -> TrainState:
+def _train(
+    task: Task[TrainingRecipe], engine: TrainEngine, loader: Loader, plan: LoopPlan, run: _Opened, state: TrainState
+) -> TrainState:
     """The shared loop with this task's checkpoint state and after-save hooks; the data report."""
     writer = MetricWriter(run.run_dir.root, task.place.is_main, task.recipe.log.tensorboard)
     io = LoopIO(make_loader=loader.at, writer=writer, checkpoints=run.checkpoints, extra_state=task.extra_state,
@@ -209,11 +212,13 @@ def _fit_to_world(
     recipe = elastic.keep_global_batch(recipe, info, world_size, f"{found}/COMPLETE.json")
     flight = preflight(recipe, ds_path, world_size)
     if elastic.needs_universal(info, world_size):  # ZeRO shards; a stage-0 checkpoint loads as it is
-        flight.ds_config["checkpoint"] = {**flight.ds_config.get("checkpoint", {}), "load_universal": True}
+        flight.ds_config["checkpoint"] = {**ds_section(flight.ds_config, "checkpoint"), "load_universal": True}
     return recipe, flight
 
 
-def _resume(engine: Any, checkpoints: CheckpointManager, found: Path | None, task: Task[Any]) -> TrainState:
+def _resume(
+    engine: TrainEngine, checkpoints: CheckpointManager, found: Path | None, task: Task[TrainingRecipe]
+) -> TrainState:
     log = get_logger()
     if found is None:
         log.info("starting from scratch (no checkpoint in %s)", checkpoints.dir)

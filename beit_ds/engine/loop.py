@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -24,11 +23,13 @@ from beit_ds.distributed import ProcessPlace, all_reduce_sum
 from beit_ds.engine.checkpoint import CheckpointManager
 from beit_ds.engine.plan import LoopPlan
 from beit_ds.engine.preemption import Preempted, PreemptionWatch
+from beit_ds.engine.protocols import Batch, TrainEngine
 from beit_ds.engine.state import TrainState
 from beit_ds.engine.task import Task
 from beit_ds.logger import get_logger
 from beit_ds.metrics import MetricWriter, ThroughputMeter
 from beit_ds.optim import apply_schedule
+from beit_ds.recipe import TrainingRecipe
 
 
 class NonFiniteLossError(RuntimeError):
@@ -39,15 +40,15 @@ class NonFiniteLossError(RuntimeError):
 class LoopIO:
     """Where the loop reads and writes: loaders per (epoch, start sample), metrics, checkpoints."""
 
-    make_loader: Callable[[int, int], Iterable[Any]]
+    make_loader: Callable[[int, int], Iterable[Batch]]
     writer: MetricWriter
     checkpoints: CheckpointManager
-    extra_state: Callable[[], dict[str, Any]]
+    extra_state: Callable[[], dict[str, object]]
     data_report: Callable[[], dict[str, float]] = dict
     after_save: Callable[[int], None] = lambda step: None  # e.g. sample images at the saved step
 
 
-def _loss_scale(engine: Any) -> float:
+def _loss_scale(engine: TrainEngine) -> float:
     scale = getattr(engine.optimizer, "cur_scale", None)
     if scale is None:
         scale = getattr(engine.optimizer, "loss_scale", None)
@@ -57,7 +58,7 @@ def _loss_scale(engine: Any) -> float:
 class _Saver:
     """Saves at most once per step, never while the loss is non-finite; ``last`` is the saved step."""
 
-    def __init__(self, engine: Any, io: LoopIO, step: int) -> None:
+    def __init__(self, engine: TrainEngine, io: LoopIO, step: int) -> None:
         self.engine, self.io, self.last = engine, io, step
 
     def __call__(self, state: TrainState) -> None:
@@ -71,8 +72,8 @@ class _Saver:
 class _Run:
     """What one epoch of the loop works with."""
 
-    engine: Any
-    task: Task[Any]
+    engine: TrainEngine
+    task: Task[TrainingRecipe]
     plan: LoopPlan
     io: LoopIO
     place: ProcessPlace
@@ -83,7 +84,8 @@ class _Run:
 
 
 def run_loop(
-    engine: Any, task: Task[Any], state: TrainState, plan: LoopPlan, io: LoopIO, place: ProcessPlace
+    engine: TrainEngine, task: Task[TrainingRecipe], state: TrainState, plan: LoopPlan, io: LoopIO,
+    place: ProcessPlace,
 ) -> TrainState:
     """Train from ``state`` until ``plan.total_steps``; returns the final state. On a preemption
     signal (any rank) every rank saves at the same step boundary and ``Preempted`` is raised."""

@@ -25,13 +25,15 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
-from typing import Any
 
 from beit_ds.logger import get_logger
 
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 EXIT_CODE = 75  # EX_TEMPFAIL: "try again later" — the job script requeues on it
+# what signal.signal() returns and takes: a handler, SIG_DFL / SIG_IGN, or None (set outside Python)
+Handler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
 
 
 class Preempted(Exception):
@@ -84,7 +86,7 @@ class PreemptionWatch:
         self.received: signal.Signals | None = None
         self.launcher = LauncherWatch()
         self.launcher_gone = False
-        self._previous: dict[signal.Signals, Any] = {}
+        self._previous: dict[signal.Signals, Handler] = {}
 
     @property
     def requested(self) -> bool:

@@ -18,11 +18,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 from beit_ds.config import ConfigError
 from beit_ds.engine.checkpoint import CheckpointError, listed_tags, read_marker
+from beit_ds.engine.ds_setup import zero_stage
+from beit_ds.engine.jsonlike import as_object
 from beit_ds.engine.saved import stored_identity
 from beit_ds.logger import get_logger
 
@@ -33,7 +35,7 @@ ARCH_SECTIONS = {"pretrain": ("model", "mim"), "finetune": ("model",), "linear_p
                  "segmentation": ("model", "decode")}
 
 
-def lineage_of(info: dict[str, Any], tag_dir: Path) -> str:
+def lineage_of(info: Mapping[str, object], tag_dir: Path) -> str:
     """The lineage id in a ``COMPLETE.json``; checkpoints written before lineages existed share one
     per folder."""
     return str(info.get("lineage") or f"legacy:{tag_dir.parent.resolve()}")
@@ -43,14 +45,21 @@ def new_lineage() -> str:
     return uuid.uuid4().hex
 
 
-def _section(recipe: dict[str, Any], dotted: str) -> dict[str, Any]:
-    node: Any = recipe
+def _section(recipe: Mapping[str, object], dotted: str) -> dict[str, object]:
+    node: object = recipe
     for part in dotted.split("."):
         node = node.get(part, {}) if isinstance(node, dict) else {}
     return node if isinstance(node, dict) else {}
 
 
-def architecture_diff(saved: dict[str, Any], ours: dict[str, Any], kind: str) -> list[str]:
+def _same(saved: object, ours: object) -> bool:
+    """Equal values; a list and a tuple of the same items are the same (YAML has no tuples)."""
+    if saved == ours:
+        return True
+    return isinstance(saved, (list, tuple)) and isinstance(ours, Iterable) and list(saved) == list(ours)
+
+
+def architecture_diff(saved: Mapping[str, object], ours: Mapping[str, object], kind: str) -> list[str]:
     """``section.key: checkpoint A, recipe B`` for each shape-defining key that differs."""
     out = []
     for dotted in ARCH_SECTIONS.get(kind, ("model",)):
@@ -58,33 +67,33 @@ def architecture_diff(saved: dict[str, Any], ours: dict[str, Any], kind: str) ->
         for key in sorted(set(a) | set(b)):
             if dotted == "model" and key in RUNTIME_MODEL_KEYS or key not in a or key not in b:
                 continue  # a key added since the checkpoint was written keeps its default meaning
-            if a[key] != b[key] and not (isinstance(a[key], (list, tuple)) and list(a[key]) == list(b[key])):
+            if not _same(a[key], b[key]):
                 out.append(f"{dotted}.{key}: checkpoint {a[key]!r}, recipe {b[key]!r}")
     return out
 
 
-def optimizer_layout(ds_config: dict[str, Any], precision: str) -> dict[str, Any]:
+def optimizer_layout(ds_config: Mapping[str, object], precision: str) -> dict[str, object]:
     """What decides the form of a checkpoint's optimizer state: ZeRO stage and precision."""
-    return {"zero_stage": int(ds_config.get("zero_optimization", {}).get("stage", 0)), "precision": precision}
+    return {"zero_stage": zero_stage(ds_config), "precision": precision}
 
 
-def _saved_layout(info: dict[str, Any]) -> dict[str, Any]:
+def _saved_layout(info: Mapping[str, object]) -> dict[str, object]:
     """The checkpoint's ``optimizer_layout``; for checkpoints that predate its record, what its
     files show (stage 0 or 1/2, and bf16 for bf16 ZeRO shards)."""
     if "optimizer" in info:
-        return dict(info["optimizer"])
-    shards = [name for name in info.get("files", {}) if "optim_states" in name]
+        return dict(as_object(info["optimizer"]))
+    shards = [name for name in as_object(info.get("files", {})) if "optim_states" in name]
     if not shards:
         return {"zero_stage": 0}
     return {"zero_stage": 2, "precision": "bf16"} if any(n.startswith("bf16_") for n in shards) else {"zero_stage": 2}
 
 
-def _describe(layout: dict[str, Any]) -> str:
+def _describe(layout: Mapping[str, object]) -> str:
     stage = layout["zero_stage"]
     return f"ZeRO stage {'1/2' if stage in (1, 2) else stage}" + (f" in {layout['precision']}" if "precision" in layout else "")
 
 
-def check_layout(tag_dir: Path, info: dict[str, Any], layout: dict[str, Any]) -> None:
+def check_layout(tag_dir: Path, info: Mapping[str, object], layout: Mapping[str, object]) -> None:
     """One-line ``ConfigError`` when this run's ``optimizer_layout`` cannot load the checkpoint's."""
     saved = _saved_layout(info)
     same_stage = (saved["zero_stage"] == 0) == (layout["zero_stage"] == 0)
@@ -98,7 +107,9 @@ def check_layout(tag_dir: Path, info: dict[str, Any], layout: dict[str, Any]) ->
     )
 
 
-def check_resumable(tag_dir: Path, kind: str, recipe: dict[str, Any], layout: dict[str, Any] | None = None) -> None:
+def check_resumable(
+    tag_dir: Path, kind: str, recipe: Mapping[str, object], layout: Mapping[str, object] | None = None
+) -> None:
     """One-line ``ConfigError`` unless ``tag_dir`` was saved by a ``kind`` run of this architecture
     (and, given this run's ``optimizer_layout``, one whose optimizer state it can load)."""
     info = read_marker(tag_dir)

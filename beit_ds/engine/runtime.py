@@ -7,13 +7,14 @@ from __future__ import annotations
 import os
 import random
 import socket
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from beit_ds.engine.protocols import TrainEngine
 from beit_ds.logger import get_logger
 from beit_ds.optim import param_groups
 from beit_ds.recipe import OptimConfig
@@ -149,7 +150,7 @@ def bf16_hint(precision: str, cuda: bool, native_bf16: bool) -> str | None:
     return None
 
 
-def init_engine(model: nn.Module, optim: OptimConfig, ds_config: dict[str, Any]) -> Any:
+def init_engine(model: nn.Module, optim: OptimConfig, ds_config: Mapping[str, object]) -> TrainEngine:
     """``deepspeed.initialize`` with the model's AdamW groups (no decay on biases, norms, tokens,
     position tables; layer-wise lr scales when ``optim.layer_decay < 1``)."""
     import deepspeed

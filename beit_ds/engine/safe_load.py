@@ -24,9 +24,8 @@ import argparse
 import contextlib
 import os
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +37,11 @@ class UnsafeFileError(ValueError):
     """A file holds objects outside the allow-list (or is no torch file); nothing was executed."""
 
 
-def _deepspeed_types() -> list[Any]:
+# an allowed global: a class, or numpy's array reconstructor ``_reconstruct(subtype, shape, dtype)``
+Global = type | Callable[[type, tuple[int, ...], bytes], object]
+
+
+def _deepspeed_types() -> list[Global]:
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
@@ -46,14 +49,14 @@ def _deepspeed_types() -> list[Any]:
     return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
 
-def _numpy_types() -> list[Any]:
+def _numpy_types() -> list[Global]:
     from numpy._core.multiarray import _reconstruct  # numpy >= 2 (numpy.core before)
 
     reconstruct = _reconstruct
     return [reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
-def allowed_globals() -> list[Any]:
+def allowed_globals() -> list[Global]:
     """The types our checkpoints (and unilm's) may hold besides tensors and builtins."""
     return [*_deepspeed_types(), *_numpy_types(), argparse.Namespace]
 
@@ -68,7 +71,7 @@ def weights_only_loading() -> Iterator[None]:
     previous = os.environ.get(FORCE_ENV)
     os.environ[FORCE_ENV] = "1"
     try:
-        with torch.serialization.safe_globals(allowed_globals()):
+        with torch.serialization.safe_globals(list(allowed_globals())):
             yield
     finally:
         if previous is None:
@@ -107,11 +110,11 @@ def _reason(err: Exception) -> str:
     return useful[0] if useful else type(err).__name__
 
 
-def load(path: Path, what: str) -> Any:
+def load(path: Path, what: str) -> object:
     """``torch.load`` of ``path`` on CPU with the restricted unpickler; a file that needs more than
     the allow-list, or is no torch file, is a one-line ``UnsafeFileError`` naming ``what``."""
     try:
-        with torch.serialization.safe_globals(allowed_globals()):
+        with torch.serialization.safe_globals(list(allowed_globals())):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "Weights only load failed" in str(err) and "GLOBAL" in str(err):

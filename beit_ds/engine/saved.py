@@ -9,23 +9,26 @@ model-states file with the restricted unpickler.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from beit_ds.engine import safe_load
 from beit_ds.engine.checkpoint import CheckpointError, read_marker
 
 
-def checkpoint_client_state(tag_dir: Path) -> dict[str, Any]:
+def checkpoint_client_state(tag_dir: Path) -> dict[str, object]:
     """The client state rank 0 stored with DeepSpeed's model states (read without running code)."""
     files = sorted(tag_dir.glob("mp_rank_*_model_states.pt"))
     if not files:
         raise CheckpointError(f"checkpoint {tag_dir}: no mp_rank_*_model_states.pt (not a DeepSpeed checkpoint)")
     try:
-        return safe_load.load(files[0], "checkpoint file")
+        states = safe_load.load(files[0], "checkpoint file")
     except safe_load.UnsafeFileError as err:
         raise CheckpointError(str(err)) from None
+    if not isinstance(states, dict):
+        raise CheckpointError(f"checkpoint {tag_dir}: {files[0].name} holds no model states mapping")
+    return states
 
 
 @dataclass
@@ -34,24 +37,28 @@ class SavedCheckpoint:
 
     tag_dir: Path
     kind: str
-    recipe: dict[str, Any]
-    client: dict[str, Any]
+    recipe: dict[str, object]
+    client: dict[str, object]
 
 
 def stored_identity(
-    tag_dir: Path, info: dict[str, Any] | None = None, client: dict[str, Any] | None = None
-) -> tuple[str | None, Any]:
+    tag_dir: Path, info: Mapping[str, object] | None = None, client: Mapping[str, object] | None = None
+) -> tuple[str | None, object]:
     """(kind, recipe) ``tag_dir`` was saved with, as recorded — None where nothing was: from its
     ``COMPLETE.json`` (``info``, read when not given), else from the client state of a checkpoint
     written before they were recorded there (``client``, read only then when not given)."""
     info = read_marker(tag_dir) if info is None else info
     if "kind" in info or "recipe" in info:
-        return info.get("kind"), info.get("recipe")
+        return _kind(info.get("kind")), info.get("recipe")
     if client is None:
         if not any(tag_dir.glob("mp_rank_*_model_states.pt")):
             return None, None
         client = checkpoint_client_state(tag_dir)
-    return client.get("kind"), client.get("recipe")
+    return _kind(client.get("kind")), client.get("recipe")
+
+
+def _kind(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def read_saved(tag_dir: Path) -> SavedCheckpoint:

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
+import numpy.typing as npt
 import torch
+
+from beit_ds.engine.jsonlike import as_int
 
 
 @dataclass
@@ -27,14 +31,23 @@ class TrainState:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainState:
+    def from_dict(cls, data: Mapping[str, object]) -> TrainState:
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: int(v) for k, v in data.items() if k in known})
+        return cls(**{k: as_int(v) for k, v in data.items() if k in known})
 
 
-def rng_state() -> dict[str, Any]:
+class RngState(TypedDict, total=False):
+    """The global generators' states: torch's, numpy's (legacy tuple), Python's, CUDA's per device."""
+
+    torch: torch.Tensor
+    numpy: dict[str, object] | tuple[str, npt.NDArray[np.uint32], int, int, float]
+    python: tuple[object, ...]
+    cuda: list[torch.Tensor]
+
+
+def rng_state() -> RngState:
     """This process's global RNG states (drop-path draws use torch's)."""
-    state: dict[str, Any] = {
+    state: RngState = {
         "torch": torch.get_rng_state(),
         "numpy": np.random.get_state(),
         "python": random.getstate(),
@@ -44,7 +57,7 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: RngState) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])

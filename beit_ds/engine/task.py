@@ -20,15 +20,17 @@ shared job its parts:
   rebuilds the model of an export folder whose manifest names this kind.
 
 The runtime knows no task: ``beit_ds.tasks`` registers them under their kinds and is the one
-place that turns a kind into code.
+place that turns a kind into code. What crosses the seam is typed by ``engine/protocols.py``
+(``TrainEngine``, ``Batch``, ``Loader``); a task narrows a batch to its own type. ``Task`` is
+covariant in its recipe, so ``Task[TrainingRecipe]`` is any task.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -37,10 +39,12 @@ from beit_ds.artifacts import ExportDir
 from beit_ds.config import ConfigError
 from beit_ds.distributed import ProcessPlace
 from beit_ds.engine.plan import LoopPlan
+from beit_ds.engine.protocols import Batch, Loader, TrainEngine
 from beit_ds.engine.saved import SavedCheckpoint
 from beit_ds.metrics import MetricWriter
 from beit_ds.recipe import TrainingRecipe
 
+R_co = TypeVar("R_co", bound=TrainingRecipe, covariant=True)  # a task only reads its recipe
 R = TypeVar("R", bound=TrainingRecipe)
 
 
@@ -53,7 +57,7 @@ class StepOutput:
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-class Task(Generic[R]):
+class Task(Generic[R_co]):
     """Base of every task; subclasses set ``kind`` and ``recipe_type`` and override what they do.
     ``backbone_prefix``: where the pre-trained model sits in this kind's checkpoint weights (what
     ``finetune.init`` of such a checkpoint loads)."""
@@ -64,7 +68,7 @@ class Task(Generic[R]):
     has_evaluate: bool = False  # per run: a task may decide from its recipe
     has_samples: bool = False
 
-    def __init__(self, recipe: R, place: ProcessPlace) -> None:
+    def __init__(self, recipe: R_co, place: ProcessPlace) -> None:
         self.recipe = recipe
         self.place = place
 
@@ -74,26 +78,26 @@ class Task(Generic[R]):
     def build_model(self) -> nn.Module:
         raise NotImplementedError(f"{type(self).__name__}: a task defines build_model()")
 
-    def build_loader(self) -> Any:
+    def build_loader(self) -> Loader:
         raise NotImplementedError(f"{type(self).__name__}: a task defines build_loader()")
 
-    def attach(self, engine: Any, dtype: torch.dtype, plan: LoopPlan) -> None:
+    def attach(self, engine: TrainEngine, dtype: torch.dtype, plan: LoopPlan) -> None:
         """Called once the engine exists, before a resume restores the RNG state."""
 
-    def forward(self, model: Any, batch: Any, step: int) -> StepOutput:
+    def forward(self, model: TrainEngine, batch: Batch, step: int) -> StepOutput:
         raise NotImplementedError(f"{type(self).__name__}: a task defines forward()")
 
-    def schedule_optimizer(self, optimizer: Any, step: int) -> None:
+    def schedule_optimizer(self, optimizer: torch.optim.Optimizer, step: int) -> None:
         """Called before each micro-batch's forward, after the loop set the lr and weight decay
         of optimizer step ``step``: the task's own changes to the optimizer's groups or state."""
 
-    def after_optimizer_step(self, engine: Any, step: int) -> None:
+    def after_optimizer_step(self, engine: TrainEngine, step: int) -> None:
         """Called after optimizer step ``step`` (the number its forwards received), e.g. an EMA update."""
 
-    def extra_state(self) -> dict[str, Any]:
+    def extra_state(self) -> dict[str, object]:
         return {}
 
-    def restore(self, client: dict[str, Any], tag_dir: Path) -> None:
+    def restore(self, client: Mapping[str, object], tag_dir: Path) -> None:
         """Restore what ``extra_state`` saved, from a checkpoint's client state."""
 
     def evaluate(self, model: nn.Module, writer: MetricWriter, step: int) -> None:
@@ -119,14 +123,16 @@ class Task(Generic[R]):
         raise ConfigError(f"checkpoint {saved.tag_dir}: a {cls.kind} checkpoint has no evaluation")
 
     @classmethod
-    def evaluate_recipe(cls, recipe: R, out_json: Path | None) -> dict[str, float]:
+    def evaluate_recipe(cls: type[Task[R]], recipe: R, out_json: Path | None) -> dict[str, float]:
         """Evaluate the weights ``recipe`` names (``finetune.init``) on its evaluation data, every
         rank taking a share; the numbers also as JSON in ``out_json``."""
         raise ConfigError(f"kind={cls.kind!r}: a recipe of this kind names no weights to evaluate; evaluate a"
                           " checkpoint (beit-ds evaluate <checkpoint>) or give a fine-tuning recipe")
 
 
-def hooks_after_save(task: Task[Any], place: ProcessPlace) -> list[Callable[[nn.Module, MetricWriter, int], None]]:
+def hooks_after_save(
+    task: Task[TrainingRecipe], place: ProcessPlace
+) -> list[Callable[[nn.Module, MetricWriter, int], None]]:
     """What runs after each checkpoint on this rank: samples on rank 0, evaluation on every rank."""
     hooks: list[Callable[[nn.Module, MetricWriter, int], None]] = []
     if task.has_samples and place.is_main:

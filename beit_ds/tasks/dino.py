@@ -14,8 +14,9 @@ norm (collapse monitors), all as device tensors (no host synchronisation).
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import torch
 from torch import nn
@@ -23,24 +24,27 @@ from torch import nn
 from beit_ds.artifacts import WEIGHTS, ExportDir
 from beit_ds.config import ConfigError
 from beit_ds.config_io import build_dataclass
-from beit_ds.data.multicrop import MultiCrop, build_dino_loader
+from beit_ds.data import ResumableLoader
+from beit_ds.data.multicrop import DinoBatch, MultiCrop, build_dino_loader
 from beit_ds.distributed import ProcessPlace, all_reduce_sum
 from beit_ds.engine.checkpoint import CheckpointError, verify
 from beit_ds.engine.consolidate import consolidated_state_dict
 from beit_ds.engine.ema import fp32_master
 from beit_ds.engine.job import loader_place
 from beit_ds.engine.plan import LoopPlan
+from beit_ds.engine.protocols import Batch, TrainEngine
 from beit_ds.engine.saved import SavedCheckpoint
 from beit_ds.engine.task import StepOutput, Task
 from beit_ds.models import build_mim_model, build_model
 from beit_ds.models.convert import backbone_state_dict
-from beit_ds.models.dino import LAST_LAYER, BeitDinoStudent, DinoLoss, teacher_temperature
+from beit_ds.models.dino import LAST_LAYER, BeitDinoStudent, DinoLoss, DinoStudentOutput, teacher_temperature
 from beit_ds.optim import restart_groups
 from beit_ds.recipe import DinoPretrainRecipe
 from beit_ds.schedules import cosine
 from beit_ds.tasks.formats import write_timm_and_hf
 from beit_ds.tasks.pretrain import check_views, frozen_tokenizer
 from beit_ds.tasks.registry import register
+from beit_ds.tokenizers import VisualTokenizer
 
 HEAD_WEIGHTS = "dino_head.safetensors"
 TEACHER = "teacher"  # the EMA teacher's export, inside the student's
@@ -82,7 +86,7 @@ class DinoPretrainTask(Task[DinoPretrainRecipe]):
 
     def __init__(self, recipe: DinoPretrainRecipe, place: ProcessPlace) -> None:
         super().__init__(recipe, place)
-        self.tokenizer: Any = None
+        self.tokenizer: VisualTokenizer | None = None
         self.dtype = torch.float32
         self.teacher: BeitDinoStudent | None = None
         self.loss = DinoLoss(recipe.dino.head.out_dim, recipe.dino.student_temp, recipe.dino.center_momentum)
@@ -96,12 +100,12 @@ class DinoPretrainTask(Task[DinoPretrainRecipe]):
         self.teacher = copy.deepcopy(student).requires_grad_(False).eval()  # teacher = student at step 0 (DINO)
         return student
 
-    def build_loader(self) -> Any:
+    def build_loader(self) -> ResumableLoader:
         r, d = self.recipe, self.recipe.dino
         crops = MultiCrop(d.local_crops, d.local_crop_size, (float(d.local_scale[0]), float(d.local_scale[1])))
         return build_dino_loader(r.data, r.masking, r.model.grid_size, crops, loader_place(r, self.place))
 
-    def attach(self, engine: Any, dtype: torch.dtype, plan: LoopPlan) -> None:
+    def attach(self, engine: TrainEngine, dtype: torch.dtype, plan: LoopPlan) -> None:
         self.plan = plan
         self.tokenizer, self.dtype = frozen_tokenizer(self.recipe, engine.device, dtype), dtype
         assert self.teacher is not None, "build_model() runs before attach()"
@@ -126,7 +130,7 @@ class DinoPretrainTask(Task[DinoPretrainRecipe]):
     def last_layer_frozen(self, step: int) -> bool:
         return step < self.recipe.dino.freeze_last_layer_epochs * self._clock().steps_per_epoch
 
-    def schedule_optimizer(self, optimizer: Any, step: int) -> None:
+    def schedule_optimizer(self, optimizer: torch.optim.Optimizer, step: int) -> None:
         """DINO's last-layer freezing as its ``p.grad = None`` does it: while frozen the layer's
         groups get lr 0 (no update, no weight decay; its gradient is zero, ``DinoHead`` detaches
         the weight), and at the first free step its AdamW state restarts (moments and step count
@@ -145,19 +149,19 @@ class DinoPretrainTask(Task[DinoPretrainRecipe]):
         with torch.no_grad(), torch.autocast(images.device.type, self.dtype, enabled=mixed):
             return self.teacher.teacher_logits(images)
 
-    def forward(self, model: Any, batch: Any, step: int) -> StepOutput:
-        batch = batch.to(model.device)
+    def forward(self, model: TrainEngine, batch: Batch, step: int) -> StepOutput:
+        views = cast(DinoBatch, batch).to(model.device)  # what build_loader() yields
         if self.tokenizer is None:
-            target = batch.tokenizer_images
+            target = views.tokenizer_images
         else:
             with torch.no_grad():
-                target = self.tokenizer.encode(batch.tokenizer_images)
-        local = batch.local_images.to(self.dtype) if batch.local_images.shape[0] else None
-        out = model(batch.global_images.to(self.dtype), batch.bool_masked_pos, target, local,
-                    self.last_layer_frozen(step))
+                target = self.tokenizer.encode(views.tokenizer_images)
+        local = views.local_images.to(self.dtype) if views.local_images.shape[0] else None
+        images, frozen = views.global_images.to(self.dtype), self.last_layer_frozen(step)
+        out = cast(DinoStudentOutput, model(images, views.bool_masked_pos, target, local, frozen))  # the student's
         temp = self.temperature_at(step)
         center_norm = self.loss.center.norm()
-        dino = self.loss(out.logits, self._teacher_logits(batch.global_images), temp)
+        dino = self.loss(out.logits, self._teacher_logits(views.global_images), temp)
         self.loss.update_center(all_reduce_sum(dino.batch_center) / self.place.world_size)
         loss = out.mim.loss + self.recipe.dino.loss_weight * dino.loss
         device = dino.loss.device
@@ -169,21 +173,22 @@ class DinoPretrainTask(Task[DinoPretrainRecipe]):
         }
         return StepOutput(loss, metrics)
 
-    def after_optimizer_step(self, engine: Any, step: int) -> None:
+    def after_optimizer_step(self, engine: TrainEngine, step: int) -> None:
         assert self.teacher is not None
         update_teacher(self.teacher, engine.module, self.momentum_at(step))
 
     # --- checkpoint state ------------------------------------------------------------------
-    def extra_state(self) -> dict[str, Any]:
+    def extra_state(self) -> dict[str, object]:
         assert self.teacher is not None
         return {"dino_teacher": self.teacher.state_dict(), "dino_center": self.loss.center}
 
-    def restore(self, client: dict[str, Any], tag_dir: Path) -> None:
-        if "dino_teacher" not in client or "dino_center" not in client:
+    def restore(self, client: Mapping[str, object], tag_dir: Path) -> None:
+        teacher, center = client.get("dino_teacher"), client.get("dino_center")
+        if not isinstance(teacher, dict) or not isinstance(center, torch.Tensor):
             raise CheckpointError(f"checkpoint {tag_dir}: no DINO teacher / centre in its client state")
         assert self.teacher is not None
-        self.teacher.load_state_dict(client["dino_teacher"], strict=True)
-        self.loss.center.copy_(client["dino_center"])
+        self.teacher.load_state_dict(teacher, strict=True)
+        self.loss.center.copy_(center)
 
     @classmethod
     def export(cls, saved: SavedCheckpoint, out_dir: Path) -> list[Path]:
@@ -195,7 +200,10 @@ class DinoPretrainTask(Task[DinoPretrainRecipe]):
         export = ExportDir(out_dir).create()
         paths = export_student(recipe, consolidated_state_dict(saved.tag_dir), export, source)
         if recipe.dino.export_teacher:
-            paths += export_student(recipe, saved.client["dino_teacher"], export.sub(TEACHER), source)
+            teacher = saved.client.get("dino_teacher")
+            if not isinstance(teacher, dict):
+                raise CheckpointError(f"checkpoint {saved.tag_dir}: no DINO teacher in its client state")
+            paths += export_student(recipe, teacher, export.sub(TEACHER), source)
         export.finish(saved.kind, saved.recipe, source=source)
         return paths
 

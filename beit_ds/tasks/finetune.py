@@ -14,9 +14,10 @@ accuracy (%) and cross-entropy, written by the ``MetricWriter`` under ``val/`` (
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -24,20 +25,22 @@ import torch.nn.functional as F
 from beit_ds.artifacts import EMA_WEIGHTS, WEIGHTS, ExportDir
 from beit_ds.config import AugmentConfig, ConfigError
 from beit_ds.config_io import build_dataclass, to_dict
-from beit_ds.data import build_finetune_loader
+from beit_ds.data import ResumableLoader, build_finetune_loader
+from beit_ds.data.collate import ClassBatch
 from beit_ds.data.mixup import Mixup, mix_rng
 from beit_ds.distributed import ProcessPlace, all_reduce_sum, place_from_env
 from beit_ds.engine.consolidate import consolidated_state_dict
 from beit_ds.engine.ema import WeightEMA
 from beit_ds.engine.job import loader_place
 from beit_ds.engine.plan import LoopPlan
+from beit_ds.engine.protocols import Batch, TrainEngine
 from beit_ds.engine.runtime import init_distributed
 from beit_ds.engine.saved import SavedCheckpoint, read_saved
 from beit_ds.engine.task import StepOutput, Task
 from beit_ds.engine.weights import checkpoint_dir
 from beit_ds.logger import get_logger, init_logging
 from beit_ds.metrics import MetricWriter
-from beit_ds.models import BeitForImageClassification, build_classifier
+from beit_ds.models import BeitForImageClassification, ClassifierOutput, build_classifier
 from beit_ds.recipe import KINDS, ClassificationRecipe, FinetuneRecipe, LinearProbeRecipe, TrainingRecipe
 from beit_ds.safe_write import write_text
 from beit_ds.tasks.formats import write_timm_and_hf
@@ -90,17 +93,17 @@ def build_finetune_model(r: ClassificationRecipe, head: str | None = None) -> Be
     return model
 
 
-def cls_forward(model: Any, batch: Any, mix: Mixup, seed: int, dtype: torch.dtype) -> StepOutput:
+def cls_forward(model: TrainEngine, batch: ClassBatch, mix: Mixup, seed: int, dtype: torch.dtype) -> StepOutput:
     """One micro-batch: Mixup / CutMix with smoothed targets, soft-target cross-entropy, accuracy."""
     batch = batch.to(model.device)
     images, targets = mix(batch.images, batch.labels, mix_rng(seed, batch.indices.cpu()))
-    out = model(images.to(dtype), targets)
+    out = cast(ClassifierOutput, model(images.to(dtype), targets))  # the classifier's output
     accuracy = (out.logits.argmax(-1) == batch.labels).float().mean()
     return StepOutput(out.loss, {"accuracy": accuracy.detach()})
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: Any, dtype: torch.dtype) -> dict[str, float]:
+def evaluate(model: torch.nn.Module, loader: Iterable[ClassBatch], dtype: torch.dtype) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%) and mean cross-entropy over ``loader``, summed over ranks."""
     was_training = model.training
     model.eval()
@@ -147,8 +150,9 @@ def export_classifier(saved: SavedCheckpoint, out_dir: Path) -> list[Path]:
     model.load_state_dict(consolidated_state_dict(tag_dir), strict=True)
     export = ExportDir(out_dir).create()
     paths = [export.write_weights(WEIGHTS, model.state_dict())]
-    if "ema" in client:
-        paths.append(export.write_weights(EMA_WEIGHTS, client["ema"]))
+    ema = client.get("ema")
+    if isinstance(ema, dict):
+        paths.append(export.write_weights(EMA_WEIGHTS, ema))
     if probe_layer(recipe) is None:
         paths += write_timm_and_hf(model, export)
     export.finish(saved.kind, saved.recipe, source=str(tag_dir))
@@ -179,7 +183,7 @@ class FinetuneTask(Task[ClassificationRecipe]):
         self.augment = recipe.augment if isinstance(recipe, FinetuneRecipe) else NO_MIXING
         self.has_evaluate = recipe.finetune.evaluate
         self.classes: tuple[str, ...] = ()
-        self.eval_loader: Any = None
+        self.eval_loader: ResumableLoader | None = None
         self.ema: WeightEMA | None = None
         self.mix = Mixup(self.augment, recipe.model.num_classes, recipe.finetune.label_smoothing)
         self.dtype = torch.float32
@@ -190,7 +194,7 @@ class FinetuneTask(Task[ClassificationRecipe]):
     def build_model(self) -> torch.nn.Module:
         return build_finetune_model(self.recipe)
 
-    def build_loader(self) -> Any:
+    def build_loader(self) -> ResumableLoader:
         r = self.recipe
         augment = self.augment if isinstance(r, FinetuneRecipe) else None
         loader = build_finetune_loader(r.data, "train", loader_place(r, self.place), augment=augment)
@@ -204,15 +208,16 @@ class FinetuneTask(Task[ClassificationRecipe]):
         self.classes = tuple(classes)
         return loader
 
-    def attach(self, engine: Any, dtype: torch.dtype, plan: LoopPlan) -> None:
+    def attach(self, engine: TrainEngine, dtype: torch.dtype, plan: LoopPlan) -> None:
         self.dtype = dtype
         if self.recipe.finetune.ema_decay > 0:
             self.ema = WeightEMA(engine.module, self.recipe.finetune.ema_decay)
 
-    def forward(self, model: Any, batch: Any, step: int) -> StepOutput:
-        return cls_forward(model, batch, self.mix, self.recipe.schedule.seed, self.dtype)
+    def forward(self, model: TrainEngine, batch: Batch, step: int) -> StepOutput:
+        labelled = cast(ClassBatch, batch)  # what build_loader() yields
+        return cls_forward(model, labelled, self.mix, self.recipe.schedule.seed, self.dtype)
 
-    def after_optimizer_step(self, engine: Any, step: int) -> None:
+    def after_optimizer_step(self, engine: TrainEngine, step: int) -> None:
         if self.ema is not None:
             self.ema.update(engine.module)
 
@@ -230,16 +235,17 @@ class FinetuneTask(Task[ClassificationRecipe]):
             writer.write(step, metrics, prefix="val_ema")
             _log_eval(metrics, f"val_ema at step {step}")
 
-    def extra_state(self) -> dict[str, Any]:
+    def extra_state(self) -> dict[str, object]:
         return {"ema": self.ema.state_dict()} if self.ema is not None else {}
 
-    def restore(self, client: dict[str, Any], tag_dir: Path) -> None:
+    def restore(self, client: Mapping[str, object], tag_dir: Path) -> None:
         if self.ema is None:
             return
-        if "ema" not in client:
+        ema = client.get("ema")
+        if not isinstance(ema, dict):
             decay = self.recipe.finetune.ema_decay
             raise ConfigError(f"finetune.ema_decay={decay}: checkpoint {tag_dir} has no EMA to resume")
-        self.ema.load_state_dict(client["ema"])
+        self.ema.load_state_dict(ema)
 
     @classmethod
     def export(cls, saved: SavedCheckpoint, out_dir: Path) -> list[Path]:
@@ -286,7 +292,7 @@ def evaluate_recipe(recipe: ClassificationRecipe, out_json: Path | None = None) 
     return _evaluate_classifier(recipe, out_json)
 
 
-def _write_json(path: Path | None, data: dict[str, Any]) -> None:
+def _write_json(path: Path | None, data: Mapping[str, object]) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_text(path, json.dumps(data, indent=1))

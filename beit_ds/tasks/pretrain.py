@@ -9,7 +9,7 @@ which ``PretrainTask.load_exported`` reads back.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import torch
 
@@ -17,25 +17,27 @@ from beit_ds.artifacts import WEIGHTS, ExportDir
 from beit_ds.assets import resolve
 from beit_ds.config import ConfigError
 from beit_ds.config_io import build_dataclass
-from beit_ds.data import build_pretrain_loader
+from beit_ds.data import ResumableLoader, build_pretrain_loader
+from beit_ds.data.collate import MIMBatch
 from beit_ds.distributed import ProcessPlace
 from beit_ds.engine.checkpoint import verify
 from beit_ds.engine.consolidate import checkpoint_task, consolidated_state_dict
 from beit_ds.engine.job import Preflight, loader_place
 from beit_ds.engine.job import preflight as job_preflight
 from beit_ds.engine.plan import LoopPlan
+from beit_ds.engine.protocols import Batch, TrainEngine
 from beit_ds.engine.runtime import warn_if_oversubscribed
 from beit_ds.engine.saved import SavedCheckpoint
 from beit_ds.engine.task import StepOutput, Task
 from beit_ds.masking import MaskingError, build_mask_generator
 from beit_ds.metrics import MetricWriter
-from beit_ds.models import build_mim_model, build_model
+from beit_ds.models import MIMOutput, build_mim_model, build_model
 from beit_ds.models.convert import backbone_state_dict
 from beit_ds.recipe import PretrainRecipe
 from beit_ds.tasks.exported import no_ema
 from beit_ds.tasks.formats import write_timm_and_hf
 from beit_ds.tasks.registry import register
-from beit_ds.tokenizers import build_tokenizer
+from beit_ds.tokenizers import VisualTokenizer, build_tokenizer
 
 
 def check_views(r: PretrainRecipe) -> None:
@@ -66,7 +68,9 @@ def preflight(recipe: PretrainRecipe, ds_path: str | Path, world_size: int) -> P
     return job_preflight(recipe, ds_path, world_size)
 
 
-def mim_forward(model: Any, batch: Any, tokenizer: Any, dtype: torch.dtype) -> StepOutput:
+def mim_forward(
+    model: TrainEngine, batch: MIMBatch, tokenizer: VisualTokenizer | None, dtype: torch.dtype
+) -> StepOutput:
     """One micro-batch: visual tokens (or pixels) as targets, the MIM loss and masked-token accuracy.
 
     Only the patch view is cast to the run's ``dtype``: the tokenizer view reaches the tokenizer
@@ -78,11 +82,11 @@ def mim_forward(model: Any, batch: Any, tokenizer: Any, dtype: torch.dtype) -> S
     else:
         with torch.no_grad():
             target = tokenizer.encode(batch.tokenizer_images)
-    out = model(batch.images.to(dtype), batch.bool_masked_pos, target)
+    out = cast(MIMOutput, model(batch.images.to(dtype), batch.bool_masked_pos, target))  # the MIM model's output
     return StepOutput(out.loss, {"mim_accuracy": out.accuracy})
 
 
-def frozen_tokenizer(recipe: PretrainRecipe, device: torch.device, dtype: torch.dtype) -> Any:
+def frozen_tokenizer(recipe: PretrainRecipe, device: torch.device, dtype: torch.dtype) -> VisualTokenizer | None:
     """The frozen tokenizer on the engine's device, in ``tokenizer.dtype`` (default float32);
     ``auto`` runs it in the run's precision (bf16 / fp16 / fp32)."""
     if recipe.mim.target != "tokens":
@@ -109,10 +113,10 @@ class PretrainTask(Task[PretrainRecipe]):
 
     def __init__(self, recipe: PretrainRecipe, place: ProcessPlace) -> None:
         super().__init__(recipe, place)
-        self.tokenizer: Any = None
+        self.tokenizer: VisualTokenizer | None = None
         self.dtype = torch.float32
-        self.loader: Any = None
-        self.fixed: Any = None
+        self.loader: ResumableLoader | None = None
+        self.fixed: MIMBatch | None = None
 
     def check(self) -> None:
         check_views(self.recipe)
@@ -122,17 +126,17 @@ class PretrainTask(Task[PretrainRecipe]):
         model.set_grad_checkpointing(self.recipe.model.grad_checkpointing)
         return model
 
-    def build_loader(self) -> Any:
+    def build_loader(self) -> ResumableLoader:
         r = self.recipe
         self.loader = build_pretrain_loader(r.data, r.masking, r.model.grid_size, loader_place(r, self.place))
         warn_if_oversubscribed(r.data.num_workers)
         return self.loader
 
-    def attach(self, engine: Any, dtype: torch.dtype, plan: LoopPlan) -> None:
+    def attach(self, engine: TrainEngine, dtype: torch.dtype, plan: LoopPlan) -> None:
         self.tokenizer, self.dtype = frozen_tokenizer(self.recipe, engine.device, dtype), dtype
 
-    def forward(self, model: Any, batch: Any, step: int) -> StepOutput:
-        return mim_forward(model, batch, self.tokenizer, self.dtype)
+    def forward(self, model: TrainEngine, batch: Batch, step: int) -> StepOutput:
+        return mim_forward(model, cast(MIMBatch, batch), self.tokenizer, self.dtype)  # what build_loader() yields
 
     def samples(self, model: torch.nn.Module, writer: MetricWriter, step: int) -> None:
         """TensorBoard ``pretrain/attention`` and ``pretrain/mim`` of fixed images (RNG untouched)."""

@@ -5,13 +5,13 @@ registry itself imports no task and has no cycles."""
 from __future__ import annotations
 
 import importlib
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from beit_ds.config import ConfigError
 from beit_ds.engine.task import Task
-from beit_ds.recipe import KINDS
+from beit_ds.recipe import KINDS, TrainingRecipe
 
-TASKS: dict[str, type[Task[Any]]] = {}
+TASKS: dict[str, type[Task[TrainingRecipe]]] = {}
 MODULES = {  # where each kind's task registers itself
     "pretrain": "beit_ds.tasks.pretrain",
     "dino": "beit_ds.tasks.dino",
@@ -22,7 +22,7 @@ MODULES = {  # where each kind's task registers itself
 }
 assert set(MODULES) == set(KINDS), "every recipe kind has a task"
 
-T = TypeVar("T", bound=type[Task[Any]])
+T = TypeVar("T", bound=type[Task[TrainingRecipe]])
 
 
 def register(cls: T) -> T:
@@ -31,7 +31,7 @@ def register(cls: T) -> T:
     return cls
 
 
-def task_type(kind: str, where: str = "checkpoint") -> type[Task[Any]]:
+def task_type(kind: str, where: str = "checkpoint") -> type[Task[TrainingRecipe]]:
     """The task class of ``kind`` (one-line ``ConfigError`` for an unknown kind)."""
     if kind not in TASKS and kind in MODULES:
         importlib.import_module(MODULES[kind])

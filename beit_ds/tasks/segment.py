@@ -16,22 +16,25 @@ in the log and the JSON) and more than ``data.max_skip_fraction`` of them stop w
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar, cast
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from beit_ds.artifacts import WEIGHTS, ExportDir, RunDir
 from beit_ds.config import ConfigError
 from beit_ds.config_io import build_dataclass
-from beit_ds.data import LoaderPlace
-from beit_ds.data.segmentation import build_segmentation_loader
+from beit_ds.data import LoaderPlace, ResumableLoader
+from beit_ds.data.segmentation import SegBatch, build_segmentation_loader
 from beit_ds.distributed import ProcessPlace, place_from_env
 from beit_ds.engine.consolidate import checkpoint_task
 from beit_ds.engine.job import loader_place
 from beit_ds.engine.plan import LoopPlan
+from beit_ds.engine.protocols import Batch, TrainEngine
 from beit_ds.engine.runtime import init_distributed
 from beit_ds.engine.saved import SavedCheckpoint
 from beit_ds.engine.task import StepOutput, Task
@@ -44,7 +47,7 @@ from beit_ds.segmentation import IoUAccumulator, SegMetrics, predict
 from beit_ds.segmentation.convert import to_hf_segmentation, to_mmseg_state_dict
 from beit_ds.segmentation.layers import resize, sync_batchnorm
 from beit_ds.segmentation.loading import is_segmentation_state_dict, load_segmentation_weights
-from beit_ds.segmentation.model import BeitForSegmentation
+from beit_ds.segmentation.model import BeitForSegmentation, SegOutput
 from beit_ds.tasks.exported import no_ema
 from beit_ds.tasks.registry import register
 from beit_ds.tasks.weights import read_init_raw
@@ -83,15 +86,17 @@ def build_segmenter(r: SegmentationRecipe, init: bool = True) -> BeitForSegmenta
     return model
 
 
-def _image_uint8(image: torch.Tensor, size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+def _image_uint8(
+    image: torch.Tensor, size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...]
+) -> npt.NDArray[np.uint8]:
     """A normalised ``[3, h, w]`` image back to uint8 ``[H, W, 3]`` at the label's ``size``."""
     x = resize(unnormalize(image[None], mean, std), size)[0]
     return (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
 
 
 @torch.no_grad()
-def evaluate_segmentation(model: BeitForSegmentation, loader: Any, r: SegmentationRecipe, dtype: torch.dtype,
-                          overlay_png: Path | None = None) -> SegMetrics:
+def evaluate_segmentation(model: BeitForSegmentation, loader: Iterable[SegBatch], r: SegmentationRecipe,
+                          dtype: torch.dtype, overlay_png: Path | None = None) -> SegMetrics:
     """Dataset-level metrics of ``model`` over ``loader`` (batches of one image, labels at their
     original size; an empty batch is a pair that could not be read: skipped and counted from the
     loader's ``report``), summed over ranks; overlays of the first images to ``overlay_png``."""
@@ -99,7 +104,7 @@ def evaluate_segmentation(model: BeitForSegmentation, loader: Any, r: Segmentati
     model.eval()
     device = next(model.parameters()).device
     acc, inf = IoUAccumulator(model.num_classes, device=device), replace(r.inference, crop=r.inference.crop or r.model.img_size)
-    panels: list[np.ndarray] = []
+    panels: list[npt.NDArray[np.uint8]] = []
     colours = palette(model.num_classes)
     report = getattr(loader, "report", None)
     skipped_before = report.skipped_reads if report is not None else 0
@@ -107,7 +112,7 @@ def evaluate_segmentation(model: BeitForSegmentation, loader: Any, r: Segmentati
         if len(batch) == 0:
             continue
         batch = batch.to(device)
-        size = tuple(batch.labels.shape[-2:])
+        size = (batch.labels.shape[-2], batch.labels.shape[-1])
         probs = predict(lambda x: model.logits(x.to(dtype)).float(), batch.images, size, inf, r.model.patch_size)
         pred = probs.argmax(1)
         acc.update(pred, batch.labels)
@@ -147,7 +152,7 @@ class SegmentationTask(Task[SegmentationRecipe]):
     def __init__(self, recipe: SegmentationRecipe, place: ProcessPlace) -> None:
         super().__init__(recipe, place)
         self.has_evaluate = recipe.finetune.evaluate
-        self.eval_loader: Any = None
+        self.eval_loader: ResumableLoader | None = None
         self.dtype = torch.float32
 
     def check(self) -> None:
@@ -169,16 +174,17 @@ class SegmentationTask(Task[SegmentationRecipe]):
             model = sync_batchnorm(model, device)  # type: ignore[assignment]
         return model
 
-    def build_loader(self) -> Any:
+    def build_loader(self) -> ResumableLoader:
         r = self.recipe
         return build_segmentation_loader(r.data, "train", loader_place(r, self.place), r.decode.num_classes)
 
-    def attach(self, engine: Any, dtype: torch.dtype, plan: LoopPlan) -> None:
+    def attach(self, engine: TrainEngine, dtype: torch.dtype, plan: LoopPlan) -> None:
         self.dtype = dtype
 
-    def forward(self, model: Any, batch: Any, step: int) -> StepOutput:
-        batch = batch.to(model.device)
-        out = model(batch.images.to(self.dtype), batch.labels)
+    def forward(self, model: TrainEngine, batch: Batch, step: int) -> StepOutput:
+        pairs = cast(SegBatch, batch).to(model.device)  # what build_loader() yields
+        out = cast(SegOutput, model(pairs.images.to(self.dtype), pairs.labels))  # the segmenter's output
+        assert out.loss is not None, "given labels, the model computes its loss"
         return StepOutput(out.loss, out.metrics)
 
     def evaluate(self, model: torch.nn.Module, writer: MetricWriter, step: int) -> None:

@@ -10,7 +10,7 @@ its manifest; ``load_export`` of it gives the frozen dVAE.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -19,18 +19,20 @@ from torch import nn
 from beit_ds.artifacts import TOKENIZER_WEIGHTS, ExportDir
 from beit_ds.config import ConfigError, DVAEConfig, MaskingConfig
 from beit_ds.config_io import build_dataclass
-from beit_ds.data import build_pretrain_loader
+from beit_ds.data import ResumableLoader, build_pretrain_loader
+from beit_ds.data.collate import MIMBatch
 from beit_ds.distributed import ProcessPlace
 from beit_ds.engine.consolidate import checkpoint_task
 from beit_ds.engine.job import loader_place
 from beit_ds.engine.plan import LoopPlan
+from beit_ds.engine.protocols import Batch, TrainEngine
 from beit_ds.engine.saved import SavedCheckpoint
 from beit_ds.engine.task import StepOutput, Task
 from beit_ds.metrics import MetricWriter
 from beit_ds.recipe import TokenizerRecipe
 from beit_ds.tasks.exported import load_tokenizer, no_ema
 from beit_ds.tasks.registry import register
-from beit_ds.tokenizers import DiscreteVAE, code_usage, dvae_schedule, save_dvae
+from beit_ds.tokenizers import DiscreteVAE, DVAEOutput, code_usage, dvae_schedule, save_dvae
 
 
 def check_recipe(r: TokenizerRecipe) -> None:
@@ -39,16 +41,16 @@ def check_recipe(r: TokenizerRecipe) -> None:
         raise ConfigError(f"tokenizer.name={r.tokenizer.name!r}: only our 'dvae' can be trained")
 
 
-def dvae_forward(model: Any, batch: Any, step: int, cfg: DVAEConfig, dtype: torch.dtype) -> StepOutput:
+def dvae_forward(model: TrainEngine, batch: MIMBatch, step: int, cfg: DVAEConfig, dtype: torch.dtype) -> StepOutput:
     """One micro-batch of dVAE training at optimizer step ``step``'s temperature and KL weight."""
     images = batch.tokenizer_images.to(model.device, dtype)
-    out = model(images, **dvae_schedule(step, cfg))
+    out = cast(DVAEOutput, model(images, **dvae_schedule(step, cfg)))  # the dVAE's output
     metrics = {k: v for k, v in out.metrics().items() if k != "loss"}
     return StepOutput(out.loss, metrics)
 
 
 @torch.no_grad()
-def reconstruction_report(model: Any, loader: Any, batches: int = 8) -> dict[str, float]:
+def reconstruction_report(model: DiscreteVAE, loader: ResumableLoader, batches: int = 8) -> dict[str, float]:
     """Hard-token reconstruction MSE vs the mean-image MSE, and code usage, on ``batches`` batches."""
     images = torch.cat([b.tokenizer_images for b, _ in zip(loader.at(10**6), range(batches))])
     tokens = model.encode(images)
@@ -77,7 +79,7 @@ def reconstruction_samples(model: nn.Module, images: torch.Tensor, writer: Metri
     writer.images(step, "tokenizer/reconstructions", torch.cat([images, recon], dim=3).float().clamp(0, 1))
 
 
-def _loader(recipe: TokenizerRecipe, place: ProcessPlace) -> Any:
+def _loader(recipe: TokenizerRecipe, place: ProcessPlace) -> ResumableLoader:
     """The pre-training loader supplies the tokenizer view; its masks are not used here."""
     grid = (recipe.tokenizer.image_size // recipe.tokenizer.dvae.downsample,) * 2
     no_masks = MaskingConfig(num_masking_patches=1, min_block_patches=1)
@@ -95,7 +97,7 @@ class TokenizerTask(Task[TokenizerRecipe]):
 
     def __init__(self, recipe: TokenizerRecipe, place: ProcessPlace) -> None:
         super().__init__(recipe, place)
-        self.loader: Any = None
+        self.loader: ResumableLoader | None = None
         self.fixed: torch.Tensor | None = None
         self.dtype = torch.float32
 
@@ -105,18 +107,20 @@ class TokenizerTask(Task[TokenizerRecipe]):
     def build_model(self) -> nn.Module:
         return DiscreteVAE(self.recipe.tokenizer.dvae, self.recipe.tokenizer.image_size)
 
-    def build_loader(self) -> Any:
+    def build_loader(self) -> ResumableLoader:
         self.loader = _loader(self.recipe, self.place)
         return self.loader
 
-    def attach(self, engine: Any, dtype: torch.dtype, plan: LoopPlan) -> None:
+    def attach(self, engine: TrainEngine, dtype: torch.dtype, plan: LoopPlan) -> None:
         self.dtype = dtype
 
-    def forward(self, model: Any, batch: Any, step: int) -> StepOutput:
-        return dvae_forward(model, batch, step, self.recipe.tokenizer.dvae, self.dtype)
+    def forward(self, model: TrainEngine, batch: Batch, step: int) -> StepOutput:
+        mim = cast(MIMBatch, batch)  # what build_loader()'s loader yields
+        return dvae_forward(model, mim, step, self.recipe.tokenizer.dvae, self.dtype)
 
     def samples(self, model: nn.Module, writer: MetricWriter, step: int) -> None:
         if self.fixed is None:
+            assert self.loader is not None, "build_loader() runs before the first checkpoint"
             self.fixed = next(iter(self.loader.at(10**6))).tokenizer_images[: self.SAMPLES]
         reconstruction_samples(model, self.fixed, writer, step)
 
@@ -124,13 +128,12 @@ class TokenizerTask(Task[TokenizerRecipe]):
     def export(cls, saved: SavedCheckpoint, out_dir: Path) -> list[Path]:
         """``tokenizer.safetensors`` and, when the recipe's data is readable here, ``report.json``;
         then ``recipe.json`` and ``export.json``."""
-        task, model = checkpoint_task(cls, saved)
+        task, dvae = checkpoint_dvae(saved)
         export = ExportDir(out_dir).create()
-        dvae = cast(DiscreteVAE, model).eval()
         paths = [export.write_file(TOKENIZER_WEIGHTS, lambda path: save_dvae(dvae, path))]
         data = task.recipe.data
         if data.source == "demo" or Path(data.path).exists():  # readable here
-            paths.append(export.write_json("report.json", reconstruction_report(model, task.build_loader())))
+            paths.append(export.write_json("report.json", reconstruction_report(dvae, task.build_loader())))
         export.finish(saved.kind, saved.recipe, source=str(saved.tag_dir))
         return paths
 
@@ -144,5 +147,12 @@ class TokenizerTask(Task[TokenizerRecipe]):
     @classmethod
     def evaluate_checkpoint(cls, saved: SavedCheckpoint) -> dict[str, float]:
         """Hard-token reconstruction MSE vs the mean image, and code usage, of the checkpoint."""
-        task, model = checkpoint_task(cls, saved)
-        return {k: float(v) for k, v in reconstruction_report(model.eval(), task.build_loader()).items()}
+        task, dvae = checkpoint_dvae(saved)
+        return {k: float(v) for k, v in reconstruction_report(dvae, task.build_loader()).items()}
+
+
+def checkpoint_dvae(saved: SavedCheckpoint) -> tuple[TokenizerTask, DiscreteVAE]:
+    """The task of the tokenizer checkpoint ``saved`` and its dVAE with the consolidated weights, in
+    eval mode."""
+    task, model = checkpoint_task(TokenizerTask, saved)
+    return task, cast(DiscreteVAE, model).eval()  # what TokenizerTask.build_model() builds
