@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -18,6 +20,26 @@ import torch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DATASETS = SHARED / "datasets"
+
+
+_INDUCTOR_CACHE = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each test session compiles into its own, new Inductor cache (unless TORCHINDUCTOR_CACHE_DIR
+    is set). A shared ``/tmp/torchinductor_<user>`` is reused across runs, CPUs and environments
+    (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``) that its keys do not tell apart; a kernel
+    loaded from it once returned uninitialised memory and aborted a test run."""
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        folder = tempfile.mkdtemp(prefix="beit_ds_tests_inductor_")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+        config.stash[_INDUCTOR_CACHE] = folder
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    folder = config.stash.get(_INDUCTOR_CACHE, None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
