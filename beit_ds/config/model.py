@@ -8,6 +8,9 @@ from typing import Any
 
 from beit_ds.config.validate import choice, expect, fraction, positive_int
 
+COMPILE_MODES = ("none", "branches", "blocks")
+"""The values of ``model.compile``."""
+
 
 @dataclass
 class ModelConfig:
@@ -27,6 +30,9 @@ class ModelConfig:
     ``"unilm_rel_pos"`` (+ relative-position tables: unilm's ``--disable_weight_decay_on_rel_pos_bias``),
     ``"positional"`` (+ ``mask_token``: the earlier beit_ds rule) or ``"none"`` (no name: unilm's
     segmentation, whose optimizer compares ``cls_token`` with the prefixed ``backbone.cls_token``).
+    ``compile``: what runs through ``torch.compile``: ``"none"``, ``"branches"`` (each block's
+    attention and MLP branches, drop path eager) or ``"blocks"`` (each whole block as one region,
+    DINOv3's regional compilation); ``false`` / ``true`` still read as ``"none"`` / ``"branches"``.
     """
 
     img_size: int = 224
@@ -49,7 +55,7 @@ class ModelConfig:
     rel_pos_resize: str = "geometric"
     wd_exempt: str = "unilm"
     grad_checkpointing: bool = False
-    compile: bool = False
+    compile: str | bool = "none"
     attn_impl: str = "sdpa"
 
     def __post_init__(self) -> None:
@@ -77,6 +83,9 @@ class ModelConfig:
         choice(s, "rel_pos_bias", self.rel_pos_bias, ("shared", "per_layer", "none"))
         choice(s, "global_pool", self.global_pool, ("none", "avg", "token"))
         choice(s, "attn_impl", self.attn_impl, ("sdpa", "eager"))
+        if isinstance(self.compile, bool):  # the key's earlier form, in old recipes and checkpoints
+            self.compile = "branches" if self.compile else "none"
+        choice(s, "compile", self.compile, COMPILE_MODES)
         choice(s, "init_trunc", self.init_trunc, ("auto", "1std", "2std", "2abs"))
         choice(s, "rel_pos_resize", self.rel_pos_resize, ("geometric", "bicubic"))
         choice(s, "wd_exempt", self.wd_exempt, ("unilm", "unilm_rel_pos", "positional", "none"))
@@ -101,6 +110,26 @@ class ModelConfig:
 
 
 @dataclass
+class AggregationConfig:
+    """BEiT v2's patch aggregation (arXiv 2208.06366 §2.3; unilm ``beit2`` ``--early_layers 9
+    --head_layers 2 --shared_lm_head True``): the last layer's [CLS] concatenated with the patch
+    tokens after block ``early_layer`` (1-based: 9 of ViT-B's 12) runs through ``depth`` more
+    Transformer blocks and the shared final norm and LM head; its MIM loss is added to the last
+    layer's. Off (``enabled: false``): BEiT v1's model, unchanged.
+    """
+
+    enabled: bool = False
+    early_layer: int = 9
+    depth: int = 2
+
+    def __post_init__(self) -> None:
+        s = "mim.aggregation"
+        expect(isinstance(self.enabled, bool), s, "enabled", self.enabled, "true or false")
+        positive_int(s, "early_layer", self.early_layer)
+        positive_int(s, "depth", self.depth)
+
+
+@dataclass
 class MIMConfig:
     """Masked-image-modeling head and target (seed §2.3; Table 4 ablations).
 
@@ -112,6 +141,7 @@ class MIMConfig:
     has masked (derived from ``masking`` in a pre-training recipe): the LM head then runs on that
     many rows per image, masked patches first, padding rows weighted 0 — the fixed shape of the
     masked-only computation; ``None`` runs it on every position (same loss, more FLOPs).
+    ``aggregation``: BEiT v2's patch-aggregation head (``AggregationConfig``; off by default).
     """
 
     vocab_size: int = 8192
@@ -120,9 +150,11 @@ class MIMConfig:
     pixel_target: str = "raw"
     pixel_norm_eps: float = 1e-6
     max_masked: int | None = None
+    aggregation: AggregationConfig = dataclasses.field(default_factory=AggregationConfig)
 
     def __post_init__(self) -> None:
         positive_int("mim", "vocab_size", self.vocab_size)
+        expect(isinstance(self.aggregation, AggregationConfig), "mim", "aggregation", self.aggregation, "a mapping")
         if self.max_masked is not None:
             positive_int("mim", "max_masked", self.max_masked)
         choice("mim", "target", self.target, ("tokens", "pixels"))

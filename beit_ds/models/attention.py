@@ -56,10 +56,41 @@ def new_bias_table(grid: tuple[int, int], num_heads: int) -> nn.Parameter:
     return nn.Parameter(torch.zeros(bias_table_rows(grid), num_heads))
 
 
+KEY_ALIGNMENT = 8
+"""Elements a bias row's stride must be a multiple of for SDPA's memory-efficient kernel. Eager
+SDPA copies a misaligned bias into an aligned one on every call; Inductor lowers to the kernel
+directly and fails ("attn_bias is not correctly aligned") — BEiT at 224² has T = 197 keys."""
+
+
+def padded_keys(t: int) -> int:
+    """``t`` rounded up to a multiple of ``KEY_ALIGNMENT``: the stored length of a bias row."""
+    return -(-t // KEY_ALIGNMENT) * KEY_ALIGNMENT
+
+
+def is_key_aligned(bias: torch.Tensor) -> bool:
+    """A dense last (key) dimension and every other stride a multiple of ``KEY_ALIGNMENT``."""
+    strides = bias.stride()
+    return strides[-1] == 1 and all(s % KEY_ALIGNMENT == 0 for s in strides[:-1])
+
+
+def key_aligned(bias: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``bias [.., T, T]`` in ``dtype`` (default: its own) as a view of a buffer ``[.., T, Tp]``
+    whose key dimension is zero-padded to ``Tp = padded_keys(T)``: ``bias`` itself when it is such
+    a view already, else one new buffer (what ``bias.to(dtype)`` would allocate); differentiable."""
+    if (dtype is None or dtype == bias.dtype) and is_key_aligned(bias):
+        return bias
+    t = bias.shape[-1]
+    padded = bias.new_zeros((*bias.shape[:-1], padded_keys(t)), dtype=dtype or bias.dtype)
+    return padded[..., :t].copy_(bias)
+
+
 def gather_bias(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Look up ``table [R, heads]`` at ``index [T, T]``: the additive bias ``[heads, T, T]``."""
+    """Look up ``table [R, heads]`` at ``index [T, T]``: the additive bias ``[heads, T, T]``, a view
+    of a buffer whose keys are padded to a multiple of 8 (``key_aligned``; as many allocations as
+    the unpadded ``.contiguous()`` copy it replaces)."""
     t = index.shape[0]
-    return table[index.view(-1)].view(t, t, -1).permute(2, 0, 1).contiguous()
+    gathered = table[index.view(-1)].view(t, t, -1).permute(2, 0, 1)
+    return F.pad(gathered, (0, padded_keys(t) - t))[..., :t]
 
 
 def runtime_bias(module: nn.Module, grid: Grid | None) -> torch.Tensor:
@@ -86,7 +117,8 @@ class RelativePositionBias(nn.Module):
         self.register_buffer("relative_position_index", relative_position_index(grid), persistent=False)
 
     def forward(self, grid: Grid | None = None) -> torch.Tensor:
-        """The bias ``[heads, T, T]`` at patch ``grid`` (default: the built grid, ``T = N + 1``)."""
+        """The bias ``[heads, T, T]`` at patch ``grid`` (default: the built grid, ``T = N + 1``),
+        keys padded in storage (``gather_bias``)."""
         return runtime_bias(self, grid)
 
 
@@ -134,7 +166,8 @@ class Attention(nn.Module):
     def _qkv_and_bias(
         self, x: torch.Tensor, shared_bias: torch.Tensor | None, grid: Grid | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """q, k, v ``[B, heads, T, head_dim]`` and the additive bias ``[1, heads, T, T]`` or None."""
+        """q, k, v ``[B, heads, T, head_dim]`` and the additive bias ``[1, heads, T, T]`` in q's
+        dtype, key-aligned (``key_aligned``: what SDPA's memory-efficient kernel needs), or None."""
         b, t, _ = x.shape
         qkv = F.linear(x, self.qkv.weight, self._qkv_bias())
         q, k, v = qkv.view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -143,7 +176,7 @@ class Attention(nn.Module):
             own = runtime_bias(self, grid)
             bias = own if bias is None else bias + own
         if bias is not None:
-            bias = bias.to(q.dtype).unsqueeze(0)
+            bias = key_aligned(bias, q.dtype).unsqueeze(0)  # broadcast over the batch, never [B, ..]
         return q, k, v, bias
 
     def forward(

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from beit_ds.config import ModelConfig
+from beit_ds.config.model import COMPILE_MODES
 from beit_ds.models.attention import Attention, Grid, RelativePositionBias
 from beit_ds.models.layers import DropPath, Mlp, PatchEmbed, drop_path_rates
 from beit_ds.models.resize import resize_pos_embed
@@ -73,15 +74,23 @@ class Block(nn.Module):
         if cfg.layer_scale_init > 0:
             self.gamma_1 = nn.Parameter(torch.full((dim,), cfg.layer_scale_init))
             self.gamma_2 = nn.Parameter(torch.full((dim,), cfg.layer_scale_init))
-        self.compiled = False  # run the branches through torch.compile (Beit.compile_blocks)
+        self.compile_mode = str(cfg.compile)  # what runs through torch.compile (Beit.compile_blocks)
 
     def forward(
         self, x: torch.Tensor, shared_bias: torch.Tensor | None = None, grid: Grid | None = None
     ) -> torch.Tensor:
         """``x [B, T, D]`` -> ``[B, T, D]``; drop path skips the branches of dropped samples.
         ``grid``: the patch grid of ``x`` when it is not the built one (None: the built one)."""
+        if self.compile_mode == "blocks":
+            return compiled_block()(self, x, shared_bias, grid)
+        return self.forward_region(x, shared_bias, grid)
+
+    def forward_region(
+        self, x: torch.Tensor, shared_bias: torch.Tensor | None = None, grid: Grid | None = None
+    ) -> torch.Tensor:
+        """``forward`` without the whole-block compile: the region ``model.compile: blocks`` compiles."""
         attn_branch, mlp_branch = (
-            compiled_branches() if self.compiled else (Block.attn_branch, Block.mlp_branch)
+            compiled_branches() if self.compile_mode == "branches" else (Block.attn_branch, Block.mlp_branch)
         )
         attn = partial(attn_branch, self, shared_bias=shared_bias)
         x = self.drop_path.residual(x, attn if grid is None else partial(attn, grid=grid))
@@ -124,6 +133,14 @@ def compiled_branches() -> tuple[Callable[..., torch.Tensor], Callable[..., torc
     return torch.compile(Block.attn_branch), torch.compile(Block.mlp_branch)
 
 
+@cache
+def compiled_block() -> Callable[..., torch.Tensor]:
+    """``Block.forward_region`` under ``torch.compile``: one function for all blocks, the block an
+    argument (its parameters graph inputs, so the state dict keeps its keys). Drop path runs in the
+    graph as a mask; a second drop-path rate recompiles once with the rate symbolic."""
+    return torch.compile(Block.forward_region)
+
+
 class Beit(nn.Module):
     """BEiT backbone ``[B, 3, H, W] -> [B, 1 + N, D]`` tokens, with optional pooled head.
 
@@ -159,7 +176,6 @@ class Beit(nn.Module):
         self.fc_norm = nn.LayerNorm(d, eps=cfg.norm_eps) if use_fc_norm else None
         self.head = nn.Linear(d, cfg.num_classes) if cfg.num_classes > 0 else None
         self.grad_checkpointing = cfg.grad_checkpointing
-        self.compile_blocks(cfg.compile)  # torch.compile of the block branches (bench/mim_step.py)
         self.init_weights()
 
     # --- initialisation (seed §5) -------------------------------------------------------
@@ -216,11 +232,16 @@ class Beit(nn.Module):
             return int(name.split(".")[1]) + 1
         return self.num_layers - 1
 
-    def compile_blocks(self, enable: bool = True) -> None:
-        """Run each block's two residual branches (norm, attention or MLP, LayerScale) through
-        ``torch.compile``; the first step compiles (tens of seconds on CPU)."""
-        for block in self.block_list():
-            block.compiled = enable
+    def compile_blocks(self, mode: str | bool = "branches") -> None:
+        """Run each block's two residual branches (norm, attention or MLP, LayerScale; ``"branches"``
+        or ``True``) or each whole block (``"blocks"``) through ``torch.compile``, or nothing
+        (``"none"`` or ``False``); the first step compiles (seconds to tens of seconds on CPU)."""
+        mode = ("branches" if mode else "none") if isinstance(mode, bool) else mode
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"compile mode {mode!r}: expected one of {', '.join(COMPILE_MODES)}")
+        for block in self.modules():  # a head's blocks too (BEiT v2's aggregation layers)
+            if isinstance(block, Block):
+                block.compile_mode = mode
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in backward instead of storing its activations."""

@@ -72,6 +72,8 @@ class DropPath(nn.Module):
         if self.p == 0.0 or not self.training:
             return None
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        if torch.compiler.is_compiling():  # bernoulli_ would pin p: one graph per block's rate
+            return (torch.rand(shape, dtype=x.dtype, device=x.device) < 1.0 - self.p).to(x.dtype)
         return x.new_empty(shape).bernoulli_(1.0 - self.p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
