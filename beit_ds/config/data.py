@@ -118,12 +118,20 @@ class DataConfig(LoaderConfig):
     a ``.tar.gz`` extracted once into ``cache_dir``). ``subdir``: a folder inside ``path`` or the
     archive. ``eval_path`` / ``eval_subdir``: the fine-tuning evaluation set (``""``: same as
     training).
+
+    ``on_device``: for data sets that fit in memory, decode each split once into one uint8 tensor
+    (cached in ``cache_dir``) held on the training device, and crop, flip, jitter, erase and mask
+    whole batches there (``data/device_loader.py``; ``num_workers`` is then unused).
+    ``on_device_size``: 0 requires every image to have the same size; N resizes each image's
+    centred square to N × N at decode.
     """
 
     source: str = "demo"
     subdir: str = ""
     eval_subdir: str = ""
     cache_dir: str = ""
+    on_device: bool = False
+    on_device_size: int = 0
     transform: TransformConfig = dataclasses.field(default_factory=TransformConfig)
 
     def __post_init__(self) -> None:
@@ -132,4 +140,6 @@ class DataConfig(LoaderConfig):
         expected = f"a path for data.source={self.source!r}"
         expect(bool(self.path) or self.source == "demo", s, "path", self.path, expected)
         super().__post_init__()
+        expect(isinstance(self.on_device, bool), s, "on_device", self.on_device, "true or false")
+        non_negative_int(s, "on_device_size", self.on_device_size)
         expect(isinstance(self.transform, TransformConfig), s, "transform", self.transform, "a mapping")

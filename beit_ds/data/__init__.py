@@ -14,6 +14,9 @@ in ``demo``), ``decode`` (bytes → RGB, robustly), ``transforms`` (crop, views,
 erasing) and ``mixup`` (Mixup / CutMix targets, applied to a batch by the training step). Semantic
 segmentation: ``build_segmentation_loader`` yields ``SegBatch`` objects (``segmentation``;
 pairs of images and label maps from ``seg_sources``, joint transforms in ``seg_transforms``).
+``data.on_device``: the same batches from ``device_loader`` instead — the split decoded once
+(``resident``), views and masks cut in batches on the training device (``batch_views``,
+``resample``, ``batch_masks``) from counter-based draws (``counter_rng``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ from beit_ds.config import AugmentConfig, DataConfig, MaskingConfig
 from beit_ds.data.augment import AugmentedTrainTransform
 from beit_ds.data.collate import ClassBatch, MIMBatch, collate_classes, collate_mim
 from beit_ds.data.datasets import ImageDataset
+from beit_ds.data.device_loader import (
+    DeviceLoader,
+    build_device_finetune_loader,
+    build_device_pretrain_loader,
+)
 from beit_ds.data.loader import LoaderPlace, ResumableLoader
 from beit_ds.data.records import Records
 from beit_ds.data.segmentation import SegBatch, build_segmentation_loader
@@ -32,9 +40,13 @@ from beit_ds.data.sources import build_records
 from beit_ds.data.transforms import EvalTransform, TrainTransform, TwoViewTransform
 from beit_ds.masking import build_mask_generator
 
+ImageLoader = ResumableLoader | DeviceLoader  # what the image builders return (data.on_device picks)
+
 __all__ = [
     "ClassBatch",
     "DataError",
+    "DeviceLoader",
+    "ImageLoader",
     "LoaderPlace",
     "MIMBatch",
     "Records",
@@ -60,13 +72,16 @@ def build_pretrain_loader(
     grid: tuple[int, int],
     place: LoaderPlace,
     records: Records | None = None,
-) -> ResumableLoader:
+) -> ImageLoader:
     """``MIMBatch`` loader of the training images for ``place`` (rank, batch, seed, epoch, position).
 
     ``grid`` is the model's patch grid (H, W) for the masks; ``records`` skips listing the source.
+    ``data.on_device``: the on-device path (``device_loader.py``) instead of worker processes.
     """
     _check_grid(data, grid)
     records = records if records is not None else build_records(data, "train")
+    if data.on_device:
+        return build_device_pretrain_loader(data, build_mask_generator(masking, grid), place, records)
     dataset = ImageDataset(
         records,
         TwoViewTransform(data.transform),
@@ -85,13 +100,15 @@ def build_finetune_loader(
     classes: Sequence[str] | None = None,
     records: Records | None = None,
     augment: AugmentConfig | None = None,
-) -> ResumableLoader:
+) -> ImageLoader:
     """``ClassBatch`` loader of ``split`` (``"train"``: augmented, shuffled; ``"eval"``: centre crops,
     in order, nothing dropped). ``classes``: the training classes an evaluation set is mapped onto.
     ``augment``: RandAugment and random erasing of the training split (``data/augment.py``).
     """
     records = records if records is not None else build_records(data, split, classes)
     records.require_labels(f"fine-tuning ({split} split)")
+    if data.on_device:
+        return build_device_finetune_loader(data, split, place, records, augment)
     train = split == "train"
     transform: TrainTransform | EvalTransform | AugmentedTrainTransform = (
         TrainTransform(data.transform) if train else EvalTransform(data.transform)

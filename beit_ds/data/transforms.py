@@ -12,6 +12,8 @@ and measured there:
 * the crop is chosen before decoding, so a JPEG whose crop is at least twice the output decodes
   at 1/2, 1/4 or 1/8 scale (``TransformConfig.fast_decode``; only ever a downscale);
 * bicubic / bilinear resizing is torch's antialiased uint8 kernel (matches PIL to about ±1 level);
+* a tokenizer view of the patch view's size and resampling (BEiT v2's VQ-KD reads the model's
+  view) is the patch view itself, resized once;
 * when the tokenizer view is half the patch view and the crop is downscaled to the patch view,
   the tokenizer view is the Lanczos reduction of the patch view (PIL's weights, ``lanczos_half``)
   instead of PIL's Lanczos of the crop (``bench/loader.py`` reports the PSNR, ≈ 46 dB);
@@ -70,6 +72,12 @@ def random_resized_crop(
         w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
         if 0 < w <= width and 0 < h <= height:
             return CropBox(int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h)
+    return centred_crop(size, ratio)
+
+
+def centred_crop(size: tuple[int, int], ratio: tuple[float, float]) -> CropBox:
+    """RandomResizedCrop's fallback: the largest centred crop of ``size`` (W, H) with an aspect clamped to ``ratio``."""
+    width, height = size
     aspect = width / height
     if aspect < ratio[0]:
         w, h = width, int(round(width / ratio[0]))
@@ -241,8 +249,11 @@ class _Views:
         patch_u8 = region.resize(cfg.input_size, cfg.interpolation)
         views = [_to_unit(patch_u8)]
         if two:
+            same = (cfg.second_input_size, cfg.second_interpolation) == (cfg.input_size, cfg.interpolation)
             half = cfg.second_input_size * 2 == cfg.input_size and region.min_side >= cfg.input_size
-            if half and cfg.second_interpolation == "lanczos":  # the patch view holds all the detail
+            if same:  # the tokenizer reads the patch view itself (BEiT v2): resized once
+                views.append(views[0].clone())
+            elif half and cfg.second_interpolation == "lanczos":  # the patch view holds all the detail
                 views.append(lanczos_half(views[0]).contiguous())
             else:
                 views.append(_to_unit(region.resize(cfg.second_input_size, cfg.second_interpolation)))

@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from beit_ds.artifacts import EMA_WEIGHTS, WEIGHTS, ExportDir
 from beit_ds.config import AugmentConfig, ConfigError
 from beit_ds.config_io import build_dataclass, to_dict
-from beit_ds.data import ResumableLoader, build_finetune_loader
+from beit_ds.data import ImageLoader, build_finetune_loader
 from beit_ds.data.collate import ClassBatch
+from beit_ds.data.device_loader import check_on_device
 from beit_ds.data.mixup import Mixup, mix_rng
 from beit_ds.distributed import ProcessPlace, all_reduce_sum, place_from_env
 from beit_ds.engine.consolidate import consolidated_state_dict
@@ -75,6 +76,7 @@ def check_recipe(r: ClassificationRecipe) -> None:
     layer = probe_layer(r)
     if layer is not None and layer > m.depth:
         raise ConfigError(f"probe.layer={layer}: expected a block in [1, model.depth={m.depth}]")
+    check_on_device(r.data, r.augment if isinstance(r, FinetuneRecipe) else None)
 
 
 def build_finetune_model(r: ClassificationRecipe, head: str | None = None) -> BeitForImageClassification:
@@ -183,7 +185,7 @@ class FinetuneTask(Task[ClassificationRecipe]):
         self.augment = recipe.augment if isinstance(recipe, FinetuneRecipe) else NO_MIXING
         self.has_evaluate = recipe.finetune.evaluate
         self.classes: tuple[str, ...] = ()
-        self.eval_loader: ResumableLoader | None = None
+        self.eval_loader: ImageLoader | None = None
         self.ema: WeightEMA | None = None
         self.mix = Mixup(self.augment, recipe.model.num_classes, recipe.finetune.label_smoothing)
         self.dtype = torch.float32
@@ -194,7 +196,7 @@ class FinetuneTask(Task[ClassificationRecipe]):
     def build_model(self) -> torch.nn.Module:
         return build_finetune_model(self.recipe)
 
-    def build_loader(self) -> ResumableLoader:
+    def build_loader(self) -> ImageLoader:
         r = self.recipe
         augment = self.augment if isinstance(r, FinetuneRecipe) else None
         loader = build_finetune_loader(r.data, "train", loader_place(r, self.place), augment=augment)
