@@ -20,7 +20,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["beit_ds", "beit_ds.*"]),
-    package_data={"beit_ds": ["py.typed", "recipes/*.yaml", "assets/*.safetensors"]},
+    package_data={"beit_ds": ["py.typed", "recipes/*.yaml", "assets/*.safetensors", "assets/demo_teacher/*"]},
     entry_points={"console_scripts": ["beit-ds=beit_ds.cli:main"]},
     install_requires=[
         "torch>=2.4",
@@ -37,6 +37,7 @@ setup(
     ],
     extras_require={
         "viz": ["matplotlib>=3.7"],  # launch/visualize.py curves (attention / MIM pictures need Pillow only)
+        "clip": ["open_clip_torch>=3.0"],  # VQ-KD's CLIP teacher (teacher.source: open_clip), from a local file
         # NVIDIA apex is optional and never required: torch / DeepSpeed fused kernels are the default.
         # It is not on PyPI (the PyPI "apex" is an unrelated package); build it from NVIDIA's sources.
         "dev": [
@@ -49,6 +50,7 @@ setup(
             "attrs>=23.1",  # dall_e imports `attr` but does not declare it
             "psutil>=5.9",  # tests watch the ranks of a launcher process tree
             "matplotlib>=3.7",  # = the viz extra: tests/visualize draws curves
+            "open_clip_torch>=3.0",  # = the clip extra: the VQ-KD teacher parity tests build ViT-B/16 offline
         ],
     },
 )

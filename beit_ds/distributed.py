@@ -77,3 +77,20 @@ def all_gather_object(obj: object) -> list[object]:
     out: list[object] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def all_gather_cat(value: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``value`` (same shape on each) concatenated along dim 0 in rank order
+    (``value`` itself without a process group)."""
+    if not is_initialized():
+        return value
+    parts = [torch.empty_like(value) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, value.contiguous())
+    return torch.cat(parts)
+
+
+def broadcast_(value: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """``value`` overwritten in place by rank ``src``'s (unchanged without a process group)."""
+    if is_initialized():
+        dist.broadcast(value, src=src)
+    return value

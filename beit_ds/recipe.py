@@ -2,7 +2,7 @@
 every training has (``config/train.py``), each task's root adds its own (``config/``).
 
 A recipe is a YAML file whose top-level keys are ``kind`` and these sections; ``kind`` names its
-root (``KINDS``: pretrain, dino, finetune, linear_probe, segmentation, tokenizer) and so its task;
+root (``KINDS``: pretrain, dino, finetune, linear_probe, segmentation, tokenizer, vqkd) and so its task;
 ``config_io.load_recipe`` builds it and applies ``section.key=value`` overrides. A recipe that
 states no kind gets one derived once, from the root a launcher expects and the sections it has
 (``derive_kind``), and the resolved ``recipe.yaml`` records it. Derived values (scaled lr, steps per epoch) are computed by the engine, never stored.
@@ -29,6 +29,7 @@ from beit_ds.config import (
     ModelConfig,
     ProbeConfig,
     TokenizerConfig,
+    TransformConfig,
     TuneConfig,
 )
 from beit_ds.config.dino import DinoConfig
@@ -36,11 +37,12 @@ from beit_ds.config.seg_data import SegDataConfig
 from beit_ds.config.segmentation import DecoderConfig, InferenceConfig
 from beit_ds.config.tokenizer import TOKENIZERS
 from beit_ds.config.train import CheckpointConfig, LogConfig, OptimConfig, ScheduleConfig
+from beit_ds.config.vqkd import TeacherConfig
 from beit_ds.masking import masking_target
 
 __all__ = [
     "CheckpointConfig", "ClassificationRecipe", "DinoPretrainRecipe", "FinetuneRecipe", "LinearProbeRecipe", "LogConfig", "OptimConfig",
-    "KINDS", "PretrainRecipe", "ScheduleConfig", "SegmentationRecipe", "TokenizerRecipe", "TrainingRecipe", "derive_kind",
+    "KINDS", "PretrainRecipe", "ScheduleConfig", "SegmentationRecipe", "TokenizerRecipe", "TrainingRecipe", "VQKDRecipe", "derive_kind",
     "recipe_root",
 ]
 
@@ -76,8 +78,8 @@ class PretrainRecipe(TrainingRecipe):
 
     def derived(self) -> dict[str, tuple[Any, str]]:
         """``{key: (value, the key or fact it is)}``: the patch view is the model's input, the
-        second view the tokenizer's (the model's, raw, for pixel targets), the MIM vocabulary the
-        tokenizer's."""
+        second view the tokenizer's (the model's, raw, for pixel targets; the model's own view for a
+        tokenizer whose ``TokenizerSpec.model_view`` says so), the MIM vocabulary the tokenizer's."""
         out: dict[str, tuple[Any, str]] = {"data.transform.input_size": (self.model.img_size, "model.img_size")}
         if not self.mim.predict_all:
             most = masking_target(self.masking, self.model.grid_size)
@@ -86,9 +88,14 @@ class PretrainRecipe(TrainingRecipe):
             out["data.transform.second_input_size"] = (self.model.img_size, "model.img_size (mim.target='pixels')")
             out["data.transform.tokenizer_view"] = ("raw", "mim.target='pixels'")
             return out
-        out["data.transform.second_input_size"] = (self.tokenizer.image_size, "tokenizer.image_size")
         spec = TOKENIZERS[self.tokenizer.name]
-        out["data.transform.tokenizer_view"] = (spec.view, f"what tokenizer.name={self.tokenizer.name!r} reads")
+        reads = f"what tokenizer.name={self.tokenizer.name!r} reads"
+        if spec.model_view:  # BEiT v2: the tokenizer sees the model's own view
+            out["tokenizer.image_size"] = (self.model.img_size, f"model.img_size ({reads})")
+            out["data.transform.second_interpolation"] = (self.data.transform.interpolation, f"data.transform.interpolation ({reads})")
+        size = self.model.img_size if spec.model_view else self.tokenizer.image_size
+        out["data.transform.second_input_size"] = (size, "tokenizer.image_size")
+        out["data.transform.tokenizer_view"] = (spec.view, reads)
         vocab = spec.vocab(str(resolve(self.tokenizer.path))) if self.tokenizer.path else None
         if vocab is not None:
             out["mim.vocab_size"] = (vocab, f"the vocabulary of tokenizer.path={self.tokenizer.path!r}")
@@ -117,6 +124,26 @@ class TokenizerRecipe(TrainingRecipe):
         """The dVAE learns on the raw second view at its own input size."""
         return {"data.transform.second_input_size": (self.tokenizer.image_size, "tokenizer.image_size"),
                 "data.transform.tokenizer_view": ("raw", "what the dVAE reads")}
+
+
+@dataclass
+class VQKDRecipe(TrainingRecipe):
+    """Root of a VQ-KD tokenizer recipe (BEiT v2 §2.1): the tokenizer (``tokenizer.vqkd``, at
+    ``tokenizer.image_size``) learns to reconstruct the patch features of ``teacher`` on one raw
+    [0, 1] view of each crop (both views of the loader are that size; unilm's VQ-KD data: a
+    random-resized crop and a flip, no colour jitter)."""
+
+    kind: ClassVar[str] = "vqkd"
+    data: DataConfig = field(default_factory=lambda: DataConfig(transform=TransformConfig(
+        input_size=224, second_input_size=224, second_interpolation="bicubic", tokenizer_view="raw", color_jitter=0.0)))
+    tokenizer: TokenizerConfig = field(default_factory=lambda: TokenizerConfig(name="vqkd", image_size=224))
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+
+    def derived(self) -> dict[str, tuple[Any, str]]:
+        """Both views are the tokenizer's input, raw."""
+        size = (self.tokenizer.image_size, "tokenizer.image_size")
+        return {"data.transform.input_size": size, "data.transform.second_input_size": size,
+                "data.transform.tokenizer_view": ("raw", "what VQ-KD reads")}
 
 
 @dataclass
@@ -174,7 +201,8 @@ class SegmentationRecipe(TrainingRecipe):
 
 KINDS: dict[str, type[TrainingRecipe]] = {
     cls.kind: cls
-    for cls in (PretrainRecipe, DinoPretrainRecipe, FinetuneRecipe, LinearProbeRecipe, SegmentationRecipe, TokenizerRecipe)
+    for cls in (PretrainRecipe, DinoPretrainRecipe, FinetuneRecipe, LinearProbeRecipe, SegmentationRecipe, TokenizerRecipe,
+                VQKDRecipe)
 }
 # a recipe without ``kind`` for a launcher that expects a root: the sections that pick a sub-kind
 _SECTION_KINDS = {"pretrain": ("dino", "dino"), "finetune": ("probe", "linear_probe")}

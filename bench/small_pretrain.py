@@ -3,7 +3,7 @@ eager PyTorch loop and against the FLOP roofline, in one run, on the CIFAR-10 re
 
     python bench/small_pretrain.py                          # CIFAR-10 archive when present, else demo images
     python bench/small_pretrain.py --data demo --threads 1  # bundled photographs, one torch thread
-    python bench/small_pretrain.py --set model.compile=model   # the job with a recipe override
+    python bench/small_pretrain.py --set model.compile=blocks  # the job with a recipe override
     python bench/small_pretrain.py --profile 4              # + torch.profiler table of 4 job steps
 
 Candidates, timed in interleaved rounds on the same pre-loaded batches (``harness.py``), each

@@ -1,5 +1,5 @@
 """Train the task of any recipe's ``kind`` (pretrain, dino, finetune, linear_probe, segmentation,
-tokenizer): the one launcher; ``beit-ds train`` is the same command.
+tokenizer, vqkd): the one launcher; ``beit-ds train`` is the same command.
 
     python launch/train.py --config pretrain_demo_cpu                 # one process (CPU demo)
     deepspeed --num_gpus 8 launch/train.py --deepspeed_config ds_configs/zero2_bf16.json \\

@@ -44,6 +44,7 @@ def test_resolved_yaml_round_trips(tmp_path):
         ("optim.lr=fast", "optim.lr='fast': expected a number"),
         ("model.depth=1.5", "model.depth=1.5: expected an integer"),
         ("model.preset=beit_huge", "model.preset='beit_huge': expected one of"),
+        ("model.compile=block", "model.compile='block': expected one of 'none', 'branches', 'blocks'"),
         ("schedule.micro_batch_size=0", "schedule.micro_batch_size=0: expected a positive integer"),
         ("masking.mask_ratio=2", "masking.mask_ratio=2"),
         ("nosection.key=1", "nosection: unknown key"),
@@ -108,7 +109,7 @@ def test_inherit_resolves_beside_the_including_file(tmp_path, monkeypatch):
 
 def test_every_root_gives_data_its_own_section_type():
     expected = {"pretrain": DataConfig, "dino": DataConfig, "finetune": DataConfig, "linear_probe": DataConfig,
-                "tokenizer": DataConfig, "segmentation": SegDataConfig}
+                "tokenizer": DataConfig, "vqkd": DataConfig, "segmentation": SegDataConfig}
     for kind, root in KINDS.items():
         data = typing.get_type_hints(root)["data"]
         assert data is expected[kind] and issubclass(data, LoaderConfig), kind

@@ -3,7 +3,7 @@
 ``validate`` holds the one public set of validators; ``model`` the backbone, MIM head and
 masking; ``presets`` the named model sizes; ``data`` the data pipeline (``LoaderConfig``: the
 keys every data section has) and ``seg_data`` segmentation's; ``tokenizer`` the visual tokenizers
-and their table; ``finetune`` the fine-tuning, augmentation and probe sections (``TuneConfig``:
+and their table; ``vqkd`` BEiT v2's VQ-KD tokenizer and its teacher; ``finetune`` the fine-tuning, augmentation and probe sections (``TuneConfig``:
 the keys every fine-tuning has); ``train`` the sections every training recipe has (optimizer,
 schedule, checkpoints, logging). Each section is a dataclass validated in
 ``__post_init__``: a bad value raises ``ConfigError`` with one line naming ``section.key``, the
@@ -24,6 +24,7 @@ from beit_ds.config.model import MaskingConfig, MIMConfig, ModelConfig
 from beit_ds.config.seg_data import SEG_SOURCES, SegDataConfig, SegTransformConfig, reduces_zero_label
 from beit_ds.config.tokenizer import TOKENIZER_DTYPES, TOKENIZER_NAMES, DVAEConfig, TokenizerConfig
 from beit_ds.config.validate import ConfigError
+from beit_ds.config.vqkd import TeacherConfig, VQKDConfig
 
 __all__ = [
     "DATA_SOURCES",
@@ -45,8 +46,10 @@ __all__ = [
     "ProbeConfig",
     "SegDataConfig",
     "SegTransformConfig",
+    "TeacherConfig",
     "TokenizerConfig",
     "TransformConfig",
     "TuneConfig",
+    "VQKDConfig",
     "reduces_zero_label",
 ]

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 from safetensors import SafetensorError, safe_open
 
+from beit_ds.config.torch_zip import torch_zip_shapes
 from beit_ds.config.validate import choice, expect, non_negative_number, positive_int
+from beit_ds.config.vqkd import VQKDConfig
 
 
 @dataclass(frozen=True)
@@ -26,13 +28,16 @@ class TokenizerSpec:
     ``preprocess``. ``file``: what ``tokenizer.path`` names. ``vocab``: the vocabulary of the file
     at a path, read without loading its weights (``None``: missing or unreadable; the tokenizer
     check names the file later). ``decoder``: ``tokenizer.decoder_path`` (a separate decoder file)
-    applies.
+    applies. ``model_view``: the tokenizer reads the model's own view (BEiT v2's VQ-KD, a ViT at the
+    model's resolution): ``tokenizer.image_size`` and the view's size and resampling are derived
+    from the model's (``PretrainRecipe.derived``), and the loader resizes the crop once.
     """
 
     view: str
     file: str
     vocab: Callable[[str], int | None]
     decoder: bool = False
+    model_view: bool = False
 
 
 def fixed_vocab(size: int) -> Callable[[str], int | None]:
@@ -55,12 +60,25 @@ def safetensors_vocab(meta_key: str, field: str) -> Callable[[str], int | None]:
     return read
 
 
+def vqkd_vocab(path: str) -> int | None:
+    """The codebook size of a VQ-KD file: our ``.safetensors`` metadata, else the first dimension
+    of ``quantize.embedding.weight`` in unilm's ``.pth`` (read without torch: ``torch_zip_shapes``)."""
+    vocab = safetensors_vocab("vqkd_config", "codebook_size")(path)
+    if vocab is None:
+        shape = (torch_zip_shapes(path) or {}).get("quantize.embedding.weight")
+        vocab = shape[0] if shape else None
+    return vocab
+
+
 TOKENIZERS: dict[str, TokenizerSpec] = {
     "dalle": TokenizerSpec("dalle", "OpenAI's encoder.pkl or a state dict of the DALL-E encoder", fixed_vocab(8192),
                            decoder=True),
     "dvae": TokenizerSpec("raw", "a .safetensors file written by save_dvae", safetensors_vocab("dvae_config", "codebook_size")),
+    "vqkd": TokenizerSpec("raw", "a VQ-KD .safetensors file written by save_vqkd (a vqkd export's tokenizer.safetensors)"
+                          " or unilm's released VQ-KD .pth", vqkd_vocab, model_view=True),
 }
-"""``tokenizer.name`` -> its ``TokenizerSpec``: OpenAI's DALL-E dVAE (8192 codes) and our dVAE."""
+"""``tokenizer.name`` -> its ``TokenizerSpec``: OpenAI's DALL-E dVAE (8192 codes), our dVAE and
+BEiT v2's VQ-KD (ours or unilm's)."""
 
 TOKENIZER_NAMES = tuple(TOKENIZERS)
 TOKENIZER_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -122,7 +140,9 @@ class TokenizerConfig:
     ``name`` (a ``TOKENIZERS`` key): ``"dalle"`` (OpenAI's dVAE: ``path`` is ``encoder.pkl`` or a state dict of it,
     ``decoder_path`` optionally ``decoder.pkl`` for reconstructions) or ``"dvae"`` (ours:
     ``path`` is a ``.safetensors`` file saved by ``beit_ds.tokenizers.save_dvae``, which holds
-    the decoder too; ``dvae`` configures training one). ``image_size``: the tokenizer view
+    the decoder too; ``dvae`` configures training one) or ``"vqkd"`` (BEiT v2's VQ-KD: ``path`` a
+    ``save_vqkd`` file or unilm's released ``.pth``; ``vqkd`` configures training one, kind
+    ``vqkd``; it reads the raw [0, 1] view, 224² in BEiT v2). ``image_size``: the tokenizer view
     (112 for 224² images with 16² patches and downsampling 8). ``dtype``: inference precision,
     ``"float32"`` by default (the exact targets: unilm calls its tokenizer outside autocast, but its
     DALL-E encoder runs its convolutions in fp16 on GPUs, ``docs/FIDELITY.md``; the tokenizer view
@@ -141,6 +161,7 @@ class TokenizerConfig:
     dtype: str = "float32"
     compile: bool = False
     dvae: DVAEConfig = dataclasses.field(default_factory=DVAEConfig)
+    vqkd: VQKDConfig = dataclasses.field(default_factory=VQKDConfig)
 
     def __post_init__(self) -> None:
         s = "tokenizer"
@@ -153,4 +174,5 @@ class TokenizerConfig:
         choice(s, "dtype", self.dtype, TOKENIZER_DTYPES)
         expect(isinstance(self.compile, bool), s, "compile", self.compile, "true or false")
         expect(isinstance(self.dvae, DVAEConfig), s, "dvae", self.dvae, "a mapping")
+        expect(isinstance(self.vqkd, VQKDConfig), s, "vqkd", self.vqkd, "a mapping")
 

@@ -268,12 +268,15 @@ class CheckpointManager:
         returns the ``TrainState`` and the whole client state saved with it. On another world size
         from the universal form (the engine must be built with ``load_universal``)."""
         info = read_marker(tag_dir)
-        if elastic.needs_universal(info, self.place.world_size):
+        universal = elastic.needs_universal(info, self.place.world_size)
+        if universal:
             tag_dir = self._universal(tag_dir, info)
         try:
             safe_load.check_files(tag_dir, "checkpoint")
             with safe_load.weights_only_loading():
                 path, client = engine.load_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+            if universal:
+                elastic.restore_buffers(engine.module, tag_dir)
         except safe_load.UnsafeFileError as err:
             raise CheckpointError(str(err)) from None
         if path is None or client is None:

@@ -10,7 +10,9 @@ module publishes it like any checkpoint (staging folder, one rename, ``COMPLETE.
 
 On the new world size the micro batch stays and ``schedule.grad_accum`` changes so that
 ``micro × accumulation × world`` is the checkpoint's global batch: the lr, the schedule (steps
-per epoch, total steps) and the data order (a global sample position) continue unchanged.
+per epoch, total steps) and the data order (a global sample position) continue unchanged. The
+module's persistent buffers, which DeepSpeed's universal load skips, are copied from rank 0's
+model states (``restore_buffers``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
+import torch
+from torch import nn
+
 from beit_ds.config import ConfigError
+from beit_ds.engine import safe_load
 from beit_ds.engine.jsonlike import as_int, as_object
 from beit_ds.logger import get_logger
 
@@ -95,3 +101,25 @@ def keep_global_batch(recipe: R, info: Mapping[str, object], world_size: int, wh
         "elastic resume: %d -> %d ranks; schedule.grad_accum %d -> %d keeps the global batch %d"
         " (micro batch %d per rank)", saved, world_size, schedule.grad_accum, accum, batch, schedule.micro_batch_size)
     return replace(recipe, schedule=replace(schedule, grad_accum=accum))  # type: ignore[type-var]
+
+
+def restore_buffers(module: nn.Module, tag_dir: Path) -> list[str]:
+    """Copy the module's persistent buffers (an EMA codebook and its counts, BatchNorm statistics)
+    from rank 0's model states of the universal checkpoint ``tag_dir`` (``ds_to_universal`` copies
+    them there); returns their names. DeepSpeed's universal load restores parameters only (from
+    ``zero/``) and leaves every buffer at its initial value."""
+    params = {name for name, _ in module.named_parameters()}
+    own = {k: v for k, v in module.state_dict(keep_vars=True).items() if k not in params}
+    files = sorted(tag_dir.glob("mp_rank_*_model_states.pt"))
+    if not own or not files:
+        return []
+    saved = as_object(as_object(safe_load.load(files[0], "checkpoint file")).get("module"))
+    missing = sorted(set(own) - set(saved))
+    if missing:
+        raise ConfigError(f"checkpoint {tag_dir}: its model states hold no {', '.join(missing[:3])}")
+    with torch.no_grad():
+        for name, buf in own.items():
+            value = saved[name]
+            assert isinstance(value, torch.Tensor), name
+            buf.copy_(value)
+    return sorted(own)

@@ -4,7 +4,8 @@ Layouts, all for the same network (seed §2.1-2.2, App. B):
 
 * **ours = unilm = timm.** Our keys are the ones unilm created and timm kept (``cls_token``,
   ``patch_embed.proj``, ``rel_pos_bias.*``, ``blocks.{i}.attn.qkv`` with ``q_bias``/``v_bias``,
-  ``gamma_1/2``, ``norm``/``fc_norm``, ``head``; pre-training adds ``mask_token``/``lm_head``). An
+  ``gamma_1/2``, ``norm``/``fc_norm``, ``head``; pre-training adds ``mask_token``/``lm_head``, BEiT
+  v2's aggregation head ``cls_pt_layers.{i}.*``, ``cls_pt_norm``/``cls_pt_lm_head`` unshared). An
   unilm pre-training or fine-tuning checkpoint (``torch.load(path)["model"]``) is therefore
   already our layout; it only carries the derivable ``*.relative_position_index`` buffers, which
   ``from_timm_state_dict`` drops (so it is the unilm importer too). timm 1.0.31 keeps those buffers
@@ -44,8 +45,8 @@ from beit_ds.models.resize import (  # noqa: F401  (re-exported: the conversion 
 Tensors = dict[str, torch.Tensor]
 HFLayout = Literal["module", "hub"]
 
-# Keys only the masked-image-modeling model has; a backbone export leaves them out.
-MIM_KEYS = ("mask_token", "lm_head.weight", "lm_head.bias")
+# Key prefixes only the masked-image-modeling model has; a backbone export leaves them out.
+MIM_ONLY = ("mask_token", "lm_head.", "cls_pt_")
 # Buffers rebuilt from the patch grid (persistent in unilm and old timm / HF files): dropped on import.
 DERIVED_SUFFIXES = ("relative_position_index", ".k_bias")
 # BEiT sizes timm registers (timm.models.beit); other sizes use the first with overridden kwargs.
@@ -56,6 +57,7 @@ TIMM_BEIT_MODELS = (
     "beit_large_patch16_384",
     "beit_large_patch16_512",
 )
+TIMM_BEITV2_MODELS = ("beitv2_base_patch16_224", "beitv2_large_patch16_224")  # the same class, ImageNet mean/std
 TIMM_NORM_EPS = 1e-6  # eps of timm.layers.LayerNorm
 
 
@@ -131,6 +133,8 @@ _RULES: list[KeyRule] = [
     # BeitForImageClassification: the classifier sits outside its "beit." backbone prefix.
     *(_rule(f"head.{p}", f"classifier.{p}") for p in ("weight", "bias")),
     *(_rule(f"lm_head.{p}", ()) for p in ("weight", "bias")),
+    *(KeyRule(tuple("cls_pt_layers.{i}." + n for n in r.ours), (), ()) for r in _BLOCK_RULES),  # BEiT v2
+    *(_rule(f"cls_pt_{m}.{p}", ()) for m in ("norm", "lm_head") for p in ("weight", "bias")),
 ]
 
 
@@ -221,8 +225,8 @@ def key_report(missing: list[str], unexpected: list[str], first: int = 4) -> str
 
 
 def backbone_state_dict(sd: Tensors) -> Tensors:
-    """``sd`` without the MIM-only keys (``mask_token``, ``lm_head.*``)."""
-    return {k: v for k, v in sd.items() if k not in MIM_KEYS}
+    """``sd`` without the MIM-only keys (``mask_token``, ``lm_head.*``, ``cls_pt_*``)."""
+    return {k: v for k, v in sd.items() if not k.startswith(MIM_ONLY)}
 
 
 # --- timm -----------------------------------------------------------------------------------
@@ -264,16 +268,19 @@ def timm_kwargs(cfg: ModelConfig) -> dict[str, Any]:
     return kwargs
 
 
-def timm_model_name(cfg: ModelConfig) -> str:
-    """The timm BEiT whose size matches ``cfg`` (image, patch, width, depth, heads), else BEiT-B/16."""
+def timm_model_name(cfg: ModelConfig, v2: bool = False) -> str:
+    """The timm BEiT whose size matches ``cfg`` (image, patch, width, depth, heads), else BEiT-B/16;
+    ``v2``: timm's ``beitv2_*`` name of that size, else ``beitv2_base_patch16_224``."""
     size = lambda c: (c.img_size, c.patch_size, c.embed_dim, c.depth, c.num_heads)
-    return next((n for n in TIMM_BEIT_MODELS if size(PRESETS[n]) == size(cfg)), TIMM_BEIT_MODELS[0])
+    name = next((n for n in TIMM_BEIT_MODELS if size(PRESETS[n]) == size(cfg)), TIMM_BEIT_MODELS[0])
+    return next((n for n in TIMM_BEITV2_MODELS if n == name.replace("beit_", "beitv2_")), TIMM_BEITV2_MODELS[0]) if v2 else name
 
 
-def to_timm(model: Beit) -> TimmExport:
-    """Export the backbone (and classifier, if any) of ``model`` for ``timm.create_model``."""
+def to_timm(model: Beit, v2: bool = False) -> TimmExport:
+    """Export the backbone (and classifier, if any) of ``model`` for ``timm.create_model`` (``v2``: named
+    as timm's ``beitv2_*``, whose pre-trained config normalises by ImageNet's mean and std)."""
     sd = _convert(backbone_state_dict(model.state_dict()), ("ours",), "ours", "to_timm")
-    return TimmExport(timm_model_name(model.cfg), timm_kwargs(model.cfg), sd)
+    return TimmExport(timm_model_name(model.cfg, v2), timm_kwargs(model.cfg), sd)
 
 
 def from_timm_state_dict(sd: Tensors) -> Tensors:

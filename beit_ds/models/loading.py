@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from beit_ds.models.beit import Beit
-from beit_ds.models.convert import MIM_KEYS, adapt_positions, key_report
+from beit_ds.models.convert import adapt_positions, backbone_state_dict, key_report
 
 Tensors = dict[str, torch.Tensor]
 HEAD_KEYS = ("head.weight", "head.bias")
@@ -31,7 +31,7 @@ def load_backbone(backbone: Beit, sd: Tensors, head: str = "auto", source: str =
     """
     if head not in HEAD_POLICIES:
         raise ValueError(f"head={head!r}: expected one of {', '.join(HEAD_POLICIES)}")
-    sd = {k: v for k, v in adapt_positions(sd, backbone.cfg).items() if k not in MIM_KEYS}
+    sd = adapt_positions(backbone_state_dict(sd), backbone.cfg)
     own = backbone.state_dict()
     head_fits = all(k in sd and k in own and sd[k].shape == own[k].shape for k in HEAD_KEYS)
     if head == "keep" and not head_fits:

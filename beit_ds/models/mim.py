@@ -12,18 +12,28 @@ nothing waits for the device (house style rule 24; the step compiles with
 ``torch.compile(fullgraph=True)``).
 The pixel-regression ablation (Table 4) regresses the raw pixels of the patches with an MSE loss
 (``mim.pixel_target: raw``; ``normalized`` standardises each patch first, as MAE does).
+
+BEiT v2's patch aggregation (arXiv 2208.06366 §2.3, ``mim.aggregation``) adds ``cls_pt_layers``
+(unilm's name): the last block's [CLS] and the patch tokens after block ``early_layer`` go through
+those blocks, the shared ``norm`` and the shared ``lm_head``; the loss is the sum of both MIM
+losses. The head serves pre-training only: backbone exports and ``finetune.init`` drop it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from beit_ds.config import MIMConfig, ModelConfig
-from beit_ds.models.beit import Beit, init_module, trunc_normal
+from beit_ds.config.model import AggregationConfig
+from beit_ds.models.beit import Beit, Block, init_module, trunc_normal
+from beit_ds.models.layers import drop_path_rates
 
 
 @dataclass
@@ -35,6 +45,9 @@ class MIMOutput:
     names (masked ones first); ``predicted_tokens()`` maps them back to ``[B, N]``. ``accuracy``:
     fraction of masked patches whose token is predicted exactly (NaN for pixel targets);
     ``num_masked``: M, a 0-d tensor on the model's device (``int()`` it off the hot path).
+    ``parts``: with patch aggregation, ``loss`` is the sum of two MIM losses and ``parts`` holds
+    them detached — ``mim_loss`` (the last layer's; ``logits`` and ``accuracy`` are its too),
+    ``agg_loss`` and ``agg_accuracy`` (the aggregation head's); empty otherwise.
     """
 
     loss: torch.Tensor
@@ -42,6 +55,7 @@ class MIMOutput:
     accuracy: torch.Tensor
     num_masked: torch.Tensor
     positions: torch.Tensor | None = None
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def predicted_tokens(self, num_patches: int) -> torch.Tensor:
         """``[B, N]`` argmax tokens; -1 where no logits were computed."""
@@ -83,6 +97,9 @@ class BeitForMaskedImageModeling(Beit):
         self.lm_head = nn.Linear(cfg.embed_dim, out)
         trunc_normal(self.mask_token, cfg.init_std, self.init_trunc)
         init_module(self.lm_head, cfg.init_std, self.init_trunc)
+        self.cls_pt_layers = aggregation_head(cfg, mim.aggregation) if mim.aggregation.enabled else None
+        if self.cls_pt_layers is not None:
+            self.compile_blocks(cfg.compile)  # the head's blocks compile as the backbone's (model.compile)
 
     def embed(self, x: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
         """Patch embedding with masked positions replaced by ``mask_token``, + [CLS]."""
@@ -108,8 +125,37 @@ class BeitForMaskedImageModeling(Beit):
     def forward(  # type: ignore[override]  # the head's own inputs: masks and targets
         self, images: torch.Tensor, bool_masked_pos: torch.Tensor, target: torch.Tensor
     ) -> MIMOutput:
-        features = self.forward_features(images, bool_masked_pos)
-        return self.forward_loss(features, self.flat_mask(bool_masked_pos, images), target)
+        mask = self.flat_mask(bool_masked_pos, images)
+        if self.cls_pt_layers is None:
+            return self.forward_loss(self.forward_features(images, bool_masked_pos), mask, target)
+        features, aggregated = self.forward_aggregation(images, bool_masked_pos)
+        last = self.forward_loss(features, mask, target)
+        agg = self.forward_loss(aggregated, mask, target)
+        parts = {"mim_loss": last.loss.detach(), "agg_loss": agg.loss.detach(), "agg_accuracy": agg.accuracy}
+        return dataclasses.replace(last, loss=last.loss + agg.loss, parts=parts)
+
+    def forward_aggregation(
+        self, images: torch.Tensor, bool_masked_pos: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(norm(last tokens), norm(aggregated tokens))``, both ``[B, 1 + N, D]``: the aggregation
+        head reads the last block's [CLS] and block ``early_layer``'s patch tokens (before ``norm``)."""
+        if self.cls_pt_layers is None:
+            raise ValueError("this model has no patch-aggregation head (mim.aggregation.enabled=false)")
+        depth, early = len(self.blocks), self.mim.aggregation.early_layer - 1
+        taken = self.forward_intermediates(
+            images, [early, depth - 1], return_prefix_tokens=True, output_fmt="NLC",
+            intermediates_only=True, bool_masked_pos=bool_masked_pos,
+        )
+        (early_patches, _), (last_patches, last_cls) = taken[0], taken[-1]
+        h = torch.cat((last_cls, early_patches), dim=1)  # [B, 1 + N, D]
+        grid = self.runtime_grid(images)
+        shared = self.rel_pos_bias(grid) if self.rel_pos_bias is not None else None
+        for block in self.cls_pt_layers:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                h = checkpoint(block, h, shared, grid, use_reentrant=False)
+            else:
+                h = block(h, shared, grid)
+        return self.norm(torch.cat((last_cls, last_patches), dim=1)), self.norm(h)
 
     def forward_loss(self, features: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> MIMOutput:
         """The MIM loss of ``features`` ``[B, 1 + N, D]`` (``forward_features`` of the masked
@@ -180,3 +226,21 @@ class BeitForMaskedImageModeling(Beit):
             loss = (per_patch * weight).sum() / num_masked
         nan = torch.full((), float("nan"), device=pred.device)
         return MIMOutput(loss, pred, nan, num_masked.long(), positions)
+
+
+def aggregation_head(cfg: ModelConfig, agg: AggregationConfig) -> nn.ModuleList:
+    """``agg.depth`` blocks after block ``agg.early_layer``, initialised as unilm's ``cls_pt_layers``:
+    stochastic depth continues the backbone's ramp (``drop_path_rates`` over ``max(depth,
+    early_layer + agg.depth)`` blocks, entries ``early_layer…``), weights keep PyTorch's default
+    init (unilm builds them after its weight init ran), output projections are scaled by
+    ``1/sqrt(2·layer)`` with layer = ``early_layer + i + 1``. An ``early_layer`` beyond the model's
+    depth is a one-line ``ValueError``."""
+    if agg.early_layer > cfg.depth:
+        raise ValueError(f"mim.aggregation.early_layer={agg.early_layer}: expected at most model.depth={cfg.depth}")
+    end = agg.early_layer + agg.depth
+    rates = drop_path_rates(cfg.drop_path_rate, max(cfg.depth, end))[agg.early_layer : end]
+    blocks = [Block(cfg, rate, cfg.rel_pos_bias == "per_layer") for rate in rates]
+    for layer, block in enumerate(blocks, start=agg.early_layer + 1):
+        for proj in (block.attn.proj.weight, block.mlp.fc2.weight):
+            proj.data.div_(math.sqrt(2.0 * layer))
+    return nn.ModuleList(blocks)

@@ -69,8 +69,13 @@ def update_teacher(teacher: nn.Module, student: nn.Module, momentum: float) -> N
 
 
 def check_dino(r: DinoPretrainRecipe) -> None:
-    """The MIM views (``check_views``) and local crops that fit the patch size."""
+    """The MIM views (``check_views``) and local crops that fit the patch size; no BEiT v2 patch
+    aggregation (the student's MIM pass has no aggregation branch)."""
+    if r.mim.aggregation.enabled:
+        raise ConfigError("mim.aggregation.enabled=true: not with kind 'dino' (expected false)")
     check_views(r)
+    if r.data.on_device:
+        raise ConfigError("data.on_device=true: the DINO multi-crop views have no on-device version (expected false)")
     p = r.model.patch_size
     if r.dino.local_crops and r.dino.local_crop_size % p:
         raise ConfigError(f"dino.local_crop_size={r.dino.local_crop_size}: expected a multiple of model.patch_size={p}")

@@ -31,7 +31,7 @@ Tensors = dict[str, torch.Tensor]
 def load_export(directory: str | Path, ema: bool = False) -> nn.Module:
     """The model of the export folder ``directory``, loaded strictly and in eval mode, as its
     manifest's kind rebuilds it: the MIM model (pre-training), the classifier or probe, the
-    segmenter, the DINO student (MIM model + head), the tokenizer's dVAE. ``ema``: the averaged
+    segmenter, the DINO student (MIM model + head), the tokenizer's dVAE, the VQ-KD. ``ema``: the averaged
     weights where the kind keeps them (fine-tuning's EMA, DINO's teacher). What is no export of
     beit_ds, or lacks what is asked, is a one-line ``ConfigError``."""
     export = ExportDir(directory)

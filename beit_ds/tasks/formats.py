@@ -13,10 +13,11 @@ from beit_ds.models import Beit
 from beit_ds.models.convert import to_hf, to_timm
 
 
-def write_timm_and_hf(model: Beit, export: ExportDir) -> list[Path]:
+def write_timm_and_hf(model: Beit, export: ExportDir, v2: bool = False) -> list[Path]:
     """``timm/`` and ``hf/`` exports of ``model``; with a classifier, Hugging Face's is a
-    ``BeitForImageClassification``, else a ``BeitModel``."""
-    timm = to_timm(model)
+    ``BeitForImageClassification``, else a ``BeitModel``. ``v2``: ``timm.json`` names timm's
+    ``beitv2_*`` model (same layout; its config's normalisation is ImageNet's mean and std)."""
+    timm = to_timm(model, v2)
     timm_dir = export.sub("timm")
     timm_dir.write_tensors("model.safetensors", timm.state_dict)
     timm_dir.write_json("timm.json", {"model_name": timm.model_name, "kwargs": timm.kwargs})

@@ -16,8 +16,9 @@ import torch
 from beit_ds.artifacts import WEIGHTS, ExportDir
 from beit_ds.assets import resolve
 from beit_ds.config import ConfigError
+from beit_ds.config.seg_data import IMAGENET_MEAN, IMAGENET_STD
 from beit_ds.config_io import build_dataclass
-from beit_ds.data import ResumableLoader, build_pretrain_loader
+from beit_ds.data import ImageLoader, build_pretrain_loader
 from beit_ds.data.collate import MIMBatch
 from beit_ds.distributed import ProcessPlace
 from beit_ds.engine.checkpoint import verify
@@ -45,6 +46,9 @@ def check_views(r: PretrainRecipe) -> None:
     tokenizer view and the vocabulary are derived from the model and the tokenizer
     (``PretrainRecipe.derived``; checked in ``job.preflight``)."""
     check_masking(r)
+    agg = r.mim.aggregation
+    if agg.enabled and agg.early_layer > r.model.depth:
+        raise ConfigError(f"mim.aggregation.early_layer={agg.early_layer}: expected at most model.depth={r.model.depth}")
     if r.mim.target == "pixels":
         return
     if not r.tokenizer.path or not resolve(r.tokenizer.path).is_file():
@@ -71,7 +75,8 @@ def preflight(recipe: PretrainRecipe, ds_path: str | Path, world_size: int) -> P
 def mim_forward(
     model: TrainEngine, batch: MIMBatch, tokenizer: VisualTokenizer | None, dtype: torch.dtype
 ) -> StepOutput:
-    """One micro-batch: visual tokens (or pixels) as targets, the MIM loss and masked-token accuracy.
+    """One micro-batch: visual tokens (or pixels) as targets, the MIM loss and masked-token accuracy
+    (with patch aggregation, the summed loss and its parts: ``MIMOutput.parts``).
 
     Only the patch view is cast to the run's ``dtype``: the tokenizer view reaches the tokenizer
     (which casts to its own ``tokenizer.dtype``) or the pixel loss in the loader's fp32, since a
@@ -83,7 +88,7 @@ def mim_forward(
         with torch.no_grad():
             target = tokenizer.encode(batch.tokenizer_images)
     out = cast(MIMOutput, model(batch.images.to(dtype), batch.bool_masked_pos, target))  # the MIM model's output
-    return StepOutput(out.loss, {"mim_accuracy": out.accuracy})
+    return StepOutput(out.loss, {"mim_accuracy": out.accuracy, **out.parts})
 
 
 def frozen_tokenizer(recipe: PretrainRecipe, device: torch.device, dtype: torch.dtype) -> VisualTokenizer | None:
@@ -115,7 +120,7 @@ class PretrainTask(Task[PretrainRecipe]):
         super().__init__(recipe, place)
         self.tokenizer: VisualTokenizer | None = None
         self.dtype = torch.float32
-        self.loader: ResumableLoader | None = None
+        self.loader: ImageLoader | None = None
         self.fixed: MIMBatch | None = None
 
     def check(self) -> None:
@@ -126,10 +131,10 @@ class PretrainTask(Task[PretrainRecipe]):
         model.set_grad_checkpointing(self.recipe.model.grad_checkpointing)
         return model
 
-    def build_loader(self) -> ResumableLoader:
+    def build_loader(self) -> ImageLoader:
         r = self.recipe
         self.loader = build_pretrain_loader(r.data, r.masking, r.model.grid_size, loader_place(r, self.place))
-        warn_if_oversubscribed(r.data.num_workers)
+        warn_if_oversubscribed(0 if r.data.on_device else r.data.num_workers)
         return self.loader
 
     def attach(self, engine: TrainEngine, dtype: torch.dtype, plan: LoopPlan) -> None:
@@ -163,18 +168,22 @@ class PretrainTask(Task[PretrainRecipe]):
     @classmethod
     @torch.no_grad()
     def evaluate_checkpoint(cls, saved: SavedCheckpoint, batches: int = 8) -> dict[str, float]:
-        """MIM loss and masked-token accuracy of the checkpoint on ``batches`` batches of its data."""
+        """MIM loss and masked-token accuracy of the checkpoint on ``batches`` batches of its data
+        (with patch aggregation also ``agg_loss`` and ``agg_accuracy``, the aggregation head's)."""
         task, model = checkpoint_task(cls, saved)
         model.eval()
         tokenizer = frozen_tokenizer(task.recipe, torch.device("cpu"), torch.float32)
-        totals, n = torch.zeros(2, dtype=torch.float64), 0
+        totals: dict[str, float] = {}
+        n = 0
         for batch, _ in zip(task.build_loader().at(0), range(batches)):
+            batch = batch.to(torch.device("cpu"))  # data.on_device builds it on the training device
             target = batch.tokenizer_images if tokenizer is None else tokenizer.encode(batch.tokenizer_images)
             out = model(batch.images, batch.bool_masked_pos, target)
-            totals += torch.stack([out.loss.double(), out.accuracy.double()]) * len(batch.images)
+            values = {"mim_loss": out.loss, "mim_accuracy": out.accuracy, **out.parts}
+            for key, value in values.items():
+                totals[key] = totals.get(key, 0.0) + float(value) * len(batch.images)
             n += len(batch.images)
-        loss, accuracy = (totals / max(n, 1)).tolist()
-        return {"mim_loss": loss, "mim_accuracy": accuracy, "images": float(n)}
+        return {**{k: v / max(n, 1) for k, v in totals.items()}, "images": float(n)}
 
 
 def export_mim(saved: SavedCheckpoint, out_dir: Path) -> list[Path]:
@@ -186,9 +195,11 @@ def export_mim(saved: SavedCheckpoint, out_dir: Path) -> list[Path]:
     model.load_state_dict(consolidated_state_dict(saved.tag_dir), strict=True)
     export = ExportDir(out_dir).create()
     ours = export.write_weights(WEIGHTS, model.state_dict(), source=str(saved.tag_dir))
-    backbone = build_model(recipe.model)
+    backbone = build_model(recipe.model)  # without the MIM-only keys: mask token, LM head, aggregation head
     backbone.load_state_dict(backbone_state_dict(model.state_dict()), strict=True)
-    paths = [ours, *write_timm_and_hf(backbone, export)]
+    t = recipe.data.transform
+    v2 = (tuple(t.mean), tuple(t.std)) == (IMAGENET_MEAN, IMAGENET_STD)  # timm's beitv2_* configs normalise so
+    paths = [ours, *write_timm_and_hf(backbone, export, v2)]
     export.finish(saved.kind, saved.recipe, source=str(saved.tag_dir))
     return paths
 

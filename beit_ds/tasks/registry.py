@@ -19,6 +19,7 @@ MODULES = {  # where each kind's task registers itself
     "linear_probe": "beit_ds.tasks.finetune",
     "segmentation": "beit_ds.tasks.segment",
     "tokenizer": "beit_ds.tasks.tokenizer",
+    "vqkd": "beit_ds.tasks.vqkd",
 }
 assert set(MODULES) == set(KINDS), "every recipe kind has a task"
 

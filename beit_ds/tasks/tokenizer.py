@@ -19,7 +19,7 @@ from torch import nn
 from beit_ds.artifacts import TOKENIZER_WEIGHTS, ExportDir
 from beit_ds.config import ConfigError, DVAEConfig, MaskingConfig
 from beit_ds.config_io import build_dataclass
-from beit_ds.data import ResumableLoader, build_pretrain_loader
+from beit_ds.data import ImageLoader, build_pretrain_loader
 from beit_ds.data.collate import MIMBatch
 from beit_ds.distributed import ProcessPlace
 from beit_ds.engine.consolidate import checkpoint_task
@@ -50,7 +50,7 @@ def dvae_forward(model: TrainEngine, batch: MIMBatch, step: int, cfg: DVAEConfig
 
 
 @torch.no_grad()
-def reconstruction_report(model: DiscreteVAE, loader: ResumableLoader, batches: int = 8) -> dict[str, float]:
+def reconstruction_report(model: DiscreteVAE, loader: ImageLoader, batches: int = 8) -> dict[str, float]:
     """Hard-token reconstruction MSE vs the mean-image MSE, and code usage, on ``batches`` batches."""
     images = torch.cat([b.tokenizer_images for b, _ in zip(loader.at(10**6), range(batches))])
     tokens = model.encode(images)
@@ -79,7 +79,7 @@ def reconstruction_samples(model: nn.Module, images: torch.Tensor, writer: Metri
     writer.images(step, "tokenizer/reconstructions", torch.cat([images, recon], dim=3).float().clamp(0, 1))
 
 
-def _loader(recipe: TokenizerRecipe, place: ProcessPlace) -> ResumableLoader:
+def _loader(recipe: TokenizerRecipe, place: ProcessPlace) -> ImageLoader:
     """The pre-training loader supplies the tokenizer view; its masks are not used here."""
     grid = (recipe.tokenizer.image_size // recipe.tokenizer.dvae.downsample,) * 2
     no_masks = MaskingConfig(num_masking_patches=1, min_block_patches=1)
@@ -97,7 +97,7 @@ class TokenizerTask(Task[TokenizerRecipe]):
 
     def __init__(self, recipe: TokenizerRecipe, place: ProcessPlace) -> None:
         super().__init__(recipe, place)
-        self.loader: ResumableLoader | None = None
+        self.loader: ImageLoader | None = None
         self.fixed: torch.Tensor | None = None
         self.dtype = torch.float32
 
@@ -107,7 +107,7 @@ class TokenizerTask(Task[TokenizerRecipe]):
     def build_model(self) -> nn.Module:
         return DiscreteVAE(self.recipe.tokenizer.dvae, self.recipe.tokenizer.image_size)
 
-    def build_loader(self) -> ResumableLoader:
+    def build_loader(self) -> ImageLoader:
         self.loader = _loader(self.recipe, self.place)
         return self.loader
 

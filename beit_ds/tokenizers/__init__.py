@@ -1,6 +1,7 @@
 """Visual tokenizers (seed §2.1, App. C): images -> discrete visual tokens, the targets of
 masked image modeling. ``build_tokenizer(cfg.tokenizer)`` gives a frozen ``VisualTokenizer``:
-OpenAI's DALL-E dVAE (``dalle.py``) or our own trained dVAE (``dvae.py``). A tokenizer is its
+OpenAI's DALL-E dVAE (``dalle.py``), our own trained dVAE (``dvae.py``) or BEiT v2's VQ-KD
+(``vqkd.py``, its quantizer in ``quantizer.py``, unilm's files in ``vqkd_format.py``). A tokenizer is its
 module here (named after it, with a ``load_tokenizer``) and its line in
 ``config.tokenizer.TOKENIZERS`` (its view, file and vocabulary, read torch-free by recipes).
 """
@@ -38,6 +39,7 @@ from beit_ds.tokenizers.protocol import (
     map_pixels,
     unmap_pixels,
 )
+from beit_ds.tokenizers.vqkd import VQKD, VQKDOutput, load_vqkd, save_vqkd
 
 __all__ = [
     "DVAEOutput",
@@ -45,6 +47,8 @@ __all__ = [
     "DalleEncoder",
     "DalleTokenizer",
     "DiscreteVAE",
+    "VQKD",
+    "VQKDOutput",
     "VisualTokenizer",
     "build_tokenizer",
     "check_images",
@@ -54,8 +58,10 @@ __all__ = [
     "load_dalle_encoder",
     "load_dalle_tokenizer",
     "load_dvae",
+    "load_vqkd",
     "map_pixels",
     "save_dvae",
+    "save_vqkd",
     "unmap_pixels",
 ]
 

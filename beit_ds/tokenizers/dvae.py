@@ -27,6 +27,7 @@ from beit_ds.safe_write import replacing
 from beit_ds.schedules import cosine
 from beit_ds.tokenizers.inference import compile_frozen
 from beit_ds.tokenizers.protocol import check_images, check_tokens
+from beit_ds.tokenizers.quantizer import usage
 
 
 class ResBlock(nn.Module):
@@ -109,10 +110,7 @@ class DVAEOutput:
 
 def code_usage(tokens: torch.Tensor, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(perplexity, fraction of codes used) of the token histogram of ``tokens`` (any shape)."""
-    counts = torch.bincount(tokens.flatten(), minlength=vocab_size).float()
-    p = counts / counts.sum()
-    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
-    return entropy.exp(), (counts > 0).float().mean()
+    return usage(torch.bincount(tokens.flatten(), minlength=vocab_size))
 
 
 def gumbel_softmax(

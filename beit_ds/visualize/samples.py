@@ -46,7 +46,7 @@ def pretrain_samples(
     step: int,
     norm: tuple[tuple[float, ...], ...],
 ) -> None:
-    """Log ``pretrain/attention`` and (with a tokenizer) ``pretrain/mim`` images ``[1, 3, H, W]``
+    """Log ``pretrain/attention`` and (with a tokenizer that decodes to pixels) ``pretrain/mim`` images ``[1, 3, H, W]``
     for the fixed ``batch`` (a ``MIMBatch``); ``norm = (mean, std)`` of its patch view."""
     if not isinstance(model, BeitForMaskedImageModeling):
         return  # not a BEiT MIM model: nothing of ours to draw
@@ -67,8 +67,10 @@ def pretrain_samples(
             if tokenizer is not None:
                 mask = batch.bool_masked_pos.reshape(-1, gh, gw).bool()
                 pred = predict_tokens(model, tokenizer, batch.images, batch.tokenizer_images, mask)
-                writer.images(
-                    step, "pretrain/mim", as_tensor(mim_figure(pixels, pred, tokenizer, scale=2))[None]
-                )
+                try:
+                    figure = mim_figure(pixels, pred, tokenizer, scale=2)
+                except NotImplementedError:  # no pixel decoder (VQ-KD; DALL-E without decoder_path)
+                    return
+                writer.images(step, "pretrain/mim", as_tensor(figure)[None])
         finally:
             model.train(training)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from beit_ds.engine.checkpoint import verify
+from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -61,12 +62,13 @@ if os.environ.get("TEST_STALL_SAVE"):  # this tag's shards are written, then the
 
 
 def _launch(
-    out: Path, precision: str, extra: list[str], nproc: int = 2, hooks: dict[str, str] | None = None
+    out: Path, precision: str, extra: list[str], nproc: int = 2, hooks: dict[str, str] | None = None,
+    config: str = "pretrain_demo_cpu",
 ) -> subprocess.Popen:
     ds = ROOT / "ds_configs" / {"fp32": "zero2_fp32_cpu.json", "bf16": "zero2_bf16.json"}.get(precision, precision)
     port = str(29500 + (os.getpid() + len(str(out))) % 2000)
     cmd = ["deepspeed", "--num_gpus", str(nproc), "--master_port", port, str(ROOT / "launch/pretrain.py"),
-           "--deepspeed_config", str(ds), "--config", "pretrain_demo_cpu",
+           "--deepspeed_config", str(ds), "--config", config,
            f"checkpoint.output_dir={out}", *SMALL, *extra]
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     if hooks:
@@ -111,9 +113,7 @@ def test_two_ranks_kill_and_resume_is_bitwise(tmp_path):
 
     run = tmp_path / "run"
     proc = _launch(run, "fp32", ["schedule.max_steps=12"])
-    deadline = time.time() + 600
-    while time.time() < deadline and max(_losses(run), default=0) < 6 and proc.poll() is None:
-        time.sleep(0.2)
+    wait_for(lambda: max(_losses(run), default=0) >= 6, 600, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole job, mid-run, no clean-up
     proc.wait()
     killed_at = max(_losses(run))
@@ -139,9 +139,7 @@ def test_two_ranks_bf16(tmp_path):
 def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path):
     run = tmp_path / "run"
     proc = _launch(run, "fp32", ["schedule.max_steps=12"], hooks={"TEST_STALL_SAVE": "step_00000008"})
-    deadline = time.time() + 600
-    while time.time() < deadline and not (run / "STALLED").exists() and proc.poll() is None:
-        time.sleep(0.2)
+    wait_for(lambda: (run / "STALLED").exists(), 600, proc)
     assert (run / "STALLED").exists(), (run.parent / "run.log").read_text(errors="replace")[-3000:]
     os.killpg(proc.pid, signal.SIGKILL)  # while step 8 is being saved
     proc.wait()

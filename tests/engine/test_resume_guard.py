@@ -9,7 +9,7 @@ import pytest
 
 from beit_ds.config import ConfigError
 from beit_ds.config_io import load_recipe
-from beit_ds.engine.resume_guard import check_layout, optimizer_layout
+from beit_ds.engine.resume_guard import architecture_diff, check_layout, optimizer_layout
 from beit_ds.recipe import PretrainRecipe
 from beit_ds.tasks import train
 
@@ -37,6 +37,14 @@ def test_other_changes_are_one_line_naming_both(saved, ours, said):
     with pytest.raises(ConfigError, match="DeepSpeed cannot load optimizer state across that change") as err:
         check_layout(TAG, {"optimizer": _layout(*saved)}, _layout(*ours))
     assert str(err.value).startswith(f"--resume {TAG}: {said}:") and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("old", "new"), [(True, "branches"), (False, "none"), (True, "blocks"), (False, "blocks")])
+def test_model_compile_in_its_old_boolean_form_is_no_architecture_change(old, new):
+    saved = load_recipe(PretrainRecipe, "pretrain_demo_cpu", [f"model.compile={str(old).lower()}"])
+    assert saved.model.compile == ("branches" if old else "none")  # how an old recipe reads now
+    stored = {"model": {"compile": old, "depth": 4}}  # as a checkpoint written before the modes stores it
+    assert architecture_diff(stored, {"model": {"compile": new, "depth": 4}}, "pretrain") == []
 
 
 def test_checkpoints_without_the_record_are_read_from_their_files():

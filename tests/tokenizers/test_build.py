@@ -107,7 +107,7 @@ def test_recipe_section_with_nested_dvae() -> None:
 
 
 def test_each_table_entry_is_a_module_with_its_loader(dalle_state, dvae_file) -> None:
-    files = {"dalle": dalle_state, "dvae": dvae_file}
+    files = {"dalle": dalle_state, "dvae": dvae_file, "vqkd": resolve("package:demo_vqkd.safetensors")}
     assert set(TOKENIZERS) == set(files) == set(TOKENIZER_NAMES)
     for name, spec in TOKENIZERS.items():
         assert callable(importlib.import_module(f"beit_ds.tokenizers.{name}").load_tokenizer)
