@@ -11,7 +11,10 @@ import importlib
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -106,3 +109,27 @@ def ds_single_rank():
             os.environ.setdefault(key, value)
         init_distributed()
     return deepspeed
+
+
+def finish(proc: subprocess.Popen, rc: int = 0, timeout: float = 600) -> str:
+    """The combined output of ``proc`` once it exits (killed if it outlives ``timeout``), asserting
+    its exit status is ``rc``."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == rc, out[-4000:]
+    return str(out)
+
+
+def wait_for(condition: Callable[[], object], seconds: float = 120, proc: subprocess.Popen | None = None) -> bool:
+    """Poll ``condition`` until it holds (True) or ``seconds`` pass or ``proc`` exits (False): wait
+    for what a test asserts on, with a deadline far beyond any machine's speed, never a fixed sleep."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline or (proc is not None and proc.poll() is not None):
+            return bool(condition())
+        time.sleep(0.05)
+    return True

@@ -9,10 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import wait_for
 
 CHILD = """
 import os, signal, sys, time
@@ -44,12 +45,6 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def _wait_for(condition, seconds: float = 120) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return bool(condition())
-
 
 def _child_pid(log: Path) -> int | None:
     lines = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
@@ -63,7 +58,7 @@ def started(tmp_path: Path):
                             text=True, start_new_session=True)
     try:
         assert proc.stdout.readline().strip() == "parent"
-        assert _wait_for(lambda: _child_pid(log) is not None)
+        assert wait_for(lambda: _child_pid(log) is not None)
         yield proc, _child_pid(log), log
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -84,5 +79,5 @@ def test_a_script_killed_outright_takes_its_child_down(started):
     proc, child, log = started
     proc.kill()
     proc.wait(timeout=120)
-    assert _wait_for(lambda: not _alive(child))
+    assert wait_for(lambda: not _alive(child))
     assert "child got SIGTERM" in log.read_text()  # the launcher's own handler ran: it could save

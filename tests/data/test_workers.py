@@ -12,12 +12,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from beit_ds.data import DataError, LoaderPlace, build_finetune_loader
+from tests.conftest import wait_for
 
 PLACE = LoaderPlace(batch_size=4, seed=2)
 
@@ -32,10 +32,7 @@ def _alive(pid: int) -> bool:
 
 
 def _wait_gone(pids: list[int], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return not any(_alive(p) for p in pids)
+    return wait_for(lambda: not any(_alive(p) for p in pids), seconds)
 
 
 def _fingerprint(batches) -> list[tuple[list[int], float]]:
@@ -52,12 +49,6 @@ def _ignores_preemption_signals(pid: int) -> bool:
     return all(ignored >> (sig - 1) & 1 for sig in (signal.SIGTERM, signal.SIGUSR1))
 
 
-def _wait_for(condition, seconds: float = 120) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return condition()
-
 
 @pytest.mark.timeout(300)
 def test_sigterm_and_sigusr1_to_the_workers_change_nothing(image_tree, tiny_data):
@@ -70,7 +61,7 @@ def test_sigterm_and_sigusr1_to_the_workers_change_nothing(image_tree, tiny_data
     got = [next(batches)]
     pids = loader.workers.worker_pids()  # recorded when they were forked, before they ran
     assert len(pids) == 2 and all(_alive(p) for p in pids)
-    assert _wait_for(lambda: all(_ignores_preemption_signals(p) for p in pids))
+    assert wait_for(lambda: all(_ignores_preemption_signals(p) for p in pids))
     for pid in pids:  # an ignored signal is discarded when sent: nothing to wait for
         os.kill(pid, signal.SIGTERM)
         os.kill(pid, signal.SIGUSR1)

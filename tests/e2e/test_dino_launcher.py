@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 
 import pytest
 import torch
 
 from beit_ds.engine.saved import checkpoint_client_state
+from tests.conftest import wait_for
 from tests.e2e.test_pretrain_launcher import _launch, _losses, _rows, _wait
 
 pytestmark = pytest.mark.slow
@@ -40,9 +40,7 @@ def test_dino_two_ranks_kill_and_resume_is_bitwise(tmp_path):
 
     run = tmp_path / "run"
     proc = _launch(run, "fp32", ["dino.export_teacher=true", *DINO])
-    deadline = time.time() + 600
-    while time.time() < deadline and max(_losses(run), default=0) < 6 and proc.poll() is None:
-        time.sleep(0.2)
+    wait_for(lambda: max(_losses(run), default=0) >= 6, 600, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the whole job, mid-run
     proc.wait()
     assert 6 <= max(_losses(run)) < 12
