@@ -5,21 +5,23 @@ images/s and model FLOPs utilisation (MFU).
     python bench/gpu_pretrain.py                     # GPU: BEiT-B 224², DALL-E encoder at 112², batch 64
     python bench/gpu_pretrain.py --smoke             # CPU smoke test (CI): tiny model and tokenizer, bf16
 
-MFU = (model forward+backward FLOPs + tokenizer forward FLOPs) per second / the device's dense
-peak for the precision. FLOPs are counted once, outside the timed steps, by
+Two MFUs: ``model_mfu`` counts the model's forward + backward FLOPs, ``pipeline_mfu`` (= ``mfu``)
+adds the tokenizer's forward, both per second over the device's dense peak for the precision.
+FLOPs are counted once, outside the timed steps, by
 ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention; a multiply-add
 is 2 FLOPs) on the plain modules without activation checkpointing, so recomputation does not
-count as useful work. Peaks are datasheet dense tensor-core figures looked up by device name
-(``--peak-tflops`` overrides; on CPU the peak is the fp32 matmul rate measured in the same run).
+count as useful work. Peaks are datasheet dense tensor-core figures looked up by device name in
+``bench/device.py`` (``--peak-tflops`` overrides; a GPU not in the table gets no MFU; on CPU the
+peak is the fp32 matmul rate measured in the same run).
 Weights are random: speed does not depend on them.
 
 ``--runs`` lists configurations ``precision:stage:eager|compiled:source`` (``bench/gpu_suite.sh``
 runs the GPU suite's set): ZeRO ``stage`` 0 / 1 / 2 (``ds_configs/zero{stage}_*.json``),
-compiled block branches (``model.compile``), and the batches' ``source``: ``synthetic`` (one batch
-already on the device: the model-only step), ``loader`` (the job's JPEG loader on ``--data``,
-repeated, ``--workers`` workers, pinned memory; the step waits for its batch) or ``gpu_decode``
-(``torchvision.io.decode_jpeg`` on the device, ``gpu_input.py``). Each run reports img/s, MFU and
-peak device memory. The last line is a JSON object: ``runs`` by name, the first run of each
+compiled blocks (``model.compile: blocks`` where the tree has it, else the block branches), and
+the batches' ``source``: ``synthetic`` (one batch already on the device: the model-only step),
+``loader`` (the job's JPEG loader on ``--data``, repeated, ``--workers`` workers, pinned memory;
+the step waits for its batch) or ``gpu_decode`` (``torchvision.io.decode_jpeg`` on the device,
+``gpu_input.py``). Each run reports img/s, the two MFUs and peak device memory. The last line is a JSON object: ``runs`` by name, the first run of each
 precision under its name (``bf16``, ...), ``mfu`` of the first run, what was ``skipped`` and why,
 and whether SDPA's memory-efficient kernel takes the relative-position bias.
 """
@@ -35,12 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from device import detect
 from gpu_input import DeviceDecoder, loader_batches
 from harness import emit
 from roofline import matmul_probe, matmul_rate
 from torch.utils.flop_counter import FlopCounterMode
 
-from beit_ds.config import MaskingConfig, MIMConfig, ModelConfig
+from beit_ds.config import ConfigError, MaskingConfig, MIMConfig, ModelConfig
 from beit_ds.data.collate import MIMBatch
 from beit_ds.engine.ds_setup import read_ds_config, resolve_ds_config
 from beit_ds.engine.runtime import init_engine, torch_dtype
@@ -49,10 +52,6 @@ from beit_ds.models import build_mim_model, model_config
 from beit_ds.recipe import OptimConfig, ScheduleConfig
 from beit_ds.tasks.pretrain import mim_forward
 from beit_ds.tokenizers.dalle import DalleEncoder, DalleTokenizer
-
-# Dense (no sparsity) tensor-core peaks in TFLOP/s for bf16 / fp16, from the vendors' datasheets.
-PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H100": 756.0,
-               "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "V100": 125.0}
 
 
 @dataclass
@@ -154,7 +153,7 @@ def run_one(s: Setting, mim: MIMConfig, run: Run, args: argparse.Namespace) -> d
     ds = read_ds_config(ds_file(run, args.ds_dir))
     ds = resolve_ds_config(ds, ScheduleConfig(micro_batch_size=s.batch), OptimConfig(), 1, 1.5e-3)
     torch.manual_seed(0)
-    engine = init_engine(build_mim_model(s.model.replace(compile=run.compiled), mim), OptimConfig(), ds)
+    engine = init_engine(build_mim_model(compiled(s.model, run.compiled), mim), OptimConfig(), ds)
     dtype = torch_dtype(run.precision)
     tokenizer = build_tokenizer(s, mim.vocab_size).to(engine.device, dtype)
     source = batches(run, s, args, engine.device)
@@ -178,26 +177,42 @@ def run_one(s: Setting, mim: MIMConfig, run: Run, args: argparse.Namespace) -> d
     return {"seconds_per_step": times[len(times) // 2], "skipped_steps": skipped, "peak_memory_gib": peak}
 
 
+def compiled(cfg: ModelConfig, on: bool) -> ModelConfig:
+    """``cfg`` with each whole block compiled (``model.compile: blocks``), or its branches where
+    this tree does not know ``blocks`` yet; unchanged when ``on`` is False."""
+    if not on:
+        return cfg
+    try:
+        return cfg.replace(compile="blocks")
+    except ConfigError:
+        return cfg.replace(compile=True)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def peak_flops(args: argparse.Namespace) -> tuple[float, str]:
-    """(dense peak FLOP/s, device name) for MFU."""
-    if args.peak_tflops:
-        return args.peak_tflops * 1e12, "given"
-    if not torch.cuda.is_available():
+def peak_flops(given_tflops: float | None = None) -> tuple[float | None, str]:
+    """(dense peak FLOP/s, device name) for MFU: ``given_tflops``, else the GPU's datasheet figure
+    (``bench/device.py``; None for a GPU not in its table), else the CPU's measured fp32 matmul rate."""
+    device = detect(given_tflops or None)
+    if device.kind == "cpu" and not given_tflops:
         probe = matmul_probe()
         probe(0)
         t0 = time.perf_counter()
         probe(1)
         return matmul_rate(time.perf_counter() - t0), "cpu (measured fp32 matmul)"
-    name = torch.cuda.get_device_name()
-    for key, tflops in PEAK_TFLOPS.items():
-        if key in name:
-            return tflops * 1e12, name
-    raise SystemExit(f"unknown GPU {name!r}: pass --peak-tflops (dense bf16/fp16 TFLOP/s of the datasheet)")
+    return (device.peak_tflops * 1e12 if device.peak_tflops else None), device.name
+
+
+def rates(batch: int, seconds_per_step: float, flops: tuple[float, float], peak: float | None) -> dict[str, float | None]:
+    """img/s, ``model_mfu`` (model FLOPs), ``pipeline_mfu`` = ``mfu`` (+ the tokenizer's) of a
+    step of ``batch`` images; ``flops``: (model, tokenizer) FLOPs of that batch; None without a peak."""
+    model, tokenizer = flops
+    mfu = (model + tokenizer) / seconds_per_step / peak if peak else None
+    return {"images_per_s": batch / seconds_per_step, "model_mfu": model / seconds_per_step / peak if peak else None,
+            "pipeline_mfu": mfu, "mfu": mfu}
 
 
 def efficient_sdpa_with_bias(s: Setting) -> str:
@@ -235,7 +250,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data", default="", help="JPEG tar archive for the loader / gpu_decode runs")
     p.add_argument("--data-repeats", type=int, default=20, help="data.repeats of the archive")
     p.add_argument("--workers", type=int, default=8, help="loader workers of the loader runs")
-    p.add_argument("--peak-tflops", type=float, default=0.0)
+    p.add_argument("--peak-tflops", type=float, default=0.0, help="dense peak of the device (default: bench/device.py)")
     p.add_argument("--ds-dir", default="ds_configs")
     p.add_argument("--smoke", action="store_true", help="tiny model and tokenizer (CPU, CI)")
     p.add_argument("--local_rank", type=int, default=None)
@@ -263,21 +278,22 @@ def main() -> None:
     s = setting(args)
     runs, skipped = runs_of(args)
     mim = MIMConfig(vocab_size=512 if args.smoke else 8192, max_masked=mask_target(s))
-    model_flops, tok_flops = count_flops(s, mim, synthetic_batch(s), "cuda" if torch.cuda.is_available() else "cpu")
-    peak, device = peak_flops(args)
+    flops = count_flops(s, mim, synthetic_batch(s), "cuda" if torch.cuda.is_available() else "cpu")
+    peak, device = peak_flops(args.peak_tflops)
     figures: dict[str, object] = {"device": device, "model": "smoke" if args.smoke else args.model, "batch": s.batch,
-                                  "model_gflop_per_image": model_flops / s.batch / 1e9,
-                                  "tokenizer_gflop_per_image": tok_flops / s.batch / 1e9, "peak_tflops": peak / 1e12,
+                                  "model_gflop_per_image": flops[0] / s.batch / 1e9,
+                                  "tokenizer_gflop_per_image": flops[1] / s.batch / 1e9,
+                                  "peak_tflops": peak / 1e12 if peak else None,
                                   "sdpa_efficient_with_bias": efficient_sdpa_with_bias(s), "skipped": skipped}
     results: dict[str, dict[str, float | None]] = {}
     for run in runs:
         figures_of_run = run_one(s, mim, run, args)
         step = float(figures_of_run["seconds_per_step"] or 0.0)
-        mfu = (model_flops + tok_flops) / step / peak
-        results[run.name] = {"images_per_s": s.batch / step, "mfu": mfu, **figures_of_run}
+        results[run.name] = {**rates(s.batch, step, flops, peak), **figures_of_run}
         figures.setdefault(run.precision, results[run.name])  # the first run of each precision
-        print(f"{run.name}: {s.batch / step:.1f} img/s, MFU {100 * mfu:.1f} % of {peak / 1e12:.3g} TFLOP/s ({device})",
-              flush=True)
+        mfu = results[run.name]["mfu"]
+        shown = "—" if mfu is None else f"{100 * mfu:.1f} %"
+        print(f"{run.name}: {s.batch / step:.1f} img/s, pipeline MFU {shown} ({device})", flush=True)
     figures["runs"] = results
     figures["mfu"] = results[runs[0].name]["mfu"]
     emit(figures)

@@ -20,6 +20,8 @@ outright takes its launcher down with it (Linux's parent-death signal):
   table     results.md (a table per claim, mean ± std, Welch's t-test) and the PNG plots
 
 ``--tiny``: the same stages on a few images and steps with a 2-block model (the CI test).
+Its pre-training is far too short to decide the seed's claim (docs/RESULTS.md); ``gpu_study.py``
+runs the study that can, on one GPU in ≤ 10 minutes.
 """
 
 from __future__ import annotations

@@ -73,12 +73,13 @@ def compare(better: list[float], worse: list[float]) -> tuple[float, float, str]
     return diff, p, "same direction, within noise" if diff > 0 else "does not hold (opposite, within noise)"
 
 
-def _cell(values: list[float]) -> str:
+def cell(values: list[float]) -> str:
     m, s = mean_std(values)
     return f"{m:.2f} ± {s:.2f}" if not math.isnan(s) else f"{m:.2f}"
 
 
-def _test(out: Path, pattern: str, seeds: list[int]) -> list[float]:
+def test_top1(out: Path, pattern: str, seeds: list[int]) -> list[float]:
+    """Test top-1 of every finished run matching ``pattern`` (``{seed}`` filled in), seed by seed."""
     vals = []
     for seed in seeds:
         hits = sorted(out.glob(pattern.format(seed=seed)))
@@ -89,7 +90,7 @@ def _test(out: Path, pattern: str, seeds: list[int]) -> list[float]:
 def write_results(out: Path, seeds: list[int], depth: int, docs: Path | None = None) -> str:
     finetune, curves = _finetune_tables(out, seeds)
     probes, per_block, pl, best = _probe_tables(out, seeds, depth)
-    text = "\n".join(finetune + probes + _pretrain_table(out) + _wall_table(out)) + "\n"
+    text = "\n".join(finetune + probes + pretrain_lines(out) + wall_lines(out)) + "\n"
     (out / "results.md").write_text(text)
     _plots(out, curves, per_block, pl, best, depth, [out] + ([docs] if docs else []))
     print(text)
@@ -98,37 +99,62 @@ def write_results(out: Path, seeds: list[int], depth: int, docs: Path | None = N
 
 def _finetune_tables(out: Path, seeds: list[int]) -> tuple[list[str], dict]:
     """Fine-tuning test top-1 per arm, its claims, and the convergence table (+ the curves)."""
-    ft = {arm: _test(out, f"ft_{arm}_lr*_s{{seed}}", seeds) for arm in ARM_TEXT}
+    ft = {arm: test_top1(out, f"ft_{arm}_lr*_s{{seed}}", seeds) for arm in ARM_TEXT}
     sweep = _json(out / "sweep.json")
     lines = ["### Fine-tuning: test top-1 % per arm", "",
               f"lr chosen on the held-out val split: scratch {sweep['scratch']:g}, pre-trained arms {sweep['long']:g}.",
-              "", "| arm | pre-training | seeds | test top-1 % (mean ± std) | per seed |", "|:--|:--|--:|--:|:--|"]
-    for arm, vals in ft.items():
-        lines.append(f"| `{arm}` | {ARM_TEXT[arm]} | {len(vals)} | {_cell(vals)} | "
-                     + ", ".join(f"{v:.2f}" for v in vals) + " |")
+              "", *arm_lines(ft, ARM_TEXT)]
     lines += ["", "### Claims (fine-tuning test top-1; Welch's t-test over the seeds, two-sided)", "",
-              "| claim | arms | Δ mean (points) | p | verdict |", "|:--|:--|--:|--:|:--|"]
-    for claim, a, b in FINETUNE_CLAIMS:
-        if ft[a] and ft[b]:
-            diff, p, verdict = compare(ft[a], ft[b])
-            lines.append(f"| {claim} | `{a}` {_cell(ft[a])} vs `{b}` {_cell(ft[b])} | {diff:+.2f} | {p:.3g} | {verdict} |")
+              *claim_lines(ft, FINETUNE_CLAIMS)]
     # convergence: val top-1 after each epoch, long vs scratch
-    curves = {arm: [val_curve(r) for s in seeds for r in sorted(out.glob(f"ft_{arm}_lr*_s{s}")) if (r / "test.json").exists()]
-              for arm in ("long", "scratch")}
+    curves = {arm: finished_curves(out, f"ft_{arm}_lr*_s{{seed}}", seeds) for arm in ("long", "scratch")}
     if curves["long"] and curves["scratch"]:
-        n_ep = min(len(c) for c in curves["long"] + curves["scratch"])
         lines += ["", "### Convergence (Fig. 3): held-out val top-1 % after each fine-tuning epoch (mean ± std over seeds)", "",
-                  "| epoch | " + " | ".join(str(e + 1) for e in range(n_ep)) + " |", "|:--|" + "--:|" * n_ep]
-        for arm in ("long", "scratch"):
-            lines.append(f"| `{arm}` | " + " | ".join(_cell([c[e] for c in curves[arm]]) for e in range(n_ep)) + " |")
+                  *convergence_lines(curves)]
     return lines, curves
+
+
+def arm_lines(ft: dict[str, list[float]], arm_text: dict[str, str]) -> list[str]:
+    """A table of test top-1 per arm: seeds, mean ± std and every seed's value."""
+    lines = ["| arm | pre-training | seeds | test top-1 % (mean ± std) | per seed |", "|:--|:--|--:|--:|:--|"]
+    for arm, vals in ft.items():
+        lines.append(f"| `{arm}` | {arm_text[arm]} | {len(vals)} | {cell(vals) if vals else '—'} | "
+                     + ", ".join(f"{v:.2f}" for v in vals) + " |")
+    return lines
+
+
+def claim_lines(ft: dict[str, list[float]], claims: tuple[tuple[str, str, str], ...]) -> list[str]:
+    """A table of the ``(claim, better arm, worse arm)`` claims whose arms both have results:
+    difference of the means, Welch's p and the verdict."""
+    lines = ["| claim | arms | Δ mean (points) | p | verdict |", "|:--|:--|--:|--:|:--|"]
+    for claim, a, b in claims:
+        if ft.get(a) and ft.get(b):
+            diff, p, verdict = compare(ft[a], ft[b])
+            lines.append(f"| {claim} | `{a}` {cell(ft[a])} vs `{b}` {cell(ft[b])} | {diff:+.2f} | {p:.3g} | {verdict} |")
+    return lines
+
+
+def finished_curves(out: Path, pattern: str, seeds: list[int]) -> list[list[float]]:
+    """The val top-1 curve of every run matching ``pattern`` (``{seed}`` filled in) that has its test result."""
+    return [val_curve(r) for s in seeds for r in sorted(out.glob(pattern.format(seed=s))) if (r / "test.json").exists()]
+
+
+def convergence_lines(curves: dict[str, list[list[float]]], points: list[int] | None = None) -> list[str]:
+    """Mean ± std over the curves of each arm at each evaluation (``points``: the epoch of each
+    evaluation, default 1, 2, ...), as far as every curve reaches."""
+    n_ep = min(len(c) for runs in curves.values() for c in runs)
+    epochs = (points or list(range(1, n_ep + 1)))[:n_ep]
+    lines = ["| epoch | " + " | ".join(str(e) for e in epochs) + " |", "|:--|" + "--:|" * len(epochs)]
+    for arm, runs in curves.items():
+        lines.append(f"| `{arm}` | " + " | ".join(cell([c[e] for c in runs]) for e in range(len(epochs))) + " |")
+    return lines
 
 
 def _probe_tables(out: Path, seeds: list[int], depth: int) -> tuple[list[str], dict, dict, int]:
     """Linear probes per block and their claims (+ per-block val, test top-1 per probe, best block)."""
     probe = _json(out / "probe.json")
     best = int(probe["best_block"])
-    pl = {(init, b): _test(out, f"probe_{init}_b{b}_s{{seed}}", seeds) for init, b in
+    pl = {(init, b): test_top1(out, f"probe_{init}_b{b}_s{{seed}}", seeds) for init, b in
           (("long", best), ("long", depth), ("random", best))}
     per_block = {init: [val_curve(out / f"probe_{init}_b{b}_s{seeds[0]}")[-1] for b in range(1, depth + 1)]
                  for init in ("long", "random")}
@@ -146,15 +172,15 @@ def _probe_tables(out: Path, seeds: list[int], depth: int) -> tuple[list[str], d
     for claim, a, b in probe_claims:
         if pl[a] and pl[b]:
             diff, p, verdict = compare(pl[a], pl[b])
-            lines.append(f"| {claim} | `{a[0]}` b{a[1]} {_cell(pl[a])} vs `{b[0]}` b{b[1]} {_cell(pl[b])} "
+            lines.append(f"| {claim} | `{a[0]}` b{a[1]} {cell(pl[a])} vs `{b[0]}` b{b[1]} {cell(pl[b])} "
                          f"| {diff:+.2f} | {p:.3g} | {verdict} |")
     return lines, per_block, pl, best
 
 
-def _pretrain_table(out: Path) -> list[str]:
-    """The MIM objective at the end of each pre-training arm."""
+def pretrain_lines(out: Path, arms: tuple[str, ...] = ("long", "short", "random", "pixels", "all")) -> list[str]:
+    """The MIM objective at the end of each pre-training arm (``pretrain_<arm>``)."""
     lines = ["", "### Pre-training arms", "", "| arm | steps | final MIM loss | masked-token accuracy % |", "|:--|--:|--:|--:|"]
-    for arm in ("long", "short", "random", "pixels", "all"):
+    for arm in arms:
         run = out / f"pretrain_{arm}"
         if (run / "metrics.jsonl").exists():
             last = [r for r in _metrics(run) if "train/loss" in r][-1]
@@ -164,7 +190,7 @@ def _pretrain_table(out: Path) -> list[str]:
     return lines
 
 
-def _wall_table(out: Path) -> list[str]:
+def wall_lines(out: Path) -> list[str]:
     """Minutes per stage, from every run's ``DONE.json`` (+ its test)."""
     lines = ["", "### Wall time per stage (this machine, one job at a time)", "", "| stage | runs | minutes |", "|:--|--:|--:|"]
     walls: dict[str, list[float]] = {}
@@ -178,6 +204,32 @@ def _wall_table(out: Path) -> list[str]:
     return lines
 
 
+def plot_convergence(curves: dict[str, list[list[float]]], title: str, paths: list[Path],
+                     points: list[int] | None = None) -> None:
+    """Val top-1 per evaluation, one line per run, one colour per label (the first pre-trained,
+    the next from random weights); ``points``: the epoch of each evaluation (default 1, 2, ...)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for color, (label, runs) in zip(("tab:blue", "tab:gray", "tab:orange", "tab:green"), curves.items()):
+        for i, c in enumerate(runs):
+            xs = (points or list(range(1, len(c) + 1)))[: len(c)]
+            ax.plot(xs, c[: len(xs)], color=color, alpha=0.8, lw=1.2, label=label if i == 0 else None, marker="o", ms=3)
+    ax.set_xlabel("fine-tuning epoch")
+    ax.set_ylabel("held-out val top-1 %")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _plots(out: Path, curves: dict, per_block: dict, pl: dict, best: int, depth: int, dirs: list[Path]) -> None:
     import matplotlib
 
@@ -185,21 +237,8 @@ def _plots(out: Path, curves: dict, per_block: dict, pl: dict, best: int, depth:
     import matplotlib.pyplot as plt
 
     colors = {"long": "tab:blue", "scratch": "tab:gray", "random": "tab:gray"}
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for arm, label in (("long", "fine-tuned from BEiT"), ("scratch", "from random weights")):
-        for i, c in enumerate(curves.get(arm, [])):
-            ax.plot(range(1, len(c) + 1), c, color=colors[arm], alpha=0.8, lw=1.2, label=label if i == 0 else None,
-                    marker="o", ms=3)
-    ax.set_xlabel("fine-tuning epoch")
-    ax.set_ylabel("held-out val top-1 %")
-    ax.set_title("CIFAR-10, 2,000 labels: one line per seed")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    for d in dirs:
-        d.mkdir(parents=True, exist_ok=True)
-        fig.savefig(d / "cifar10_convergence.png", dpi=110)
-    plt.close(fig)
+    plot_convergence({"fine-tuned from BEiT": curves.get("long", []), "from random weights": curves.get("scratch", [])},
+                     "CIFAR-10, 2,000 labels: one line per seed", [d / "cifar10_convergence.png" for d in dirs])
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     blocks = list(range(1, depth + 1))
     ax.plot(blocks, per_block["long"], marker="o", color=colors["long"], label="BEiT (val, seed 0)")
