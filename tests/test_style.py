@@ -228,3 +228,12 @@ def test_checker_sees_local_and_hidden_imports(tmp_path: Path) -> None:
         "door",
         "foundation",
     ]
+
+
+def test_test_file_names_are_unique() -> None:
+    """pytest imports test files by their base name (no packages under tests/): two files of one
+    name stop the whole run at collection."""
+    names: dict[str, list[str]] = {}
+    for path in (ROOT / "tests").rglob("test_*.py"):
+        names.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    assert not {name: where for name, where in names.items() if len(where) > 1}
