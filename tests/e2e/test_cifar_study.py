@@ -1,7 +1,9 @@
 """The CIFAR-10 study (``experiments/cifar10/study.py``, docs/RESULTS.md) end to end on a tiny slice:
 every stage through the real launchers (3 labelled / 2 val / 2 test images per class, a 2-block model,
-a few steps, seeds 0 and 1), then the resume contract: a second invocation skips every finished run,
-and a run whose last checkpoint and DONE marker are gone resumes from its earlier checkpoint."""
+a few steps, seed 0; the spread over seeds and Welch's test are the GPU study's tiny run's and
+``test_verdicts_follow_welch_t_test``'s), then the resume contract: a second invocation skips every
+finished run, and a run whose last checkpoint and DONE marker are gone resumes from its earlier
+checkpoint."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 
 def _study(out: Path, cache: Path, archive: Path, *stages: str) -> str:
-    cmd = [sys.executable, str(STUDY), *stages, "--tiny", "--out", str(out), "--seeds", "0", "1",
+    cmd = [sys.executable, str(STUDY), *stages, "--tiny", "--out", str(out), "--seeds", "0",
            "--cache", str(cache), "--archive", str(archive)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
@@ -40,7 +42,7 @@ def test_study_end_to_end_and_resume(tmp_path: Path, datasets_dir: Path) -> None
     assert all("/train/" in x for x in lists["labelled"] + lists["val"]) and all("/test/" in x for x in lists["test"])
     # every fine-tuning arm x seed was evaluated on the 20 test images; val after each of 2 epochs
     sweep = json.loads((out / "sweep.json").read_text())
-    for seed in (0, 1):
+    for seed in (0,):
         for arm in ("scratch", "long", "short", "random", "pixels", "all"):
             lr = sweep["scratch" if arm == "scratch" else "long"]
             run = out / f"ft_{arm}_lr{lr:g}_s{seed}"
@@ -54,13 +56,13 @@ def test_study_end_to_end_and_resume(tmp_path: Path, datasets_dir: Path) -> None
     assert "target: tokens" in (out / "pretrain_long" / "recipe.yaml").read_text()
     assert "strategy: random" in (out / "pretrain_random" / "recipe.yaml").read_text()
     assert "predict_all: true" in (out / "pretrain_all" / "recipe.yaml").read_text()
-    # probes: every block of `long` and of random weights, then the best val block over both seeds
+    # probes: every block of `long` and of random weights, then the best val block
     best = json.loads((out / "probe.json").read_text())["best_block"]
     assert best in (1, 2)
     for init in ("long", "random"):
         for block in (1, 2):
             assert (out / f"probe_{init}_b{block}_s0" / "DONE.json").exists()
-    assert json.loads((out / f"probe_random_b{best}_s1" / "test.json").read_text())["images"] == 20
+    assert json.loads((out / f"probe_random_b{best}_s0" / "test.json").read_text())["images"] == 20
     # the tables and plots
     results = (out / "results.md").read_text()
     for claim in ("pre-training helps", "blockwise > random masking", "visual tokens > pixel regression",
@@ -72,7 +74,7 @@ def test_study_end_to_end_and_resume(tmp_path: Path, datasets_dir: Path) -> None
 
     # resume: a finished study re-runs nothing ...
     again = _study(out, cache, archive, "lists", "tokenizer", "pretrain", "sweep", "finetune", "probe")
-    assert "starting" not in again and again.count("done, skipped") >= 30
+    assert "starting" not in again and again.count("done, skipped") == 28  # the lists and every run
     # ... and a run killed after its first checkpoint continues from it
     short = out / "pretrain_short"
     (short / "DONE.json").unlink()
