@@ -13,14 +13,16 @@ width) — and neither a bare backbone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from beit_ds.artifacts import EMA_WEIGHTS, MANIFEST, RECIPE_JSON, TOKENIZER_WEIGHTS, WEIGHTS, ExportDir
-from beit_ds.config import ConfigError, MIMConfig, ModelConfig, TokenizerConfig
+from beit_ds.config import ConfigError, DataConfig, MIMConfig, ModelConfig, TokenizerConfig
 from beit_ds.config_io import build_dataclass
+from beit_ds.engine.saved import SavedCheckpoint
 from beit_ds.models import Beit, BeitForImageClassification, BeitForMaskedImageModeling
 from beit_ds.tasks.registry import task_type
 from beit_ds.tokenizers import DiscreteVAE, load_dvae
@@ -86,3 +88,16 @@ def _classifier(cfg: ModelConfig, sd: Tensors) -> BeitForImageClassification:
         return BeitForImageClassification(cfg)
     pool = "cls_mean" if sd["head.weight"].shape[1] == 2 * cfg.embed_dim else "mean"
     return BeitForImageClassification(cfg, probe_layer=blocks, probe_pool=pool)
+
+
+def export_tokenizer(
+    saved: SavedCheckpoint, out_dir: Path, data: DataConfig, save: Callable[[Path], object], report: Callable[[], object]
+) -> list[Path]:
+    """A trained tokenizer's export: ``tokenizer.safetensors`` (``save(path)``) and, when the recipe's
+    ``data`` is readable here, ``report.json`` (``report()``); then ``recipe.json`` and ``export.json``."""
+    export = ExportDir(out_dir).create()
+    paths = [export.write_file(TOKENIZER_WEIGHTS, save)]
+    if data.source == "demo" or Path(data.path).exists():  # readable here
+        paths.append(export.write_json("report.json", report()))
+    export.finish(saved.kind, saved.recipe, source=str(saved.tag_dir))
+    return paths

@@ -60,7 +60,8 @@ class Teacher(nn.Module):
     std: torch.Tensor
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The feature tokens ``[B, N, C]`` of normalised images ``x``: each kind of teacher says which."""
+        raise NotImplementedError(f"{type(self).__name__}: a teacher defines tokens()")
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ from beit_ds.engine.saved import SavedCheckpoint
 from beit_ds.engine.task import StepOutput, Task
 from beit_ds.metrics import MetricWriter
 from beit_ds.recipe import TokenizerRecipe
-from beit_ds.tasks.exported import load_tokenizer, no_ema
+from beit_ds.tasks.exported import export_tokenizer, load_tokenizer, no_ema
 from beit_ds.tasks.registry import register
 from beit_ds.tokenizers import DiscreteVAE, DVAEOutput, code_usage, dvae_schedule, save_dvae
 
@@ -129,13 +129,8 @@ class TokenizerTask(Task[TokenizerRecipe]):
         """``tokenizer.safetensors`` and, when the recipe's data is readable here, ``report.json``;
         then ``recipe.json`` and ``export.json``."""
         task, dvae = checkpoint_dvae(saved)
-        export = ExportDir(out_dir).create()
-        paths = [export.write_file(TOKENIZER_WEIGHTS, lambda path: save_dvae(dvae, path))]
-        data = task.recipe.data
-        if data.source == "demo" or Path(data.path).exists():  # readable here
-            paths.append(export.write_json("report.json", reconstruction_report(dvae, task.build_loader())))
-        export.finish(saved.kind, saved.recipe, source=str(saved.tag_dir))
-        return paths
+        return export_tokenizer(saved, out_dir, task.recipe.data, lambda path: save_dvae(dvae, path),
+                                lambda: reconstruction_report(dvae, task.build_loader()))
 
     @classmethod
     def load_exported(cls, export: ExportDir, ema: bool = False) -> nn.Module:

@@ -36,7 +36,7 @@ from beit_ds.engine.saved import SavedCheckpoint
 from beit_ds.engine.task import StepOutput, Task
 from beit_ds.logger import get_logger
 from beit_ds.recipe import VQKDRecipe
-from beit_ds.tasks.exported import no_ema
+from beit_ds.tasks.exported import export_tokenizer, no_ema
 from beit_ds.tasks.registry import register
 from beit_ds.tasks.teacher import Teacher, check_teacher, load_teacher
 from beit_ds.tokenizers.quantizer import NormEMAQuantizer, usage
@@ -131,13 +131,8 @@ class VQKDTask(Task[VQKDRecipe]):
         """``tokenizer.safetensors`` and, when the recipe's data is readable here, ``report.json``;
         then ``recipe.json`` and ``export.json``."""
         task, model = checkpoint_vqkd(saved)
-        export = ExportDir(out_dir).create()
-        paths = [export.write_file(TOKENIZER_WEIGHTS, lambda path: save_vqkd(model, path))]
-        data = task.recipe.data
-        if data.source == "demo" or Path(data.path).exists():  # readable here
-            paths.append(export.write_json("report.json", codebook_report(model, task.build_loader())))
-        export.finish(saved.kind, saved.recipe, source=str(saved.tag_dir))
-        return paths
+        return export_tokenizer(saved, out_dir, task.recipe.data, lambda path: save_vqkd(model, path),
+                                lambda: codebook_report(model, task.build_loader()))
 
     @classmethod
     def load_exported(cls, export: ExportDir, ema: bool = False) -> nn.Module:
