@@ -8,13 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from beit_ds.config import ConfigError
 from beit_ds.engine.run_lock import LOCK_NAME, RunLock
+from tests.conftest import wait_for
 
 HOLD = "import sys, time; from beit_ds.engine.run_lock import RunLock; lock = RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)"
 
@@ -29,14 +29,17 @@ def test_a_second_job_on_the_folder_is_refused_until_the_first_dies(tmp_path: Pa
     finally:
         os.kill(holder.pid, signal.SIGKILL)  # no clean-up: the kernel drops the lock
         holder.wait()
-    deadline = time.time() + 10
-    while True:
+    locks: list[RunLock] = []
+
+    def acquired() -> bool:
         try:
-            lock = RunLock(tmp_path).acquire()
-            break
+            locks.append(RunLock(tmp_path).acquire())
         except ConfigError:
-            assert time.time() < deadline
-            time.sleep(0.1)
+            return False
+        return True
+
+    assert wait_for(acquired, 10)
+    (lock,) = locks
     assert (tmp_path / LOCK_NAME).read_text() == f"pid {os.getpid()} on {os.uname().nodename}"
     lock.release()
     RunLock(tmp_path).acquire().release()  # released: free again
