@@ -178,12 +178,14 @@ def _probe_tables(out: Path, seeds: list[int], depth: int) -> tuple[list[str], d
 
 
 def pretrain_lines(out: Path, arms: tuple[str, ...] = ("long", "short", "random", "pixels", "all")) -> list[str]:
-    """The MIM objective at the end of each pre-training arm (``pretrain_<arm>``)."""
+    """The MIM objective at the end of each finished pre-training arm (``pretrain_<arm>`` with its
+    ``DONE.json``); an arm a stop interrupted, perhaps before its first logged loss, is left out."""
     lines = ["", "### Pre-training arms", "", "| arm | steps | final MIM loss | masked-token accuracy % |", "|:--|--:|--:|--:|"]
     for arm in arms:
         run = out / f"pretrain_{arm}"
-        if (run / "metrics.jsonl").exists():
-            last = [r for r in _metrics(run) if "train/loss" in r][-1]
+        losses = [r for r in _metrics(run) if "train/loss" in r] if (run / "DONE.json").exists() else []
+        if losses:
+            last = losses[-1]
             acc = last.get("train/mim_accuracy")
             acc_text = f"{100 * acc:.2f}" if acc is not None and arm != "pixels" else "—"
             lines.append(f"| `{arm}` | {last['step']} | {last['train/loss']:.4f} | {acc_text} |")

@@ -70,6 +70,24 @@ def test_plan_lists_every_run_in_order(tmp_path: Path) -> None:
     assert len(work) == 1 + 3 + 2 * (2 * (4 + 3) + 2 * (3 + 3))  # tokenizer, pre-training; per regime runs + tests
 
 
+def test_tables_of_a_study_stopped_inside_a_pre_training_leave_that_arm_out(tmp_path: Path) -> None:
+    """A SIGTERM during a pre-training, before its first logged loss: the tables are still written."""
+    from gpu_table import write_gpu_results
+
+    stopped, done = tmp_path / "pretrain_beit", tmp_path / "pretrain_pixels"
+    for run in (stopped, done):
+        run.mkdir()
+    (stopped / "metrics.jsonl").write_text(json.dumps({"step": 0, "lr": 1e-3}) + "\n")
+    (done / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "train/loss": 1.5 - 0.25 * s}) + "\n"
+                                                for s in (1, 2)))
+    (done / "DONE.json").write_text(json.dumps({"stage": "pretrain", "kind": "pretrain", "wall_s": 1.0,
+                                                "images": 32, "flop": 1.0}))
+    record: dict[str, object] = {"status": "stopped (SIGTERM): preempted", "elapsed_s": 60.0, "budget_s": 600.0}
+    text = write_gpu_results(tmp_path, [0, 1], TINY.regimes, record)
+    assert "| `pixels` | 2 | 1.0000 | — |" in text and "| `beit` |" not in text.split("### Pre-training arms")[1]
+    assert json.loads((tmp_path / "study.json").read_text())["status"] == record["status"]
+
+
 def _study(out: Path, cache: Path, archive: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, str(EXP / "gpu_study.py"), "--tiny", "--out", str(out), "--seeds", "0", "1",
            "--cache", str(cache), "--archive", str(archive), *extra]
