@@ -69,6 +69,7 @@ from beit_ds.data.skips import DataError
 from beit_ds.engine.preemption import Preempted
 from beit_ds.processes import process_age
 from beit_ds.recipe import TrainingRecipe
+from beit_ds.safe_write import write_text
 
 sys.path.insert(0, str(ROOT / "bench"))
 from device import detect  # noqa: E402  (bench/device.py: the one table of device peaks)
@@ -169,7 +170,7 @@ class GpuStudy:
             with ThreadPoolExecutor(len(LISTS)) as pool:
                 list(pool.map(lambda name: decoded(self.out / f"{name}.txt", cache), LISTS))
         (self.out / "decode").mkdir(exist_ok=True)
-        (self.out / "decode" / "DONE.json").write_text(json.dumps({"stage": "decode", "wall_s": time.monotonic() - t0}))
+        write_text(self.out / "decode" / "DONE.json", json.dumps({"stage": "decode", "wall_s": time.monotonic() - t0}))
 
     def plan(self) -> None:
         """FLOPs per image on the actual models and the plan table (plan.md, printed)."""
@@ -197,7 +198,7 @@ class GpuStudy:
         if factor < 1:
             self.epochs.pretrain = self.epochs.pretrain if frozen_pre else factor
             self.epochs.finetune = self.epochs.finetune if frozen_ft else factor
-        (self.out / "epochs.json").write_text(json.dumps(vars(self.epochs)))
+        write_text(self.out / "epochs.json", json.dumps(vars(self.epochs)))
         decision = {"at": point, "elapsed_s": round(self.budget.elapsed(), 1), "left_s": round(self.budget.left(), 1),
                     "predicted_s": round(self.budget.total(self.pending()), 1), "cut": list(self.cut),
                     "epochs": dict(vars(self.epochs))}
@@ -221,7 +222,7 @@ class GpuStudy:
         wall = time.monotonic() - t0
         images, flop = (work.images, work.flop) if work else (0, 0.0)
         record = {"stage": stage, "kind": kind, "wall_s": wall, "images": images, "flop": flop}
-        (self.out / name / "DONE.json").write_text(json.dumps(record, indent=1))
+        write_text(self.out / name / "DONE.json", json.dumps(record, indent=1))
         self.budget.record(kind, wall, images, flop)
         print(f"[{stage}] {name}: finished in {wall:.1f} s ({images / wall:,.0f} img/s)", flush=True)
 
@@ -236,7 +237,7 @@ class GpuStudy:
         t0 = time.monotonic()
         metrics = tasks.evaluate(self.runs.finetune(regime, arm, lr, seed, test=True))
         wall = time.monotonic() - t0
-        path.write_text(json.dumps({**metrics, "wall_s": wall}, indent=1))
+        write_text(path, json.dumps({**metrics, "wall_s": wall}, indent=1))
         self.budget.record("test", wall, 0, 0.0)
         print(f"[test] {name}: top-1 {metrics['top1']:.2f} % ({wall:.1f} s)", flush=True)
 
@@ -252,7 +253,7 @@ class GpuStudy:
             picks[arm] = max(vals, key=lambda lr: vals[lr])
             print(f"[sweep {regime.name}] {arm}: val top-1 " + ", ".join(f"lr {k:g}: {v:.2f}" for k, v in vals.items())
                   + f" -> lr {picks[arm]:g}", flush=True)
-        (self.out / "sweep.json").write_text(json.dumps({**self.chosen(), regime.name: picks}, indent=1))
+        write_text(self.out / "sweep.json", json.dumps({**self.chosen(), regime.name: picks}, indent=1))
         return picks
 
     def arm(self, arm: str) -> None:
