@@ -168,7 +168,8 @@ with PreemptionWatch() as watch:
             deadline = time.monotonic() + 60
             while not watch.requested and time.monotonic() < deadline:
                 time.sleep(0.05)
-            time.sleep(0.5)  # the workers have it too by now
+            # killpg made the signal pending in the whole group before it returned: every batch from
+            # here on comes from a worker that has already taken it
         if sys.argv[2] == "hold" and len(batches) == 2:
             print("holding", flush=True)
             time.sleep(600)

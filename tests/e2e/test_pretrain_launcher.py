@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -234,15 +233,12 @@ def test_sigterm_to_the_launcher_checkpoints_and_ends_the_ranks(tmp_path, target
 
     out = tmp_path / "run"
     proc = _launch(out, "fp32", ["checkpoint.save_every_steps=1000", "data.num_workers=2"])
-    deadline = time.time() + 300
-    while max(_losses(out), default=0) < 2 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    assert wait_for(lambda: max(_losses(out), default=0) >= 2, 300, proc), "no second step logged"
     victim = psutil.Process(proc.pid)
     if target != "deepspeed":
         victim = next(c for c in victim.children(recursive=True) if target in " ".join(c.cmdline()))
     victim.send_signal(signal.SIGTERM)
-    while _alive(out) and time.time() < deadline:
-        time.sleep(0.5)
+    wait_for(lambda: not _alive(out), 300)
     try:
         assert not _alive(out), "ranks left running"
     finally:

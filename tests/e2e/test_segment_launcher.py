@@ -10,13 +10,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import wait_for
 from tests.e2e.test_pretrain_launcher import _rows, _wait
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,9 +90,7 @@ def test_two_ranks_segmentation_kill_resume_export_evaluate(tmp_path: Path) -> N
 
     run = tmp_path / "run"
     proc = _launch("segment.py", run, data, [f"checkpoint.output_dir={run}"])
-    deadline = time.time() + 900
-    while time.time() < deadline and max(_losses(run), default=0) < 6 and proc.poll() is None:
-        time.sleep(0.2)
+    wait_for(lambda: max(_losses(run), default=0) >= 6, 900, proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert 6 <= max(_losses(run)) < 8

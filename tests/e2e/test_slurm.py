@@ -9,12 +9,11 @@ import os
 import re
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import require
+from tests.conftest import require, wait_for
 from tests.e2e.test_pretrain_launcher import SMALL, _losses
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,14 +82,11 @@ def test_preemption_signal_checkpoints_requeues_and_resumes(slurm, tmp_path):
     proc = _sbatch(slurm, out, ["checkpoint.save_every_steps=1000"], wait=False)
     assert proc.returncode == 0, proc.stderr
     job = proc.stdout.strip().split(";")[0]
-    deadline = time.time() + 300
-    while max(_losses(out), default=0) < 2 and time.time() < deadline:
-        time.sleep(0.2)
+    assert wait_for(lambda: max(_losses(out), default=0) >= 2, 300), "no second step logged"
     # what `#SBATCH --signal=B:USR1@300` does ahead of the time limit: USR1 to the batch script
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=slurm, check=True)
     # the requeued job starts again after cred_expire (10 s in tests/slurm/up.sh, 120 s by default)
-    while _job(slurm, job).get("JobState") not in ("COMPLETED", "FAILED", "CANCELLED") and time.time() < deadline:
-        time.sleep(0.5)
+    wait_for(lambda: _job(slurm, job).get("JobState") in ("COMPLETED", "FAILED", "CANCELLED"), 300)
     log = _job_output(out)
     assert _job(slurm, job).get("JobState") == "COMPLETED", log[-4000:]
     assert "SIGUSR1: the tasks checkpoint and stop" in log and f"requeueing job {job}" in log, log[-4000:]
@@ -113,16 +109,14 @@ def test_scancel_with_loader_workers_still_checkpoints(slurm, tmp_path):
     proc = _sbatch(slurm, out, ["checkpoint.save_every_steps=1000", "data.num_workers=2"], wait=False)
     assert proc.returncode == 0, proc.stderr
     job = proc.stdout.strip().split(";")[0]
-    deadline = time.time() + 300
-    while max(_losses(out), default=0) < 2 and time.time() < deadline:
-        time.sleep(0.2)
+    assert wait_for(lambda: max(_losses(out), default=0) >= 2, 300), "no second step logged"
     subprocess.run(["scancel", job], env=slurm, check=True)  # SIGTERM to the batch script and every task
     def left() -> bool:  # srun, the ranks and their loader workers all name the run folder
         pgrep = ["pgrep", "-f", f"checkpoint.output_dir={out}"]
         return subprocess.run(pgrep, stdout=subprocess.DEVNULL).returncode == 0
 
-    while time.time() < deadline and (left() or _job(slurm, job).get("JobState") == "COMPLETING"):
-        time.sleep(0.5)  # the ranks (and their workers) end by themselves, not at KillWait's SIGKILL
+    # the ranks (and their workers) end by themselves, not at KillWait's SIGKILL
+    wait_for(lambda: not left() and _job(slurm, job).get("JobState") != "COMPLETING", 300)
     assert not left(), "processes left behind"
     log = _job_output(out)
     assert _job(slurm, job).get("JobState") == "CANCELLED", log[-4000:]
