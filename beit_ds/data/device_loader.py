@@ -175,10 +175,10 @@ class DeviceLoader:
         labels = images.labels[rows] if images.labels is not None else None
         images.report.loaded += len(indices)
         if masks is not None:
-            return MIMBatch(views[0], views[1], masks, on_device, labels)
+            return MIMBatch(views[0], views[1], masks, indices, labels)
         if labels is None:
             raise DataError("the on-device classification loader needs labels")
-        return ClassBatch(views[0], labels, on_device)
+        return ClassBatch(views[0], labels, indices)  # indices on the host, as the worker path's
 
 
 def build_device_pretrain_loader(

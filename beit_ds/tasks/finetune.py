@@ -97,8 +97,9 @@ def build_finetune_model(r: ClassificationRecipe, head: str | None = None) -> Be
 
 def cls_forward(model: TrainEngine, batch: ClassBatch, mix: Mixup, seed: int, dtype: torch.dtype) -> StepOutput:
     """One micro-batch: Mixup / CutMix with smoothed targets, soft-target cross-entropy, accuracy."""
+    rng = mix_rng(seed, batch.indices)  # before the move: the loaders' indices are on the host (no sync)
     batch = batch.to(model.device)
-    images, targets = mix(batch.images, batch.labels, mix_rng(seed, batch.indices.cpu()))
+    images, targets = mix(batch.images, batch.labels, rng)
     out = cast(ClassifierOutput, model(images.to(dtype), targets))  # the classifier's output
     accuracy = (out.logits.argmax(-1) == batch.labels).float().mean()
     return StepOutput(out.loss, {"accuracy": accuracy.detach()})
