@@ -14,7 +14,7 @@ from torch import nn
 from beit_ds.config_io import stored_recipe
 from beit_ds.distributed import ProcessPlace
 from beit_ds.engine import elastic, safe_load
-from beit_ds.engine.checkpoint import GROUP_NAMES, CheckpointError
+from beit_ds.engine.checkpoint import GROUP_NAMES, CheckpointError, verify
 from beit_ds.engine.jsonlike import as_object
 from beit_ds.engine.saved import SavedCheckpoint, checkpoint_client_state
 from beit_ds.engine.task import Task
@@ -67,10 +67,12 @@ def stage0_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def checkpoint_task(task_cls: type[T], saved: SavedCheckpoint) -> tuple[T, nn.Module]:
-    """A ``task_cls`` of the recipe ``saved`` holds (checked, on one process) and its model with the
-    consolidated weights: what a task's export or evaluation of a checkpoint starts from."""
+    """A ``task_cls`` of the recipe ``saved`` holds (checked with ``check_saved``, on one process) and
+    its model with the consolidated weights, in eval mode: what a task's export or evaluation of a
+    checkpoint starts from. The checkpoint's files are verified first (not their checksums)."""
+    verify(saved.tag_dir, checksums=False)
     task = task_cls(stored_recipe(task_cls.recipe_type, saved.recipe), ProcessPlace())
-    task.check()
+    task.check_saved()
     model = task.build_model()
     model.load_state_dict(consolidated_state_dict(saved.tag_dir), strict=True)
-    return task, model
+    return task, model.eval()

@@ -75,6 +75,11 @@ class Task(Generic[R_co]):
     def check(self) -> None:
         """Every check of the recipe that needs no process group (one-line ``ConfigError``)."""
 
+    def check_saved(self) -> None:
+        """The checks an export or evaluation of this task's checkpoint needs: ``check()`` unless a
+        task's training needs more than its checkpoint does (a teacher, say)."""
+        self.check()
+
     def build_model(self) -> nn.Module:
         raise NotImplementedError(f"{type(self).__name__}: a task defines build_model()")
 

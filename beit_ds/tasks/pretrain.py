@@ -171,7 +171,6 @@ class PretrainTask(Task[PretrainRecipe]):
         """MIM loss and masked-token accuracy of the checkpoint on ``batches`` batches of its data
         (with patch aggregation also ``agg_loss`` and ``agg_accuracy``, the aggregation head's)."""
         task, model = checkpoint_task(cls, saved)
-        model.eval()
         tokenizer = frozen_tokenizer(task.recipe, torch.device("cpu"), torch.float32)
         totals: dict[str, float] = {}
         n = 0

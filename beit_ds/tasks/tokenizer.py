@@ -150,4 +150,4 @@ def checkpoint_dvae(saved: SavedCheckpoint) -> tuple[TokenizerTask, DiscreteVAE]
     """The task of the tokenizer checkpoint ``saved`` and its dVAE with the consolidated weights, in
     eval mode."""
     task, model = checkpoint_task(TokenizerTask, saved)
-    return task, cast(DiscreteVAE, model).eval()  # what TokenizerTask.build_model() builds
+    return task, cast(DiscreteVAE, model)  # what TokenizerTask.build_model() builds

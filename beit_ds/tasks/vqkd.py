@@ -23,12 +23,11 @@ from torch import nn
 
 from beit_ds.artifacts import TOKENIZER_WEIGHTS, ExportDir
 from beit_ds.config import ConfigError, MaskingConfig
-from beit_ds.config_io import build_dataclass, stored_recipe
+from beit_ds.config_io import build_dataclass
 from beit_ds.data import build_pretrain_loader
 from beit_ds.data.collate import MIMBatch
 from beit_ds.distributed import ProcessPlace
-from beit_ds.engine.checkpoint import verify
-from beit_ds.engine.consolidate import consolidated_state_dict
+from beit_ds.engine.consolidate import checkpoint_task
 from beit_ds.engine.job import loader_place
 from beit_ds.engine.plan import LoopPlan
 from beit_ds.engine.protocols import Batch, Loader, TrainEngine
@@ -92,6 +91,10 @@ class VQKDTask(Task[VQKDRecipe]):
         self.teacher = load_teacher(r.teacher)
         check_teacher(self.teacher, r.tokenizer.image_size, grid, r.tokenizer.vqkd.decoder_out_dim)
 
+    def check_saved(self) -> None:
+        """The recipe only: exporting or evaluating a checkpoint needs no teacher."""
+        check_recipe(self.recipe)
+
     def build_model(self) -> nn.Module:
         return VQKD(self.recipe.tokenizer.vqkd, self.recipe.tokenizer.image_size)
 
@@ -154,9 +157,5 @@ class VQKDTask(Task[VQKDRecipe]):
 def checkpoint_vqkd(saved: SavedCheckpoint) -> tuple[VQKDTask, VQKD]:
     """The task of the VQ-KD checkpoint ``saved`` (its teacher not loaded: exporting needs none) and
     its tokenizer with the consolidated weights and codebook, in eval mode."""
-    verify(saved.tag_dir, checksums=False)
-    task = VQKDTask(stored_recipe(VQKDRecipe, saved.recipe), ProcessPlace())
-    check_recipe(task.recipe)
-    model = cast(VQKD, task.build_model())
-    model.load_state_dict(consolidated_state_dict(saved.tag_dir), strict=True)
-    return task, model.eval()
+    task, model = checkpoint_task(VQKDTask, saved)
+    return task, cast(VQKD, model)  # what VQKDTask.build_model() builds

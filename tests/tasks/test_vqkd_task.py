@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from beit_ds.artifacts import WEIGHTS, ExportDir
 from beit_ds.config import ConfigError, MIMConfig, TeacherConfig
@@ -19,6 +20,7 @@ from beit_ds.config_io import load_recipe, to_dict
 from beit_ds.models import build_mim_model, build_model, model_config
 from beit_ds.models.convert import backbone_state_dict
 from beit_ds.recipe import PretrainRecipe, VQKDRecipe
+from beit_ds.tasks import export as export_checkpoint
 from beit_ds.tasks import train
 from beit_ds.tasks.exported import load_export
 from beit_ds.tasks.formats import write_timm_and_hf
@@ -136,9 +138,10 @@ SMALL = ["tokenizer.vqkd.depth=1", "tokenizer.vqkd.codebook_size=32", "schedule.
 
 
 def test_a_short_run_exports_a_tokenizer_for_beit_v2(ds_single_rank, export, tmp_path):
-    out = tmp_path / "run"
+    out, teacher = tmp_path / "run", tmp_path / "teacher"
+    shutil.copytree(export, teacher)
     recipe = load_recipe(VQKDRecipe, "tokenizer_vqkd_demo_cpu", [
-        *SMALL, f"teacher.path={export}", "tokenizer.vqkd.decoder_out_dim=32", "schedule.max_steps=3",
+        *SMALL, f"teacher.path={teacher}", "tokenizer.vqkd.decoder_out_dim=32", "schedule.max_steps=3",
         f"checkpoint.output_dir={out}"])
     train(recipe, FP32, resume="none")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -151,6 +154,10 @@ def test_a_short_run_exports_a_tokenizer_for_beit_v2(ds_single_rank, export, tmp
     assert 0 < report["codes_used"] <= 1 and report["codebook_size"] == 32
     tokenizer = load_export(out / "export")
     assert isinstance(tokenizer, VQKD) and tokenizer.quantize.embedding.initted.item() == 1
+    shutil.rmtree(teacher)  # exporting the checkpoint again needs no teacher
+    export_checkpoint(out / "checkpoints" / "step_00000003", tmp_path / "again")
+    again, first = (load_file(d / "tokenizer.safetensors") for d in (tmp_path / "again", out / "export"))
+    assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)
     v2 = tmp_path / "v2"  # BEiT v2 pre-training on its codes; no pixel decoder: attention pictures only
     pretrain = load_recipe(PretrainRecipe, "pretrain_demo_cpu", [
         "tokenizer.name=vqkd", f"tokenizer.path={out / 'export/tokenizer.safetensors'}", "schedule.max_steps=1",
