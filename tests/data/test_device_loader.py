@@ -106,7 +106,9 @@ def test_finetune_views_erasing_and_ordered_evaluation(device_data):
 
 def test_every_tensor_of_a_batch_is_made_on_the_device(device_data, tiny_masking):
     """On ``meta`` (a stand-in for a GPU here: any CPU tensor mixed into its work raises), every
-    view, mask, label and index is computed on the device; only the per-sample parameters cross."""
+    view, mask and label is computed on the device; only the per-sample parameters cross. The sample
+    indices stay on the host, as the worker path's do: the fine-tuning step seeds its Mixup from
+    them, which would otherwise wait for the device every step."""
     meta = torch.device("meta")
     records = build_records(device_data, "train")
     masks = build_mask_generator(tiny_masking, GRID)
@@ -116,8 +118,10 @@ def test_every_tensor_of_a_batch_is_made_on_the_device(device_data, tiny_masking
                                                       augment, meta)))
     evaluation = next(iter(build_device_finetune_loader(device_data, "eval", LoaderPlace(batch_size=4), records,
                                                         None, meta)))
-    tensors = [*vars(pretrain).values(), *vars(finetune).values(), *vars(evaluation).values()]
-    assert all(t.device == meta for t in tensors) and len(tensors) == 11
+    batches = (pretrain, finetune, evaluation)
+    tensors = [t for b in batches for k, t in vars(b).items() if k != "indices"]
+    assert all(t.device == meta for t in tensors) and len(tensors) == 8
+    assert all(b.indices.device.type == "cpu" and b.indices.dtype == torch.int64 for b in batches)
 
 
 def test_the_split_is_decoded_once_and_read_back(device_data, tiny_masking, monkeypatch, victim):
