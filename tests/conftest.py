@@ -133,3 +133,12 @@ def wait_for(condition: Callable[[], object], seconds: float = 120, proc: subpro
             return bool(condition())
         time.sleep(0.05)
     return True
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, waiting to be reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import alive, wait_for
 
 CHILD = """
 import os, signal, sys, time
@@ -35,15 +35,6 @@ with open(sys.argv[1], "a") as log:
     rc = run_child([sys.executable, "-c", sys.argv[2]], log, Path.cwd())
 print("child exit", rc, flush=True)
 """
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
 
 
 def _child_pid(log: Path) -> int | None:
@@ -71,7 +62,7 @@ def test_sigterm_to_the_script_is_passed_on_and_waited_for(started):
     proc, child, log = started
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM
-    assert "child got SIGTERM" in log.read_text() and not _alive(child)
+    assert "child got SIGTERM" in log.read_text() and not alive(child)
 
 
 @pytest.mark.timeout(300)
@@ -79,5 +70,5 @@ def test_a_script_killed_outright_takes_its_child_down(started):
     proc, child, log = started
     proc.kill()
     proc.wait(timeout=120)
-    assert wait_for(lambda: not _alive(child))
+    assert wait_for(lambda: not alive(child))
     assert "child got SIGTERM" in log.read_text()  # the launcher's own handler ran: it could save

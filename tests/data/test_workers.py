@@ -17,22 +17,13 @@ from pathlib import Path
 import pytest
 
 from beit_ds.data import DataError, LoaderPlace, build_finetune_loader
-from tests.conftest import wait_for
+from tests.conftest import alive, wait_for
 
 PLACE = LoaderPlace(batch_size=4, seed=2)
 
 
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, waiting to be reaped, does not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
-
-
 def _wait_gone(pids: list[int], seconds: float) -> bool:
-    return wait_for(lambda: not any(_alive(p) for p in pids), seconds)
+    return wait_for(lambda: not any(alive(p) for p in pids), seconds)
 
 
 def _fingerprint(batches) -> list[tuple[list[int], float]]:
@@ -60,12 +51,12 @@ def test_sigterm_and_sigusr1_to_the_workers_change_nothing(image_tree, tiny_data
     batches = iter(loader)
     got = [next(batches)]
     pids = loader.workers.worker_pids()  # recorded when they were forked, before they ran
-    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    assert len(pids) == 2 and all(alive(p) for p in pids)
     assert wait_for(lambda: all(_ignores_preemption_signals(p) for p in pids))
     for pid in pids:  # an ignored signal is discarded when sent: nothing to wait for
         os.kill(pid, signal.SIGTERM)
         os.kill(pid, signal.SIGUSR1)
-    assert all(_alive(p) for p in pids)
+    assert all(alive(p) for p in pids)
     got += list(batches)  # a worker killed by either signal would be torch's "worker exited" error
     assert len(expected) == 12 and _fingerprint(got) == expected
 
@@ -92,7 +83,7 @@ def test_workers_end_with_their_iteration(image_tree, tiny_data, how):
     batches = iter(loader)
     next(batches)
     pids = loader.workers.worker_pids()
-    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    assert len(pids) == 2 and all(alive(p) for p in pids)
     if how == "stuck":
         os.kill(pids[0], signal.SIGSTOP)  # never answers torch's shutdown
     if how == "collect_cycle":
