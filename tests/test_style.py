@@ -243,12 +243,12 @@ def test_tests_wait_only_through_wait_for() -> None:
     """A test waits for the condition it asserts on (``tests/conftest.py::wait_for``), never for a
     fixed time: the one ``sleep`` call in the tests' own code is wait_for's poll. (Scripts that tests
     write for a child process are strings to the parser: a child may hold itself alive.)"""
-    sleeps = []
-    for path in sorted((ROOT / "tests").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and ast.unparse(node.func).split(".")[-1] == "sleep":
-                sleeps.append(f"{path.relative_to(ROOT)}:{node.lineno}")
-    wait_for = next(n for n in ast.parse((ROOT / "tests" / "conftest.py").read_text()).body
+    conftest = ROOT / "tests" / "conftest.py"
+    wait_for = next(n for n in ast.parse(conftest.read_text()).body
                     if isinstance(n, ast.FunctionDef) and n.name == "wait_for")
-    assert [s for s in sleeps if not (s.startswith("tests/conftest.py:")
-                                      and wait_for.lineno <= int(s.split(":")[1]) <= (wait_for.end_lineno or 0))] == []
+    allowed = {(conftest, line) for line in range(wait_for.lineno, (wait_for.end_lineno or 0) + 1)}
+    sleeps = [f"{path.relative_to(ROOT)}:{node.lineno}"
+              for path in sorted((ROOT / "tests").rglob("*.py")) for node in ast.walk(ast.parse(path.read_text()))
+              if isinstance(node, ast.Call) and ast.unparse(node.func).split(".")[-1] == "sleep"
+              and (path, node.lineno) not in allowed]
+    assert sleeps == []
